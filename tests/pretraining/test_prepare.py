@@ -1,0 +1,236 @@
+"""Data preparation end to end: corpus file -> cached Parquet shards -> dataset items, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from worker.cli import cli
+from worker.pretraining.corpus import CorpusFormatError
+from worker.pretraining.hyperparameters import PreparationConfig
+from worker.pretraining.prepare import PreparationError, prepare_corpus, prepare_eval_corpus
+
+
+def test_prepare_writes_splits_and_reuses_the_cache(tmp_path, sample_corpus, tokenizer):
+    config = PreparationConfig(max_seq_length=64, eval_fraction=0.1, seed=3)
+    prepared = prepare_corpus(sample_corpus, tokenizer, tmp_path, config)
+    assert not prepared.cached
+    assert prepared.path == tmp_path / prepared.key
+    train, held_out = prepared.train, prepared.eval
+    assert held_out is not None
+    assert len(train) == prepared.manifest["splits"]["train"]["instances"] > 1000
+    assert len(held_out) == prepared.manifest["splits"]["eval"]["instances"] > 50
+    assert train.lengths.max() <= 64
+    # Dynamic masking: no masks stored for training; eval masks are always fixed.
+    assert not train.masked and held_out.masked
+    item = train[0]
+    assert item["input_ids"][0] == tokenizer.cls_token_id and item["input_ids"][-1] == tokenizer.sep_token_id
+    assert item["input_ids"][item["segment_b_start"] - 1] == tokenizer.sep_token_id
+
+    before = {p.name: p.stat().st_mtime_ns for p in prepared.path.iterdir()}
+    again = prepare_corpus(sample_corpus, tokenizer, tmp_path, config)
+    assert again.cached and again.key == prepared.key
+    assert {p.name: p.stat().st_mtime_ns for p in again.path.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == [prepared.key]  # no temporary directory left
+
+    other = prepare_corpus(sample_corpus, tokenizer, tmp_path, config.model_copy(update={"seed": 4}))
+    assert other.key != prepared.key
+
+
+def test_eval_documents_never_overlap_training_documents(tmp_path, sample_corpus, tokenizer):
+    config = PreparationConfig(max_seq_length=64, eval_documents=40, seed=1)
+    prepared = prepare_corpus(sample_corpus, tokenizer, tmp_path, config)
+    splits = prepared.manifest["splits"]
+    assert splits["eval"]["documents"] == 40
+    assert splits["train"]["documents"] + 40 == prepared.manifest["corpus"]["documents"]
+
+    def token_sets(split):
+        # 8-grams of every instance's tokens: documents shared by both splits would share many.
+        grams = set()
+        for k in range(len(split)):
+            ids = split[k]["input_ids"].tolist()
+            grams.update(tuple(ids[i : i + 8]) for i in range(1, len(ids) - 8))
+        return grams
+
+    train_grams, eval_grams = token_sets(prepared.train), token_sets(prepared.eval)
+    overlap = len(train_grams & eval_grams) / len(eval_grams)
+    # Docstrings repeat some boilerplate phrases, but held-out documents are not in training.
+    assert overlap < 0.05
+
+
+def test_same_seed_gives_identical_shards(tmp_path, small_corpus, tokenizer):
+    config = PreparationConfig(max_seq_length=48, masking="static", dupe_factor=2, seed=9)
+    first = prepare_corpus(small_corpus, tokenizer, tmp_path / "a", config)
+    second = prepare_corpus(small_corpus, tokenizer, tmp_path / "b", config)
+    assert first.key == second.key
+    for name in first.manifest["splits"]["train"]["shards"]:
+        assert (first.path / name).read_bytes() == (second.path / name).read_bytes()
+
+
+def test_static_masking_stores_dupe_factor_copies_with_different_masks(tmp_path, small_corpus, tokenizer):
+    once = prepare_corpus(
+        small_corpus,
+        tokenizer,
+        tmp_path,
+        PreparationConfig(max_seq_length=48, masking="static", eval_fraction=0),
+    )
+    twice = prepare_corpus(
+        small_corpus,
+        tokenizer,
+        tmp_path,
+        PreparationConfig(max_seq_length=48, masking="static", dupe_factor=2, eval_fraction=0),
+    )
+    assert once.eval is None
+    train = twice.train
+    assert train.masked
+    assert abs(len(train) / len(once.train) - 2) < 0.1
+    masked_share = sum(len(train[k]["masked_lm_positions"]) for k in range(len(train))) / train.num_tokens
+    assert masked_share == pytest.approx(twice.manifest["splits"]["train"]["masked_share"], abs=1e-3)
+    assert 0.12 < masked_share < 0.16
+    item = train[5]
+    assert np.all(item["input_ids"][item["masked_lm_positions"]] != tokenizer.cls_token_id)
+
+
+def test_nsp_off_gives_single_segment_instances(tmp_path, small_corpus, tokenizer):
+    prepared = prepare_corpus(
+        small_corpus, tokenizer, tmp_path, PreparationConfig(max_seq_length=64, nsp=False)
+    )
+    train = prepared.train
+    assert all(train[k]["segment_b_start"] == len(train[k]["input_ids"]) for k in range(len(train)))
+    assert prepared.manifest["splits"]["train"]["is_next_share"] == 1.0
+
+
+def test_separate_eval_corpus_holds_nothing_out(tmp_path, small_corpus, sample_corpus, tokenizer):
+    prepared = prepare_corpus(
+        small_corpus, tokenizer, tmp_path, PreparationConfig(max_seq_length=64), eval_corpus=sample_corpus
+    )
+    assert prepared.manifest["splits"]["train"]["documents"] == prepared.manifest["corpus"]["documents"]
+    assert prepared.manifest["splits"]["eval"]["documents"] == prepared.manifest["eval_corpus"]["documents"]
+
+
+def test_reference_corpus_is_one_masked_eval_split(tmp_path, small_corpus, tokenizer):
+    reference = prepare_eval_corpus(small_corpus, tokenizer, tmp_path, PreparationConfig(max_seq_length=64))
+    assert reference.eval is not None and reference.eval.masked
+    assert reference.manifest["splits"]["eval"]["documents"] == reference.manifest["corpus"]["documents"]
+
+
+def test_bad_corpus_leaves_nothing_in_the_cache(tmp_path, tokenizer):
+    corpus = tmp_path / "bad.txt"
+    corpus.write_bytes(b"First sentence.\nSecond one.\n\nThird \xff here.\n")
+    cache = tmp_path / "cache"
+    with pytest.raises(CorpusFormatError) as caught:
+        prepare_corpus(corpus, tokenizer, cache, PreparationConfig())
+    assert caught.value.line == 4
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_too_few_documents_for_the_eval_split_is_explained(tmp_path, tokenizer):
+    corpus = tmp_path / "two.txt"
+    corpus.write_text("a b c.\nd e f.\n\ng h i.\nj k l.\n")
+    with pytest.raises(PreparationError, match="eval_fraction"):
+        prepare_corpus(corpus, tokenizer, tmp_path / "cache", PreparationConfig(eval_fraction=0.5))
+
+
+def test_cli_prints_one_json_object(tmp_path, sample_corpus, tokenizer_dir):
+    result = CliRunner().invoke(
+        cli,
+        [
+            "prepare",
+            str(sample_corpus),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--out",
+            str(tmp_path),
+            "--max-seq-length",
+            "64",
+            "--seed",
+            "5",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    for key in (
+        "instances",
+        "tokens",
+        "is_next_share",
+        "mean_length",
+        "short_target_share",
+        "truncated_pairs",
+        "masked_share",
+        "unk_rate",
+        "wordpieces_per_word",
+        "cache_key",
+        "seconds",
+    ):
+        assert key in report, key
+    assert report["corpus"]["documents"] > 500 and report["corpus"]["warnings"] == []
+    assert report["config"]["max_seq_length"] == 64 and report["config"]["seed"] == 5
+    assert 0.4 < report["is_next_share"] < 0.55
+    assert 0.05 < report["short_target_share"] < 0.15
+    assert report["mean_length"] <= 64
+    assert report["eval"]["instances"] > 0
+
+
+def test_cli_bad_corpus_is_one_line_with_the_line_number(tmp_path, tokenizer_dir):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"One sentence.\nAnother.\n\nA third\x00 with a NUL.\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "prepare",
+            str(corpus),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "line 4" in lines[0] and "corpus.txt" in lines[0]
+
+
+def test_cli_unknown_or_bad_hyperparameter_names_the_field(tmp_path, sample_corpus, tokenizer_dir):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"max_seq_lenght": 64}))
+    result = CliRunner().invoke(
+        cli,
+        [
+            "prepare",
+            str(sample_corpus),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--out",
+            str(tmp_path),
+            "--config",
+            str(config),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "max_seq_lenght" in result.output and "unknown hyperparameter" in result.output
+    result = CliRunner().invoke(
+        cli,
+        [
+            "prepare",
+            str(sample_corpus),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--out",
+            str(tmp_path),
+            "--masked-lm-prob",
+            "1.5",
+        ],
+    )
+    assert result.exit_code == 2 and "masked_lm_prob" in result.output

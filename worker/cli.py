@@ -1,0 +1,24 @@
+"""The ``bertpt`` command.
+
+Built on click (rather than Typer, which vendors its own click and cannot host commands whose options
+are generated from the hyperparameter schema): ``prepare`` and ``train`` get one option per schema field.
+"""
+
+from __future__ import annotations
+
+import click
+
+from worker.pretraining.cli import prepare_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bertpt")
+def cli() -> None:
+    """bertpt: continual pre-training of BERT checkpoints (masked-LM + next-sentence prediction)."""
+
+
+cli.add_command(prepare_command)
+
+
+def main() -> None:
+    cli(prog_name="bertpt")

@@ -1,0 +1,211 @@
+"""The hyperparameters of a continual pre-training run: one definition for the CLI, run-config JSON,
+the REST API and the training engine.
+
+The field names are a public contract. Every field carries its default, its valid range and a line of
+help; unknown names are refused (``extra="forbid"``) so a typo never silently falls back to a default.
+This module imports no torch: the API validates submissions with it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "PREPARATION_FIELDS",
+    "HyperparameterError",
+    "Hyperparameters",
+    "PreparationConfig",
+    "load_hyperparameters",
+]
+
+
+class HyperparameterError(ValueError):
+    """A run config that does not validate; ``errors`` lists ``(field, message)`` pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{field}: {message}" for field, message in errors))
+
+    @classmethod
+    def from_validation_error(cls, exc: ValidationError) -> HyperparameterError:
+        errors = []
+        for err in exc.errors():
+            field = ".".join(str(part) for part in err["loc"]) or "hyperparameters"
+            message = err["msg"]
+            if err["type"] == "extra_forbidden":
+                message = f"unknown hyperparameter {field!r} (see `bertpt train --help` for the list)"
+            errors.append((field, message))
+        return cls(errors)
+
+
+class PreparationConfig(BaseModel):
+    """What turns a corpus into training instances (issue 2). Part of the prepared-data cache key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_seq_length: int = Field(
+        128,
+        ge=8,
+        le=4096,
+        description="Tokens per instance, [CLS] and [SEP]s included; at most the model's position "
+        "embeddings.",
+    )
+    short_seq_prob: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Probability that an instance targets a random shorter length in [2, max_seq_length], "
+        "so the model also sees short inputs (Google's default 0.1).",
+    )
+    masked_lm_prob: float = Field(
+        0.15, gt=0.0, lt=1.0, description="Share of tokens of each sequence to predict (BERT: 0.15)."
+    )
+    max_predictions_per_seq: int = Field(
+        20, ge=1, le=4096, description="Cap on predicted tokens per sequence (Google: 20 for length 128)."
+    )
+    mask_replace_prob: float = Field(
+        0.8, ge=0.0, le=1.0, description="Of the predicted tokens, the share replaced by [MASK]."
+    )
+    random_replace_prob: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Of the predicted tokens, the share replaced by a random non-special vocabulary token "
+        "(the rest stay unchanged).",
+    )
+    whole_word_mask: bool = Field(
+        False, description="Mask all WordPiece pieces of a word together (80/10/10 still applied per piece)."
+    )
+    masking: Literal["dynamic", "static"] = Field(
+        "dynamic",
+        description="dynamic: masks drawn afresh for every batch (RoBERTa); static: masks fixed at "
+        "preparation, dupe_factor copies with different masks (Google).",
+    )
+    dupe_factor: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="Static masking only: how many times the corpus is duplicated with different masks "
+        "and different NSP pairs (Google: 10).",
+    )
+    nsp: bool = Field(
+        True,
+        description="Next-sentence prediction. Off: MLM-only instances packed to full length and the NSP "
+        "loss left out.",
+    )
+    eval_fraction: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Share of documents held out, whole, for evaluation (ignored when eval_documents or an "
+        "eval corpus is given).",
+    )
+    eval_documents: int | None = Field(
+        None, ge=0, description="Number of documents held out for evaluation, instead of eval_fraction."
+    )
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for data preparation and training.")
+
+    @model_validator(mode="after")
+    def _check_replacement_shares(self) -> PreparationConfig:
+        if self.mask_replace_prob + self.random_replace_prob > 1.0 + 1e-9:
+            raise ValueError("mask_replace_prob + random_replace_prob must be at most 1")
+        return self
+
+
+PREPARATION_FIELDS: tuple[str, ...] = tuple(PreparationConfig.model_fields)
+
+
+class Hyperparameters(PreparationConfig):
+    """Every knob of a run (issue 3); the data-preparation ones are inherited from PreparationConfig."""
+
+    max_steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="Optimizer steps to train; set this or num_epochs."
+    )
+    num_epochs: float | None = Field(
+        None,
+        gt=0.0,
+        le=1000.0,
+        description="Passes over the training instances, used when max_steps is not set (default 1).",
+    )
+    batch_size: int = Field(32, ge=1, le=65536, description="Sequences per device per forward pass.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=4096, description="Forward passes summed into one optimizer step."
+    )
+    learning_rate: float = Field(
+        5e-5,
+        gt=0.0,
+        le=1.0,
+        description="Peak AdamW learning rate. Continued pre-training wants a gentle one (2e-5 to 5e-5) "
+        "to limit forgetting.",
+    )
+    warmup_ratio: float = Field(
+        0.06, ge=0.0, le=1.0, description="Share of the steps spent warming the learning rate up linearly."
+    )
+    weight_decay: float = Field(
+        0.01, ge=0.0, le=1.0, description="AdamW weight decay (never applied to LayerNorm or biases)."
+    )
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm; 0 disables clipping.")
+    eval_every_steps: int = Field(
+        500, ge=0, description="Evaluate every this many steps (0: only at step 0 and at the end)."
+    )
+    checkpoint_every_steps: int = Field(
+        1000, ge=0, description="Save a resumable checkpoint every this many steps (0: only at the end)."
+    )
+    keep_checkpoints: int = Field(
+        2, ge=1, le=1000, description="How many of the newest intermediate checkpoints to keep."
+    )
+    max_runtime_seconds: int | None = Field(
+        None, ge=1, description="Stop cleanly (with a checkpoint) after this much wall time."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 autocast on GPUs that support it, else fp16 on GPU, fp32 on the CPU.",
+    )
+    torch_compile: bool = Field(False, description="Compile the model with torch.compile.")
+    logging_every_steps: int = Field(
+        10, ge=1, description="Report training metrics every this many optimizer steps."
+    )
+
+    @model_validator(mode="after")
+    def _check_duration(self) -> Hyperparameters:
+        if self.max_steps is not None and self.num_epochs is not None:
+            raise ValueError("set max_steps or num_epochs, not both")
+        return self
+
+    @property
+    def epochs(self) -> float:
+        """num_epochs with its default applied (1 when neither it nor max_steps is set)."""
+        return self.num_epochs if self.num_epochs is not None else 1.0
+
+    def preparation(self) -> PreparationConfig:
+        return PreparationConfig(**self.model_dump(include=set(PREPARATION_FIELDS)))
+
+
+def load_hyperparameters(
+    config: dict[str, Any] | str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Hyperparameters:
+    """Build Hyperparameters from a run-config JSON file or dict, then command-line overrides.
+
+    Raises HyperparameterError naming every bad field.
+    """
+    values: dict[str, Any] = {}
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise HyperparameterError([(str(path), f"cannot read run config: {exc}")]) from exc
+        if not isinstance(loaded, dict):
+            raise HyperparameterError([(str(path), "run config must be a JSON object")])
+        values.update(loaded.get("hyperparameters", loaded))
+    elif config is not None:
+        values.update(config)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Hyperparameters(**values)
+    except ValidationError as exc:
+        raise HyperparameterError.from_validation_error(exc) from exc

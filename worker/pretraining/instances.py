@@ -1,0 +1,284 @@
+"""NSP/MLM training instances from a tokenized corpus, the way google-research/bert's
+``create_pretraining_data.py`` builds them, with its known defects fixed.
+
+The corpus is held as one flat array of token ids with sentence and document boundaries
+(:class:`TokenizedDocuments`). Because the sentences of a document are contiguous in that array, an
+instance ``[CLS] A [SEP] B [SEP]`` is fully described by two token ranges ``A = [a0, a1)`` and
+``B = [b0, b1)``. :func:`plan_instances` walks the documents with Google's algorithm in plain Python at
+sentence granularity and emits only those ranges; :func:`materialize` then gathers the tokens of
+thousands of instances at once with numpy. No Python code ever touches individual tokens.
+
+Differences from Google's script, all deliberate:
+- a random next segment always comes from a *different* document (Google retries 10 times and can
+  keep the same one, which then labels a true continuation as random);
+- the short target length is drawn per instance, not once per document, so the share of short
+  targets is ``short_seq_prob`` whatever the document lengths;
+- ``truncate_seq_pair`` removes the same number of tokens from each side as Google's loop and picks
+  front or back per removed token with the same 50/50 odds, but draws the split as one binomial;
+- with ``nsp=False`` an instance is one segment, ``[CLS] sentences [SEP]``, packed with whole sentences
+  of one document up to the full target length (RoBERTa's DOC-SENTENCES), label 0.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "InstancePlan",
+    "TokenizedDocuments",
+    "materialize",
+    "plan_instances",
+]
+
+IS_NEXT = 0
+RANDOM_NEXT = 1
+
+
+@dataclass(frozen=True)
+class TokenizedDocuments:
+    """A tokenized corpus: ``token_ids[sentence_bounds[s]:sentence_bounds[s+1]]`` is sentence ``s``;
+    sentences ``document_bounds[d]`` to ``document_bounds[d+1]`` form document ``d``."""
+
+    token_ids: np.ndarray
+    sentence_bounds: np.ndarray
+    document_bounds: np.ndarray
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.document_bounds) - 1
+
+    @property
+    def num_sentences(self) -> int:
+        return len(self.sentence_bounds) - 1
+
+
+@dataclass
+class InstancePlan:
+    """Column-wise description of a batch of instances: token ranges plus bookkeeping."""
+
+    a_start: list[int]
+    a_end: list[int]
+    b_start: list[int]
+    b_end: list[int]
+    next_sentence_label: list[int]
+    short_target: list[bool]
+    truncated: list[bool]
+
+    @classmethod
+    def empty(cls) -> InstancePlan:
+        return cls([], [], [], [], [], [], [])
+
+    def __len__(self) -> int:
+        return len(self.a_start)
+
+    def add(self, a0: int, a1: int, b0: int, b1: int, label: int, short: bool, truncated: bool) -> None:
+        self.a_start.append(a0)
+        self.a_end.append(a1)
+        self.b_start.append(b0)
+        self.b_end.append(b1)
+        self.next_sentence_label.append(label)
+        self.short_target.append(short)
+        self.truncated.append(truncated)
+
+
+def _target_length(rng: random.Random, max_num_tokens: int, short_seq_prob: float) -> tuple[int, bool]:
+    """Most instances fill the whole sequence; ``short_seq_prob`` of them target a random shorter
+    length so the model also sees inputs like the short ones of fine-tuning tasks."""
+    if rng.random() < short_seq_prob:
+        return rng.randint(2, max_num_tokens), True
+    return max_num_tokens, False
+
+
+def _truncate_pair(
+    a0: int, a1: int, b0: int, b1: int, max_num_tokens: int, rng: random.Random
+) -> tuple[int, int, int, int, bool]:
+    """Google's ``truncate_seq_pair`` in closed form: the longer side loses a token until the pair
+    fits, each lost token coming from the front or the back with even odds."""
+    len_a, len_b = a1 - a0, b1 - b0
+    excess = len_a + len_b - max_num_tokens
+    if excess <= 0:
+        return a0, a1, b0, b1, False
+    # Trim the longer side down to the shorter one first, then alternate (ties trim B, as Google's
+    # ``if len(a) > len(b)`` does).
+    gap = abs(len_a - len_b)
+    first = min(gap, excess)
+    cut_a = first if len_a > len_b else 0
+    cut_b = first - cut_a
+    rest = excess - first
+    cut_a += rest // 2
+    cut_b += rest - rest // 2
+    front_a = _binomial_half(rng, cut_a)
+    front_b = _binomial_half(rng, cut_b)
+    return a0 + front_a, a1 - (cut_a - front_a), b0 + front_b, b1 - (cut_b - front_b), True
+
+
+def _binomial_half(rng: random.Random, n: int) -> int:
+    """Number of heads in ``n`` fair coin flips."""
+    return rng.getrandbits(n).bit_count() if n > 0 else 0
+
+
+def plan_instances(
+    docs: TokenizedDocuments,
+    document_ids: Sequence[int],
+    *,
+    max_seq_length: int,
+    short_seq_prob: float,
+    nsp: bool,
+    rng: random.Random,
+) -> Iterator[InstancePlan]:
+    """Walk ``document_ids`` (already in the desired order) and yield instance plans, one list per
+    document (NSP) or per packed run (MLM-only). Random next segments come only from ``document_ids``.
+    """
+    if nsp:
+        yield from _plan_nsp(docs, document_ids, max_seq_length, short_seq_prob, rng)
+    else:
+        yield from _plan_packed(docs, document_ids, max_seq_length, short_seq_prob, rng)
+
+
+def _plan_nsp(
+    docs: TokenizedDocuments,
+    document_ids: Sequence[int],
+    max_seq_length: int,
+    short_seq_prob: float,
+    rng: random.Random,
+) -> Iterator[InstancePlan]:
+    if len(document_ids) < 2:
+        raise ValueError("next-sentence prediction needs at least 2 documents")
+    bounds = docs.sentence_bounds.tolist()
+    doc_bounds = docs.document_bounds
+    max_num_tokens = max_seq_length - 3  # [CLS] A [SEP] B [SEP]
+    n_docs = len(document_ids)
+    for position, doc in enumerate(document_ids):
+        plan = InstancePlan.empty()
+        first, last = int(doc_bounds[doc]), int(doc_bounds[doc + 1])  # sentence range
+        target, short = _target_length(rng, max_num_tokens, short_seq_prob)
+        chunk_start = first
+        current_length = 0
+        i = first
+        while i < last:
+            current_length += bounds[i + 1] - bounds[i]
+            if i == last - 1 or current_length >= target:
+                chunk_end = i + 1  # sentences [chunk_start, chunk_end)
+                n_chunk = chunk_end - chunk_start
+                a_split = chunk_start + (rng.randint(1, n_chunk - 1) if n_chunk >= 2 else 1)
+                a0, a1 = bounds[chunk_start], bounds[a_split]
+                if n_chunk == 1 or rng.random() < 0.5:
+                    label = RANDOM_NEXT
+                    target_b = target - (a1 - a0)
+                    # A different document, guaranteed: draw among the others.
+                    other = rng.randrange(n_docs - 1)
+                    other_doc = document_ids[other + 1 if other >= position else other]
+                    o_first, o_last = int(doc_bounds[other_doc]), int(doc_bounds[other_doc + 1])
+                    j = rng.randint(o_first, o_last - 1)
+                    b0 = bounds[j]
+                    while j < o_last:
+                        j += 1
+                        if bounds[j] - b0 >= target_b:
+                            break
+                    b1 = bounds[j]
+                    # The sentences of the chunk not used for A go back into the stream.
+                    i = a_split - 1
+                else:
+                    label = IS_NEXT
+                    b0, b1 = a1, bounds[chunk_end]
+                a0, a1, b0, b1, truncated = _truncate_pair(a0, a1, b0, b1, max_num_tokens, rng)
+                if a1 > a0 and b1 > b0:
+                    plan.add(a0, a1, b0, b1, label, short, truncated)
+                chunk_start = i + 1
+                current_length = 0
+                target, short = _target_length(rng, max_num_tokens, short_seq_prob)
+            i += 1
+        yield plan
+
+
+def _plan_packed(
+    docs: TokenizedDocuments,
+    document_ids: Sequence[int],
+    max_seq_length: int,
+    short_seq_prob: float,
+    rng: random.Random,
+) -> Iterator[InstancePlan]:
+    """MLM-only: the whole target goes to one segment, ``[CLS] sentences [SEP]``, whole sentences
+    accumulated within a document (RoBERTa's DOC-SENTENCES). An over-long single sentence keeps a
+    random window."""
+    bounds = docs.sentence_bounds.tolist()
+    doc_bounds = docs.document_bounds
+    max_num_tokens = max_seq_length - 2  # [CLS] tokens [SEP]
+    for doc in document_ids:
+        plan = InstancePlan.empty()
+        first, last = int(doc_bounds[doc]), int(doc_bounds[doc + 1])
+        target, short = _target_length(rng, max_num_tokens, short_seq_prob)
+        start = bounds[first]
+        for s in range(first, last):
+            end = bounds[s + 1]
+            if end - start >= target or s == last - 1:
+                a0, a1 = start, end
+                truncated = a1 - a0 > max_num_tokens
+                if truncated:
+                    offset = rng.randint(0, (a1 - a0) - max_num_tokens)
+                    a0, a1 = a0 + offset, a0 + offset + max_num_tokens
+                if a1 > a0:
+                    plan.add(a0, a1, a1, a1, IS_NEXT, short, truncated)
+                start = end
+                target, short = _target_length(rng, max_num_tokens, short_seq_prob)
+        yield plan
+
+
+def _concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths)])`` without the loop."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    nonzero = lengths > 0
+    starts, lengths = starts[nonzero], lengths[nonzero]
+    steps = np.ones(total, dtype=np.int64)
+    heads = np.cumsum(lengths)[:-1]
+    steps[0] = starts[0]
+    steps[heads] = starts[1:] - (starts[:-1] + lengths[:-1] - 1)
+    return np.cumsum(steps)
+
+
+def materialize(
+    docs: TokenizedDocuments,
+    plan: InstancePlan,
+    *,
+    cls_token_id: int,
+    sep_token_id: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids of every planned instance as one flat array plus offsets.
+
+    Returns ``(values, offsets, segment_b_start)``: instance ``k`` is
+    ``values[offsets[k]:offsets[k+1]]`` = ``[CLS] A [SEP] B [SEP]`` (``[CLS] A [SEP]`` when B is empty),
+    and ``segment_b_start[k]`` the index of B's first token (the token-type boundary; the sequence
+    length when there is no second segment).
+    """
+    a0 = np.asarray(plan.a_start, dtype=np.int64)
+    a1 = np.asarray(plan.a_end, dtype=np.int64)
+    b0 = np.asarray(plan.b_start, dtype=np.int64)
+    b1 = np.asarray(plan.b_end, dtype=np.int64)
+    len_a, len_b = a1 - a0, b1 - b0
+    has_b = len_b > 0
+    n = len(a0)
+    # Each instance is 3 or 5 pieces: CLS, A, SEP, (B, SEP). Special tokens are gathered from two
+    # extra slots appended after the corpus tokens.
+    cls_slot, sep_slot = len(docs.token_ids), len(docs.token_ids) + 1
+    one = np.ones(n, dtype=np.int64)
+    zero = np.zeros(n, dtype=np.int64)
+    piece_starts = np.stack(
+        [np.full(n, cls_slot), a0, np.full(n, sep_slot), b0, np.where(has_b, sep_slot, 0)], axis=1
+    )
+    piece_lengths = np.stack([one, len_a, one, len_b, np.where(has_b, one, zero)], axis=1)
+    gather = _concat_ranges(piece_starts.reshape(-1), piece_lengths.reshape(-1))
+    extended = np.concatenate(
+        [docs.token_ids, np.asarray([cls_token_id, sep_token_id], dtype=docs.token_ids.dtype)]
+    )
+    values = extended[gather]
+    lengths = piece_lengths.sum(axis=1)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    segment_b_start = np.where(has_b, len_a + 2, lengths)
+    return values, offsets, segment_b_start
