@@ -234,3 +234,15 @@ def test_cli_unknown_or_bad_hyperparameter_names_the_field(tmp_path, sample_corp
         ],
     )
     assert result.exit_code == 2 and "masked_lm_prob" in result.output
+
+
+def test_sentences_that_tokenize_to_nothing_are_dropped(tmp_path, tokenizer):
+    corpus = tmp_path / "zw.txt"
+    # A zero-width space is not whitespace to the reader, but the BERT normalizer removes it.
+    documents = [f"Sentence {i} of the first kind.\n\u200b\nAnother sentence number {i}.\n" for i in range(6)]
+    corpus.write_text("\n".join(documents), encoding="utf-8")
+    prepared = prepare_corpus(corpus, tokenizer, tmp_path / "cache", PreparationConfig(eval_fraction=0))
+    assert prepared.manifest["corpus"]["sentences"] == 18
+    assert prepared.manifest["corpus"]["empty_sentences_dropped"] == 6
+    train = prepared.train
+    assert all(tokenizer.unk_token_id not in train[k]["input_ids"] for k in range(len(train)))

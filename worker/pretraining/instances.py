@@ -75,6 +75,13 @@ class InstancePlan:
     def __len__(self) -> int:
         return len(self.a_start)
 
+    def extend(self, other: InstancePlan) -> None:
+        for name, values in vars(other).items():
+            getattr(self, name).extend(values)
+
+    def reordered(self, order: np.ndarray) -> InstancePlan:
+        return InstancePlan(*([column[k] for k in order.tolist()] for column in vars(self).values()))
+
     def add(self, a0: int, a1: int, b0: int, b1: int, label: int, short: bool, truncated: bool) -> None:
         self.a_start.append(a0)
         self.a_end.append(a1)
@@ -121,6 +128,26 @@ def _binomial_half(rng: random.Random, n: int) -> int:
     return rng.getrandbits(n).bit_count() if n > 0 else 0
 
 
+def _document_bounds(docs: TokenizedDocuments, doc: int) -> list[int]:
+    """Token offsets of a document's sentences, as a small Python list (fast scalar access):
+    sentence ``i`` of the document is ``token_ids[bounds[i]:bounds[i + 1]]``."""
+    first, last = int(docs.document_bounds[doc]), int(docs.document_bounds[doc + 1])
+    return docs.sentence_bounds[first : last + 1].tolist()  # type: ignore[no-any-return]
+
+
+def _random_segment(docs: TokenizedDocuments, doc: int, target_b: int, rng: random.Random) -> tuple[int, int]:
+    """Google's random next segment: sentences of ``doc`` from a random one on, until ``target_b``
+    tokens are reached or the document ends."""
+    first, last = int(docs.document_bounds[doc]), int(docs.document_bounds[doc + 1])
+    j = rng.randint(first, last - 1)
+    bounds = docs.sentence_bounds[j : last + 1].tolist()
+    b0 = bounds[0]
+    k = 1
+    while k < len(bounds) - 1 and bounds[k] - b0 < target_b:
+        k += 1
+    return b0, bounds[k]
+
+
 def plan_instances(
     docs: TokenizedDocuments,
     document_ids: Sequence[int],
@@ -148,48 +175,35 @@ def _plan_nsp(
 ) -> Iterator[InstancePlan]:
     if len(document_ids) < 2:
         raise ValueError("next-sentence prediction needs at least 2 documents")
-    bounds = docs.sentence_bounds.tolist()
-    doc_bounds = docs.document_bounds
     max_num_tokens = max_seq_length - 3  # [CLS] A [SEP] B [SEP]
     n_docs = len(document_ids)
     for position, doc in enumerate(document_ids):
         plan = InstancePlan.empty()
-        first, last = int(doc_bounds[doc]), int(doc_bounds[doc + 1])  # sentence range
+        bounds = _document_bounds(docs, doc)
+        n_sentences = len(bounds) - 1
         target, short = _target_length(rng, max_num_tokens, short_seq_prob)
-        chunk_start = first
-        current_length = 0
-        i = first
-        while i < last:
-            current_length += bounds[i + 1] - bounds[i]
-            if i == last - 1 or current_length >= target:
-                chunk_end = i + 1  # sentences [chunk_start, chunk_end)
-                n_chunk = chunk_end - chunk_start
+        chunk_start = 0  # the chunk is sentences [chunk_start, i]
+        i = 0
+        while i < n_sentences:
+            if i == n_sentences - 1 or bounds[i + 1] - bounds[chunk_start] >= target:
+                n_chunk = i + 1 - chunk_start
                 a_split = chunk_start + (rng.randint(1, n_chunk - 1) if n_chunk >= 2 else 1)
                 a0, a1 = bounds[chunk_start], bounds[a_split]
                 if n_chunk == 1 or rng.random() < 0.5:
                     label = RANDOM_NEXT
-                    target_b = target - (a1 - a0)
                     # A different document, guaranteed: draw among the others.
                     other = rng.randrange(n_docs - 1)
                     other_doc = document_ids[other + 1 if other >= position else other]
-                    o_first, o_last = int(doc_bounds[other_doc]), int(doc_bounds[other_doc + 1])
-                    j = rng.randint(o_first, o_last - 1)
-                    b0 = bounds[j]
-                    while j < o_last:
-                        j += 1
-                        if bounds[j] - b0 >= target_b:
-                            break
-                    b1 = bounds[j]
-                    # The sentences of the chunk not used for A go back into the stream.
+                    b0, b1 = _random_segment(docs, other_doc, target - (a1 - a0), rng)
+                    # The chunk's sentences after A were not used: they go back into the stream.
                     i = a_split - 1
                 else:
                     label = IS_NEXT
-                    b0, b1 = a1, bounds[chunk_end]
+                    b0, b1 = a1, bounds[i + 1]
                 a0, a1, b0, b1, truncated = _truncate_pair(a0, a1, b0, b1, max_num_tokens, rng)
                 if a1 > a0 and b1 > b0:
                     plan.add(a0, a1, b0, b1, label, short, truncated)
                 chunk_start = i + 1
-                current_length = 0
                 target, short = _target_length(rng, max_num_tokens, short_seq_prob)
             i += 1
         yield plan
@@ -205,17 +219,14 @@ def _plan_packed(
     """MLM-only: the whole target goes to one segment, ``[CLS] sentences [SEP]``, whole sentences
     accumulated within a document (RoBERTa's DOC-SENTENCES). An over-long single sentence keeps a
     random window."""
-    bounds = docs.sentence_bounds.tolist()
-    doc_bounds = docs.document_bounds
     max_num_tokens = max_seq_length - 2  # [CLS] tokens [SEP]
     for doc in document_ids:
         plan = InstancePlan.empty()
-        first, last = int(doc_bounds[doc]), int(doc_bounds[doc + 1])
+        bounds = _document_bounds(docs, doc)
         target, short = _target_length(rng, max_num_tokens, short_seq_prob)
-        start = bounds[first]
-        for s in range(first, last):
-            end = bounds[s + 1]
-            if end - start >= target or s == last - 1:
+        start = bounds[0]
+        for end in bounds[1:]:
+            if end - start >= target or end == bounds[-1]:
                 a0, a1 = start, end
                 truncated = a1 - a0 > max_num_tokens
                 if truncated:
@@ -263,22 +274,18 @@ def materialize(
     len_a, len_b = a1 - a0, b1 - b0
     has_b = len_b > 0
     n = len(a0)
-    # Each instance is 3 or 5 pieces: CLS, A, SEP, (B, SEP). Special tokens are gathered from two
-    # extra slots appended after the corpus tokens.
-    cls_slot, sep_slot = len(docs.token_ids), len(docs.token_ids) + 1
+    # Each instance is 3 or 5 pieces: CLS, A, SEP, (B, SEP). Corpus pieces are gathered in one go;
+    # the special tokens' slots gather a dummy token and are overwritten after.
     one = np.ones(n, dtype=np.int64)
     zero = np.zeros(n, dtype=np.int64)
-    piece_starts = np.stack(
-        [np.full(n, cls_slot), a0, np.full(n, sep_slot), b0, np.where(has_b, sep_slot, 0)], axis=1
-    )
-    piece_lengths = np.stack([one, len_a, one, len_b, np.where(has_b, one, zero)], axis=1)
-    gather = _concat_ranges(piece_starts.reshape(-1), piece_lengths.reshape(-1))
-    extended = np.concatenate(
-        [docs.token_ids, np.asarray([cls_token_id, sep_token_id], dtype=docs.token_ids.dtype)]
-    )
-    values = extended[gather]
+    piece_starts = np.stack([zero, a0, zero, b0, zero], axis=1)
+    piece_lengths = np.stack([one, len_a, one, len_b, has_b.astype(np.int64)], axis=1)
+    values = docs.token_ids[_concat_ranges(piece_starts.reshape(-1), piece_lengths.reshape(-1))]
     lengths = piece_lengths.sum(axis=1)
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
+    values[offsets[:-1]] = cls_token_id
+    values[offsets[:-1] + 1 + len_a] = sep_token_id
+    values[offsets[1:][has_b] - 1] = sep_token_id
     segment_b_start = np.where(has_b, len_a + 2, lengths)
     return values, offsets, segment_b_start

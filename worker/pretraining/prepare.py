@@ -18,6 +18,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -51,7 +52,7 @@ __all__ = [
 # Bump when the instance algorithm or the shard layout changes: old cache entries then stop matching.
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-SHARD_INSTANCES = 65_536
+SHARD_INSTANCES = 16_384
 TOKENIZE_BATCH_SENTENCES = 16_384
 
 Log = Callable[[str], None]
@@ -166,7 +167,9 @@ def tokenize_corpus(path: str | Path, tokenizer: Any, *, max_line_chars: int = 1
     started = time.perf_counter()
     backend = _backend(tokenizer)
     dtype = _token_dtype(tokenizer)
-    token_chunks: list[np.ndarray] = []
+    # Token ids go to a temporary file as they come and are read back into one array at the end, so
+    # the peak is one copy of the tokenized corpus, not a list of chunks plus their concatenation.
+    token_file = tempfile.TemporaryFile()
     length_chunks: list[np.ndarray] = []
     doc_sentence_counts: list[int] = []  # sentences per document, before dropping empty ones
     pending: list[str] = []
@@ -179,8 +182,7 @@ def tokenize_corpus(path: str | Path, tokenizer: Any, *, max_line_chars: int = 1
         encodings = backend.encode_batch_fast(pending, add_special_tokens=False)
         ids = [e.ids for e in encodings]
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
-        token_chunks.append(flat)
+        np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum())).tofile(token_file)
         length_chunks.append(lengths)
         words += len(" ".join(pending).split())
         pending.clear()
@@ -191,17 +193,18 @@ def tokenize_corpus(path: str | Path, tokenizer: Any, *, max_line_chars: int = 1
         if len(pending) >= TOKENIZE_BATCH_SENTENCES:
             flush()
 
-    report = scan_corpus(path, max_line_chars=max_line_chars, on_document=on_document)
-    flush()
+    with token_file:
+        report = scan_corpus(path, max_line_chars=max_line_chars, on_document=on_document)
+        flush()
+        token_file.seek(0)
+        token_ids = np.fromfile(token_file, dtype=dtype)
 
     lengths = np.concatenate(length_chunks) if length_chunks else np.zeros(0, dtype=np.int64)
-    token_ids = np.concatenate(token_chunks) if token_chunks else np.zeros(0, dtype=dtype)
-    token_chunks.clear()  # the concatenated copy is all that is kept
     # Sentences that tokenize to nothing (only characters the normalizer strips) are dropped, and so
     # are documents left without sentences.
     keep = lengths > 0
-    doc_of_sentence = np.repeat(np.arange(len(doc_sentence_counts)), doc_sentence_counts)
-    kept_per_doc = np.bincount(doc_of_sentence[keep], minlength=len(doc_sentence_counts))
+    counts = np.asarray(doc_sentence_counts, dtype=np.int64)  # every document has a sentence
+    kept_per_doc = np.add.reduceat(keep.astype(np.int64), np.cumsum(counts) - counts) if len(counts) else counts
     kept_per_doc = kept_per_doc[kept_per_doc > 0]
     sentence_bounds = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
     np.cumsum(lengths[keep], out=sentence_bounds[1:])
@@ -244,17 +247,15 @@ class _SplitWriter:
     def write(self, docs: TokenizedDocuments, plan: InstancePlan) -> None:
         if not len(plan):
             return
+        # Documents arrive in shuffled order; shuffling inside the shard also spreads the instances of
+        # one document apart.
+        plan = plan.reordered(self.shuffle_rng.permutation(len(plan)))
         values, offsets, b_start = materialize(
             docs, plan, cls_token_id=self.tokenizer.cls_token_id, sep_token_id=self.tokenizer.sep_token_id
         )
         n = len(plan)
         lengths = np.diff(offsets)
         labels = np.asarray(plan.next_sentence_label, dtype=np.int8)
-        # Documents arrive in shuffled order; shuffling inside the shard also spreads the instances of
-        # one document apart.
-        order = self.shuffle_rng.permutation(n)
-        values, offsets = _reorder(values, offsets, order)
-        lengths, labels, b_start = lengths[order], labels[order], b_start[order]
         columns: dict[str, pa.Array] = {
             "input_ids": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values)),
             "segment_b_start": pa.array(b_start.astype(np.int32)),
@@ -314,16 +315,6 @@ class _SplitWriter:
         }
 
 
-def _reorder(values: np.ndarray, offsets: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Permute ragged rows ``values[offsets[k]:offsets[k+1]]`` into ``order``."""
-    from worker.pretraining.instances import _concat_ranges
-
-    lengths = np.diff(offsets)[order]
-    new_offsets = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=new_offsets[1:])
-    return values[_concat_ranges(offsets[:-1][order], lengths)], new_offsets
-
-
 def _expected_predictions(lengths: np.ndarray, config: MaskingConfig) -> np.ndarray:
     """Tokens a dynamic masker will predict per sequence (Google's formula; numpy rounds half to even
     like Python 3's round)."""
@@ -366,7 +357,7 @@ def _write_split(
             nsp=config.nsp,
             rng=rng,
         ):
-            _extend(buffered, plan)
+            buffered.extend(plan)
             if len(buffered) >= SHARD_INSTANCES:
                 writer.write(docs, buffered)
                 buffered = InstancePlan.empty()
@@ -375,11 +366,6 @@ def _write_split(
     summary["documents"] = len(document_ids)
     summary["static_masks"] = static
     return summary
-
-
-def _extend(plan: InstancePlan, more: InstancePlan) -> None:
-    for name in ("a_start", "a_end", "b_start", "b_end", "next_sentence_label", "short_target", "truncated"):
-        getattr(plan, name).extend(getattr(more, name))
 
 
 # --------------------------------------------------------------------------------------------------
