@@ -169,7 +169,7 @@ def tokenize_corpus(path: str | Path, tokenizer: Any, *, max_line_chars: int = 1
     dtype = _token_dtype(tokenizer)
     # Token ids go to a temporary file as they come and are read back into one array at the end, so
     # the peak is one copy of the tokenized corpus, not a list of chunks plus their concatenation.
-    token_file = tempfile.TemporaryFile()
+    token_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the with block below
     length_chunks: list[np.ndarray] = []
     doc_sentence_counts: list[int] = []  # sentences per document, before dropping empty ones
     pending: list[str] = []
@@ -204,7 +204,9 @@ def tokenize_corpus(path: str | Path, tokenizer: Any, *, max_line_chars: int = 1
     # are documents left without sentences.
     keep = lengths > 0
     counts = np.asarray(doc_sentence_counts, dtype=np.int64)  # every document has a sentence
-    kept_per_doc = np.add.reduceat(keep.astype(np.int64), np.cumsum(counts) - counts) if len(counts) else counts
+    kept_per_doc = (
+        np.add.reduceat(keep.astype(np.int64), np.cumsum(counts) - counts) if len(counts) else counts
+    )
     kept_per_doc = kept_per_doc[kept_per_doc > 0]
     sentence_bounds = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
     np.cumsum(lengths[keep], out=sentence_bounds[1:])
@@ -408,24 +410,39 @@ def _corpus_summary(tokenized: _TokenizedCorpus) -> dict[str, Any]:
     }
 
 
-def _finish(tmp: Path, final: Path, manifest: dict[str, Any]) -> bool:
-    """Publish ``tmp`` as ``final`` atomically; False when a concurrent preparation got there first."""
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    try:
-        os.rename(tmp, final)
-        return True
-    except OSError:
-        if (final / MANIFEST).exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-            return False
-        raise
-
-
 def _cached(final: Path, key: str) -> PreparedData | None:
     manifest_path = final / MANIFEST
     if manifest_path.exists():
         return PreparedData(key, final, json.loads(manifest_path.read_text()), cached=True)
     return None
+
+
+def _cache_entry(
+    cache_dir: Path, key: str, build: Callable[[Path], dict[str, Any]], say: Log
+) -> PreparedData:
+    """The cache entry ``key``: found, or built by ``build(tmp_dir) -> manifest`` in a temporary
+    directory that is renamed into place (atomically) once complete, and removed on any error."""
+    final = cache_dir / key
+    if (hit := _cached(final, key)) is not None:
+        say(f"prepared data found in the cache: {final}")
+        return hit
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        manifest = build(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        os.rename(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (hit := _cached(final, key)) is not None:  # a concurrent preparation got there first
+            return hit
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"prepared data written to {final}")
+    return PreparedData(key, final, manifest)
 
 
 def prepare_corpus(
@@ -450,78 +467,62 @@ def prepare_corpus(
     started = time.perf_counter()
     say = log or (lambda message: None)
     tokenizer = load_tokenizer(tokenizer)
-    cache_dir = Path(cache_dir)
+    fingerprint = tokenizer_fingerprint(tokenizer)
     corpus_sha = corpus_sha256 or file_sha256(corpus)
     eval_sha = file_sha256(eval_corpus) if eval_corpus is not None else None
     key = cache_key(
         corpus_sha256=corpus_sha,
-        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        tokenizer_fingerprint=fingerprint,
         config=config,
         eval_corpus_sha256=eval_sha,
     )
-    final = cache_dir / key
-    if (hit := _cached(final, key)) is not None:
-        say(f"prepared data found in the cache: {final}")
-        return hit
 
-    say(f"reading and tokenizing {corpus}")
-    tokenized = tokenize_corpus(corpus, tokenizer, max_line_chars=max_line_chars)
-    eval_tokenized = (
-        tokenize_corpus(eval_corpus, tokenizer, max_line_chars=max_line_chars) if eval_corpus else None
-    )
-    docs = tokenized.documents
-    train_ids, eval_ids = _split_documents(docs.num_documents, config, eval_tokenized is not None)
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    def build(directory: Path) -> dict[str, Any]:
+        say(f"reading and tokenizing {corpus}")
+        tokenized = tokenize_corpus(corpus, tokenizer, max_line_chars=max_line_chars)
+        eval_tokenized = (
+            tokenize_corpus(eval_corpus, tokenizer, max_line_chars=max_line_chars) if eval_corpus else None
+        )
+        docs = tokenized.documents
+        train_ids, eval_ids = _split_documents(docs.num_documents, config, eval_tokenized is not None)
         say(f"creating instances from {len(train_ids)} training documents")
         static = config.masking == "static"
+        passes = config.dupe_factor if static else 1
         splits = {
             "train": _write_split(
-                tmp,
+                directory,
                 "train",
                 docs,
                 train_ids,
                 tokenizer,
                 config,
                 static=static,
-                passes=config.dupe_factor if static else 1,
+                passes=passes,
                 seed_tag=0,
             )
         }
         if eval_tokenized is not None:
-            eval_docs = eval_tokenized.documents
-            eval_ids = list(range(eval_docs.num_documents))
-        else:
-            eval_docs = docs
+            docs = eval_tokenized.documents
+            eval_ids = list(range(docs.num_documents))
         if eval_ids:
             splits["eval"] = _write_split(
-                tmp, "eval", eval_docs, eval_ids, tokenizer, config, static=True, passes=1, seed_tag=1
+                directory, "eval", docs, eval_ids, tokenizer, config, static=True, passes=1, seed_tag=1
             )
-        manifest = {
+        return {
             "key": key,
             "format_version": FORMAT_VERSION,
             "kind": "train",
             "corpus_sha256": corpus_sha,
             "eval_corpus_sha256": eval_sha,
-            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+            "tokenizer_fingerprint": fingerprint,
             "config": config.model_dump(mode="json"),
             "corpus": _corpus_summary(tokenized),
             "eval_corpus": _corpus_summary(eval_tokenized) if eval_tokenized else None,
             "splits": splits,
             "seconds": round(time.perf_counter() - started, 3),
         }
-        if not _finish(tmp, final, manifest):
-            hit = _cached(final, key)
-            assert hit is not None
-            return hit
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    say(f"prepared data written to {final}")
-    return PreparedData(key, final, manifest)
+
+    return _cache_entry(Path(cache_dir), key, build, say)
 
 
 def prepare_eval_corpus(
@@ -531,55 +532,33 @@ def prepare_eval_corpus(
     config: PreparationConfig,
     *,
     max_line_chars: int = 100_000,
+    log: Log | None = None,
 ) -> PreparedData:
     """A whole corpus as one statically-masked eval split: the general-domain reference corpus that
     shows forgetting. Its ``eval`` split holds every document."""
-    tokenizer = load_tokenizer(tokenizer)
-    cache_dir = Path(cache_dir)
-    corpus_sha = file_sha256(corpus)
-    key = cache_key(
-        corpus_sha256=corpus_sha,
-        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-        config=config,
-        kind="eval",
-    )
-    final = cache_dir / key
-    if (hit := _cached(final, key)) is not None:
-        return hit
     started = time.perf_counter()
-    tokenized = tokenize_corpus(corpus, tokenizer, max_line_chars=max_line_chars)
-    docs = tokenized.documents
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    tokenizer = load_tokenizer(tokenizer)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    corpus_sha = file_sha256(corpus)
+    key = cache_key(corpus_sha256=corpus_sha, tokenizer_fingerprint=fingerprint, config=config, kind="eval")
+
+    def build(directory: Path) -> dict[str, Any]:
+        tokenized = tokenize_corpus(corpus, tokenizer, max_line_chars=max_line_chars)
+        docs = tokenized.documents
+        document_ids = list(range(docs.num_documents))
         split = _write_split(
-            tmp,
-            "eval",
-            docs,
-            list(range(docs.num_documents)),
-            tokenizer,
-            config,
-            static=True,
-            passes=1,
-            seed_tag=1,
+            directory, "eval", docs, document_ids, tokenizer, config, static=True, passes=1, seed_tag=1
         )
-        manifest = {
+        return {
             "key": key,
             "format_version": FORMAT_VERSION,
             "kind": "eval",
             "corpus_sha256": corpus_sha,
-            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+            "tokenizer_fingerprint": fingerprint,
             "config": config.model_dump(mode="json"),
             "corpus": _corpus_summary(tokenized),
             "splits": {"eval": split},
             "seconds": round(time.perf_counter() - started, 3),
         }
-        if not _finish(tmp, final, manifest):
-            hit = _cached(final, key)
-            assert hit is not None
-            return hit
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return PreparedData(key, final, manifest)
+
+    return _cache_entry(Path(cache_dir), key, build, log or (lambda message: None))
