@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from worker.pretraining.cli import prepare_command
+from worker.pretraining.train_cli import train_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,6 +19,7 @@ def cli() -> None:
 
 
 cli.add_command(prepare_command)
+cli.add_command(train_command)
 
 
 def main() -> None:

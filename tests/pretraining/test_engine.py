@@ -1,0 +1,579 @@
+"""The training engine end to end on a tiny BERT (CPU, seconds per run)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from worker.pretraining import engine
+from worker.pretraining.checkpoints import CHECKPOINT_MANIFEST, MODEL_MANIFEST, ResumeError
+from worker.pretraining.engine import (
+    LengthGroupedSampler,
+    PretrainingTrainer,
+    TrainingError,
+    resolve_precision,
+    run_pretraining,
+    training_arguments,
+)
+from worker.pretraining.hyperparameters import Hyperparameters
+from worker.pretraining.metrics import EVAL_METRICS, TRAIN_METRICS, read_jsonl
+
+TINY_RUN: dict[str, Any] = {
+    "batch_size": 8,
+    "max_seq_length": 64,
+    "max_predictions_per_seq": 10,
+    "learning_rate": 1e-3,
+    "warmup_ratio": 0.1,
+    "logging_every_steps": 1,
+    "eval_every_steps": 10,
+    "checkpoint_every_steps": 10,
+    "keep_checkpoints": 2,
+    "eval_documents": 6,
+    "seed": 7,
+}
+
+
+def hp(**overrides: Any) -> Hyperparameters:
+    return Hyperparameters(**{**TINY_RUN, **overrides})
+
+
+def _write_corpus(path: Path, documents: list[list[str]]) -> Path:
+    path.write_text("".join("\n".join(doc) + "\n\n" for doc in documents), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("prepared-cache")
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory, docstring_documents: list[list[str]]) -> Path:
+    """40 documents: an epoch of a few optimizer steps, so runs cross epoch boundaries."""
+    return _write_corpus(tmp_path_factory.mktemp("tiny") / "tiny.txt", docstring_documents[:40])
+
+
+@pytest.fixture(scope="module")
+def reference_corpus(tmp_path_factory: pytest.TempPathFactory, docstring_documents: list[list[str]]) -> Path:
+    return _write_corpus(tmp_path_factory.mktemp("reference") / "ref.txt", docstring_documents[400:440])
+
+
+def _train(records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    return {r["step"]: r["metrics"] for r in records if r.get("type") == "metrics" and r["split"] == "train"}
+
+
+# --------------------------------------------------------------------------------------------------
+# One full run, inspected by several tests
+
+
+@pytest.fixture(scope="module")
+def full_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_bert_dir: Path,
+    small_corpus: Path,
+    reference_corpus: Path,
+    cache_dir: Path,
+) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("full") / "run"
+    records: list[dict[str, Any]] = []
+    progress: list[tuple[int, int]] = []
+    result = run_pretraining(
+        tiny_bert_dir,
+        small_corpus,
+        out,
+        hp(max_steps=40),
+        reference_corpus=reference_corpus,
+        cache_dir=cache_dir,
+        sink=records.append,
+        progress=lambda step, total: progress.append((step, total)),
+    )
+    return {"result": result, "records": records, "progress": progress, "out": out}
+
+
+def test_loss_falls_and_run_completes(full_run: dict[str, Any]) -> None:
+    result = full_run["result"]
+    assert result.status == "completed" and result.steps == result.max_steps == 40
+    baseline, final = result.baseline_metrics["eval"], result.final_metrics["eval"]
+    assert final["masked_lm_loss"] < baseline["masked_lm_loss"] - 0.3
+    train = _train(full_run["records"])
+    assert np.mean([train[s]["loss"] for s in range(36, 41)]) < np.mean(
+        [train[s]["loss"] for s in range(1, 6)]
+    )
+    assert full_run["progress"][0] == (0, 40) and full_run["progress"][-1] == (40, 40)
+
+
+def test_records_carry_every_metric(full_run: dict[str, Any]) -> None:
+    records = full_run["records"]
+    train = _train(records)
+    assert sorted(train) == list(range(1, 41))
+    for step, metrics in train.items():
+        assert set(TRAIN_METRICS) <= set(metrics), step
+        assert metrics["step"] == step and all(metrics[k] is not None for k in TRAIN_METRICS)
+    assert train[40]["samples_seen"] == 40 * 8 and train[40]["tokens_per_second"] > 0
+    for split in ("eval", "reference"):
+        evals = {
+            r["step"]: r["metrics"] for r in records if r.get("type") == "metrics" and r["split"] == split
+        }
+        assert sorted(evals) == [0, 10, 20, 30, 40], split
+        for metrics in evals.values():
+            assert set(metrics) == set(EVAL_METRICS)
+            assert metrics["perplexity"] == pytest.approx(math.exp(metrics["masked_lm_loss"]))
+    events = [r["event"] for r in records if r.get("type") == "event"]
+    assert events[0] == "started" and events[-1] == "finished"
+    assert events.count("checkpoint") == 4
+    # The run's own log holds the same records.
+    assert read_jsonl(full_run["out"] / "metrics.jsonl") == json.loads(json.dumps(records))
+
+
+def test_tensorboard_has_every_metric(full_run: dict[str, Any]) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events_dir,) = {p.parent for p in (full_run["out"] / "tensorboard").rglob("events.out.tfevents.*")}
+    accumulator = EventAccumulator(str(events_dir))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    expected = {f"train/{m}" for m in TRAIN_METRICS if m != "step"}
+    expected |= {f"{split}/{m}" for split in ("eval", "reference") for m in EVAL_METRICS}
+    assert expected <= tags
+    assert [e.step for e in accumulator.Scalars("eval/masked_lm_loss")] == [0, 10, 20, 30, 40]
+
+
+def test_checkpoints_rotated_atomic_with_manifests(full_run: dict[str, Any], small_corpus: Path) -> None:
+    root = full_run["out"] / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-30", "checkpoint-40"]  # no tmp-* left
+    manifest = json.loads((root / "checkpoint-30" / CHECKPOINT_MANIFEST).read_text())
+    from worker.pretraining.prepare import file_sha256
+
+    assert manifest["step"] == 30
+    assert manifest["run"]["corpus_sha256"] == file_sha256(small_corpus)
+    assert manifest["run"]["data_key"] == full_run["result"].data_key
+    assert manifest["run"]["hyperparameters"] == hp(max_steps=40).model_dump(mode="json")
+    assert manifest["run"]["base_model"] and manifest["run"]["base_model_sha256"]
+    assert set(manifest["metrics"]) == {"train", "eval", "reference"}
+    assert manifest["state"]["samples_seen"] == 30 * 8
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
+        assert (root / "checkpoint-30" / name).is_file(), name
+
+
+def test_output_is_a_loadable_hf_directory(full_run: dict[str, Any], tiny_bert_dir: Path) -> None:
+    from transformers import AutoTokenizer, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification
+
+    model_dir = full_run["result"].model_path
+    assert model_dir == full_run["out"] / "model"
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["architectures"] == ["BertForPreTraining"]
+    manifest = json.loads((model_dir / MODEL_MANIFEST).read_text())
+    for key in (
+        "hyperparameters",
+        "corpus_sha256",
+        "data_key",
+        "base_model",
+        "warnings",
+        "baseline_metrics",
+        "final_metrics",
+        "steps",
+        "runtime_seconds",
+    ):
+        assert key in manifest, key
+    assert manifest["steps"] == 40 and manifest["base_model"] == str(tiny_bert_dir)
+    assert manifest["final_metrics"] == full_run["result"].final_metrics
+    pretraining: Any = BertForPreTraining.from_pretrained(model_dir)
+    mlm: Any = BertForMaskedLM.from_pretrained(model_dir)
+    classifier: Any = BertForSequenceClassification.from_pretrained(model_dir, num_labels=3)
+    for other in (mlm.bert, classifier.bert):
+        assert torch.equal(
+            other.encoder.layer[1].output.dense.weight, pretraining.bert.encoder.layer[1].output.dense.weight
+        )
+    assert torch.equal(
+        mlm.cls.predictions.transform.dense.weight, pretraining.cls.predictions.transform.dense.weight
+    )
+    assert len(AutoTokenizer.from_pretrained(model_dir)) == pretraining.config.vocab_size
+    result = json.loads((full_run["out"] / "result.json").read_text())
+    assert result["status"] == "completed" and result["model_path"] == str(model_dir)
+
+
+def test_completed_run_is_returned_not_retrained(
+    full_run: dict[str, Any], tiny_bert_dir: Path, small_corpus: Path, reference_corpus: Path, cache_dir: Path
+) -> None:
+    records: list[dict[str, Any]] = []
+    again = run_pretraining(
+        tiny_bert_dir,
+        small_corpus,
+        full_run["out"],
+        hp(max_steps=40),
+        reference_corpus=reference_corpus,
+        cache_dir=cache_dir,
+        sink=records.append,
+    )
+    assert again.status == "completed" and again.final_metrics == full_run["result"].final_metrics
+    assert records == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Resume, cancel, time limit, crashes
+
+
+def test_resume_gives_the_uninterrupted_run(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path
+) -> None:
+    h = hp(max_steps=30, batch_size=16, eval_every_steps=0, checkpoint_every_steps=0)
+    straight: list[dict[str, Any]] = []
+    run_pretraining(tiny_bert_dir, tiny_corpus, tmp_path / "a", h, cache_dir=cache_dir, sink=straight.append)
+
+    first: list[dict[str, Any]] = []
+    seen: list[int] = []
+    stopped = run_pretraining(
+        tiny_bert_dir,
+        tiny_corpus,
+        tmp_path / "b",
+        h,
+        cache_dir=cache_dir,
+        sink=first.append,
+        progress=lambda step, total: seen.append(step),
+        should_stop=lambda: seen[-1] >= 12,
+    )
+    assert stopped.status == "cancelled" and stopped.steps == 12 and stopped.model_path is None
+    assert stopped.checkpoint_path == tmp_path / "b" / "checkpoints" / "checkpoint-12"
+    # Debris of a crash: an unpublished checkpoint and one without its manifest; both ignored.
+    (tmp_path / "b" / "checkpoints" / "tmp-checkpoint-20-dead").mkdir()
+    (tmp_path / "b" / "checkpoints" / "checkpoint-25").mkdir()
+    second: list[dict[str, Any]] = []
+    resumed = run_pretraining(
+        tiny_bert_dir, tiny_corpus, tmp_path / "b", h, cache_dir=cache_dir, sink=second.append
+    )
+    assert resumed.status == "completed" and resumed.resumed_from == stopped.checkpoint_path
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == [
+        "checkpoint-12",
+        "checkpoint-30",
+    ]
+
+    a, b = _train(straight), {**_train(first), **_train(second)}
+    assert sorted(b) == sorted(a) == list(range(1, 31))
+    assert max(a[s]["epoch"] for s in a) > 1.0, "the run should cross epoch boundaries"
+    for step in range(1, 31):
+        assert b[step]["learning_rate"] == a[step]["learning_rate"], step
+        assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-4, abs=1e-5), step
+        assert b[step]["samples_seen"] == a[step]["samples_seen"], step
+    assert resumed.baseline_metrics == stopped.baseline_metrics  # the baseline survives the resume
+    assert resumed.final_metrics["eval"]["masked_lm_loss"] == pytest.approx(
+        json.loads((tmp_path / "a" / "result.json").read_text())["final_metrics"]["eval"]["masked_lm_loss"],
+        rel=1e-4,
+    )
+
+
+def test_cancel_checkpoint_and_resume_guards(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, small_corpus: Path, cache_dir: Path
+) -> None:
+    out = tmp_path / "run"
+    h = hp(max_steps=4)
+    cancelled = run_pretraining(
+        tiny_bert_dir, tiny_corpus, out, h, cache_dir=cache_dir, should_stop=lambda: True
+    )
+    assert cancelled.status == "cancelled" and cancelled.steps == 1
+    assert (out / "checkpoints" / "checkpoint-1" / CHECKPOINT_MANIFEST).is_file()
+    assert not (out / "model").exists()
+    assert json.loads((out / "result.json").read_text())["status"] == "cancelled"
+
+    with pytest.raises(ResumeError, match="learning_rate"):
+        run_pretraining(
+            tiny_bert_dir, tiny_corpus, out, hp(max_steps=4, learning_rate=2e-3), cache_dir=cache_dir
+        )
+    with pytest.raises(ResumeError, match="corpus"):
+        run_pretraining(tiny_bert_dir, small_corpus, out, h, cache_dir=cache_dir)
+    with pytest.raises(TrainingError, match="already holds a run"):
+        run_pretraining(tiny_bert_dir, tiny_corpus, out, h, cache_dir=cache_dir, resume=False)
+    # What only changes logging and saving is not a different run.
+    done = run_pretraining(
+        tiny_bert_dir, tiny_corpus, out, hp(max_steps=4, logging_every_steps=2), cache_dir=cache_dir
+    )
+    assert done.status == "completed" and done.steps == 4 and done.resumed_from is not None
+
+
+def test_crash_while_saving_leaves_no_complete_looking_checkpoint(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    h = hp(max_steps=4, checkpoint_every_steps=2, eval_every_steps=0)
+    original = PretrainingTrainer.checkpoint_manifest
+
+    def crash_at_step_4(self: PretrainingTrainer) -> dict[str, Any]:
+        if self.state.global_step == 4:
+            raise OSError("disk full")
+        return original(self)
+
+    monkeypatch.setattr(PretrainingTrainer, "checkpoint_manifest", crash_at_step_4)
+    with pytest.raises(OSError, match="disk full"):
+        run_pretraining(tiny_bert_dir, tiny_corpus, out, h, cache_dir=cache_dir)
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names[0] == "checkpoint-2" and len(names) == 2 and names[1].startswith("tmp-checkpoint-4")
+    monkeypatch.setattr(PretrainingTrainer, "checkpoint_manifest", original)
+    resumed = run_pretraining(tiny_bert_dir, tiny_corpus, out, h, cache_dir=cache_dir)
+    assert resumed.status == "completed" and resumed.resumed_from == out / "checkpoints" / "checkpoint-2"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_crash_during_export_is_finished_without_an_extra_step(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    h = hp(max_steps=3, eval_every_steps=0, checkpoint_every_steps=0)
+
+    def broken_export(*args: Any, **kwargs: Any) -> Path:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(engine, "export_model", broken_export)
+    first: list[dict[str, Any]] = []
+    with pytest.raises(OSError, match="disk full"):
+        run_pretraining(tiny_bert_dir, tiny_corpus, out, h, cache_dir=cache_dir, sink=first.append)
+    assert first[-1]["event"] == "failed" and "disk full" in first[-1]["error"]
+    assert (out / "checkpoints" / "checkpoint-3" / CHECKPOINT_MANIFEST).is_file() and not (
+        out / "model"
+    ).exists()
+    monkeypatch.undo()
+    second: list[dict[str, Any]] = []
+    result = run_pretraining(tiny_bert_dir, tiny_corpus, out, h, cache_dir=cache_dir, sink=second.append)
+    assert result.status == "completed" and result.steps == 3 and _train(second) == {}
+    assert result.final_metrics_step == 3 and result.samples_seen == 3 * 8
+    assert result.model_path is not None and (result.model_path / MODEL_MANIFEST).is_file()
+
+
+def test_max_runtime_stops_evaluated_and_exported(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ticks = iter([0.0])
+    monkeypatch.setattr(engine, "_clock", lambda: next(ticks, 1e9))  # started at 0, then far past the limit
+    result = run_pretraining(
+        tiny_bert_dir,
+        tiny_corpus,
+        tmp_path / "run",
+        hp(max_steps=50, max_runtime_seconds=60),
+        cache_dir=cache_dir,
+    )
+    assert result.status == "timed_out" and result.steps == 1
+    assert result.model_path is not None and (result.model_path / "model.safetensors").is_file()
+    assert result.checkpoint_path is not None and result.checkpoint_path.name == "checkpoint-1"
+    assert set(result.final_metrics["eval"]) == set(EVAL_METRICS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Variants and pieces
+
+
+def test_static_masks_no_nsp_accumulation_bf16(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path
+) -> None:
+    records: list[dict[str, Any]] = []
+    result = run_pretraining(
+        tiny_bert_dir,
+        tiny_corpus,
+        tmp_path / "run",
+        hp(
+            max_steps=3,
+            nsp=False,
+            masking="static",
+            dupe_factor=2,
+            gradient_accumulation_steps=2,
+            precision="bf16",
+        ),
+        cache_dir=cache_dir,
+        sink=records.append,
+    )
+    assert result.status == "completed"
+    train = _train(records)
+    assert "nsp_loss" not in train[3] and "mlm_loss" in train[3]
+    assert train[3]["samples_seen"] == 3 * 2 * 8
+    assert set(result.final_metrics["eval"]) == {"masked_lm_loss", "masked_lm_accuracy", "perplexity"}
+    assert math.isfinite(train[3]["loss"])
+    # bf16 autocast ran on the CPU; the saved weights stay fp32.
+    assert result.model_path is not None
+    assert json.loads((result.model_path / MODEL_MANIFEST).read_text())["precision"] == "bf16"
+    assert json.loads((result.model_path / "config.json").read_text()).get("dtype", "float32") == "float32"
+
+
+def test_minilm_trains_a_few_steps(
+    tmp_path: Path, minilm_dir: Path, small_corpus: Path, cache_dir: Path
+) -> None:
+    result = run_pretraining(
+        minilm_dir,
+        small_corpus,
+        tmp_path / "run",
+        hp(max_steps=3, batch_size=4, eval_documents=2, learning_rate=5e-5),
+        cache_dir=cache_dir,
+    )
+    assert result.status == "completed" and result.steps == 3
+    (warning,) = result.warnings
+    assert warning["code"] == "newly_initialized_parameters"
+    assert all(p.startswith("cls.") for p in warning["parameters"])
+    assert 0.2 <= result.baseline_metrics["eval"]["next_sentence_accuracy"] <= 0.8
+    assert result.model_path is not None and (result.model_path / "model.safetensors").is_file()
+
+
+def test_max_seq_length_beyond_positions_is_refused(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path
+) -> None:
+    with pytest.raises(TrainingError, match="max_seq_length"):
+        run_pretraining(
+            tiny_bert_dir, tiny_corpus, tmp_path / "run", hp(max_seq_length=128), cache_dir=tmp_path
+        )
+
+
+def test_precision_resolution() -> None:
+    assert resolve_precision("auto", cuda=False) == "fp32"
+    assert resolve_precision("bf16", cuda=False) == "bf16"
+    with pytest.raises(TrainingError, match="fp16"):
+        resolve_precision("fp16", cuda=False)
+
+
+@pytest.fixture(scope="module")
+def prepared(small_corpus: Path, tokenizer: Any, cache_dir: Path) -> Any:
+    from worker.pretraining.prepare import prepare_corpus
+
+    return prepare_corpus(small_corpus, tokenizer, cache_dir, hp().preparation())
+
+
+def _trainer(tmp_path: Path, tiny_bert_dir: Path, prepared: Any, tokenizer: Any) -> PretrainingTrainer:
+    from worker.pretraining.collator import PretrainingCollator
+    from worker.pretraining.masking import MaskingConfig, TokenMasker
+    from worker.pretraining.model import load_base_model
+
+    h = hp(max_steps=10)
+    collator = PretrainingCollator(
+        pad_token_id=tokenizer.pad_token_id,
+        masker=TokenMasker.from_tokenizer(MaskingConfig.from_hyperparameters(h), tokenizer),
+        seed=h.seed,
+    )
+    args = training_arguments(
+        h, tmp_path, max_steps=10, precision="fp32", cuda=False, dataloader_workers=0, evaluate_at_start=False
+    )
+    return PretrainingTrainer(
+        model=load_base_model(tiny_bert_dir).model,
+        args=args,
+        data_collator=collator,
+        train_dataset=prepared.train,
+    )
+
+
+def test_weight_decay_spares_layernorm_and_bias(
+    tmp_path: Path, tiny_bert_dir: Path, prepared: Any, tokenizer: Any
+) -> None:
+    trainer = _trainer(tmp_path, tiny_bert_dir, prepared, tokenizer)
+    optimizer = trainer.create_optimizer()
+    assert trainer.model is not None
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    decayed = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    spared = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.01, 0.0}
+    assert decayed and spared and not decayed & spared
+    assert decayed | spared == set(names.values())
+    assert all("LayerNorm" in n or n.endswith("bias") for n in spared)
+    assert not any("LayerNorm" in n or n.endswith("bias") for n in decayed)
+    assert "bert.embeddings.word_embeddings.weight" in decayed  # also the tied MLM decoder
+
+
+def test_length_grouping_with_prepared_split(
+    tmp_path: Path, tiny_bert_dir: Path, prepared: Any, tokenizer: Any
+) -> None:
+    lengths = prepared.train.lengths
+    sampler = LengthGroupedSampler(lengths, 8, seed=3)
+    epoch0 = list(sampler)
+    assert sorted(epoch0) == list(range(len(lengths)))
+    assert list(sampler) == epoch0  # reproducible
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch0
+    grouped = np.mean([np.ptp(lengths[b]) for b in sampler.batches() if len(b) == 8])
+    shuffled = np.mean(
+        [
+            np.ptp(lengths[b])
+            for b in np.array_split(np.random.default_rng(0).permutation(len(lengths)), len(lengths) // 8)
+        ]
+    )
+    assert grouped < shuffled / 3
+
+    trainer = _trainer(tmp_path, tiny_bert_dir, prepared, tokenizer)
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert set(batch) >= {"input_ids", "masked_lm_positions", "masked_lm_labels", "next_sentence_label"}
+    real = batch["attention_mask"].sum(1)
+    assert batch["input_ids"].shape[1] - int(real.min()) < 16  # little padding
+
+
+# --------------------------------------------------------------------------------------------------
+# The CLI
+
+
+def _cli() -> Any:
+    from worker.cli import cli
+
+    return cli
+
+
+def test_cli_options_come_from_the_schema() -> None:
+    command = _cli().commands["train"]
+    options = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    helps = {param.name: param.help for param in command.params}
+    for name, info in Hyperparameters.model_fields.items():
+        assert f"--{name.replace('_', '-')}" in options, name
+        assert helps[name].startswith(info.description)
+    assert "--no-whole-word-mask" in options and "--config" in options
+
+
+def test_cli_bad_config_is_one_line_naming_the_field(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path
+) -> None:
+    from click.testing import CliRunner
+
+    common = [
+        "train",
+        "--base",
+        str(tiny_bert_dir),
+        "--corpus",
+        str(tiny_corpus),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"max_step": 3}))
+    runner = CliRunner()
+    for extra, field in ((["--warmup-ratio", "2"], "warmup_ratio"), (["--config", str(config)], "max_step")):
+        result = runner.invoke(_cli(), [*common, *extra])
+        assert result.exit_code == 2, result.output
+        (line,) = [line for line in result.output.splitlines() if line.strip()]
+        assert line.startswith("error:") and field in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_runs_a_job_and_prints_the_summary(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path
+) -> None:
+    from click.testing import CliRunner
+
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"hyperparameters": {**TINY_RUN, "max_steps": 50}}))
+    args = [
+        "train",
+        "--base",
+        str(tiny_bert_dir),
+        "--corpus",
+        str(tiny_corpus),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    args += [
+        "--config",
+        str(config),
+        "--cache-dir",
+        str(cache_dir),
+        "--max-steps",
+        "3",
+    ]
+    result = CliRunner().invoke(_cli(), args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "completed after 3/3 steps" in result.output
+    assert "baseline (step 0)" in result.output and "masked_lm_loss" in result.output
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

@@ -1,0 +1,213 @@
+"""Loading base checkpoints (what is refused, what is reported) and the gathered-head loss."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.pretraining.conftest import save_checkpoint, tiny_config
+from worker.pretraining.collator import PretrainingCollator
+from worker.pretraining.masking import MaskingConfig, TokenMasker
+from worker.pretraining.model import (
+    NEWLY_INITIALIZED,
+    BaseModelError,
+    load_base_model,
+    pretraining_loss,
+)
+
+
+def _instances(tokenizer: Any, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Synthetic [CLS] A [SEP] B [SEP] instances of varied lengths over the non-special vocabulary."""
+    rng = np.random.default_rng(seed)
+    special = set(tokenizer.all_special_ids)
+    ordinary = np.array([i for i in range(len(tokenizer)) if i not in special])
+    out = []
+    for index in range(n):
+        a, b = int(rng.integers(3, 20)), int(rng.integers(3, 25))
+        ids = np.concatenate(
+            [
+                [tokenizer.cls_token_id],
+                rng.choice(ordinary, a),
+                [tokenizer.sep_token_id],
+                rng.choice(ordinary, b),
+                [tokenizer.sep_token_id],
+            ]
+        )
+        out.append(
+            {"index": index, "input_ids": ids, "segment_b_start": a + 2, "next_sentence_label": index % 2}
+        )
+    return out
+
+
+def _batch(tokenizer: Any, n: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    masker = TokenMasker.from_tokenizer(MaskingConfig(), tokenizer)
+    collator = PretrainingCollator(pad_token_id=tokenizer.pad_token_id, masker=masker, seed=seed)
+    return collator(_instances(tokenizer, n, seed))
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def test_full_checkpoint_loads_without_warnings(tiny_bert_dir: Path) -> None:
+    loaded = load_base_model(tiny_bert_dir)
+    model = loaded.model
+    assert type(model).__name__ == "BertForPreTraining"
+    assert model.config._attn_implementation == "sdpa"
+    assert model.dtype == torch.float32
+    assert loaded.newly_initialized == [] and loaded.warnings == []
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    assert loaded.tokenizer.is_fast and len(loaded.tokenizer) <= model.config.vocab_size
+
+
+def test_bare_encoder_reports_new_heads_and_keeps_encoder(tiny_encoder_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    loaded = load_base_model(tiny_encoder_dir)
+    new = set(loaded.newly_initialized)
+    assert new == {
+        "bert.pooler.dense.weight",
+        "bert.pooler.dense.bias",
+        "cls.predictions.bias",
+        "cls.predictions.transform.dense.weight",
+        "cls.predictions.transform.dense.bias",
+        "cls.predictions.transform.LayerNorm.weight",
+        "cls.predictions.transform.LayerNorm.bias",
+        "cls.seq_relationship.weight",
+        "cls.seq_relationship.bias",
+    }
+    (warning,) = loaded.warnings
+    assert warning["code"] == NEWLY_INITIALIZED
+    assert set(warning["parameters"]) == new
+    assert "50%" in warning["message"]
+    # The un-prefixed encoder weights were mapped onto bert.*: compare with the file itself.
+    saved = load_file(str(tiny_encoder_dir / "model.safetensors"))
+    state = loaded.model.state_dict()
+    for key, value in saved.items():
+        assert torch.equal(state[f"bert.{key}"], value), key
+    assert loaded.model.cls.predictions.decoder.weight is loaded.model.bert.embeddings.word_embeddings.weight
+
+
+def test_minilm_only_heads_are_new(minilm_dir: Path) -> None:
+    from safetensors import safe_open
+
+    loaded = load_base_model(minilm_dir)
+    assert loaded.newly_initialized, "MiniLM has no pre-training heads"
+    assert all(key.startswith("cls.") for key in loaded.newly_initialized), loaded.newly_initialized
+    assert loaded.model.config.num_hidden_layers == 6 and loaded.model.config.hidden_size == 384
+    with safe_open(str(minilm_dir / "model.safetensors"), framework="pt") as f:
+        expected = f.get_tensor("encoder.layer.5.output.dense.weight")
+    assert torch.equal(loaded.model.bert.encoder.layer[5].output.dense.weight.detach(), expected)
+
+
+def test_non_bert_is_refused(tmp_path: Path, tokenizer: Any) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=len(tokenizer)))
+    directory = save_checkpoint(model, tokenizer, tmp_path / "gpt2")
+    with pytest.raises(BaseModelError, match="model_type 'gpt2' is not supported"):
+        load_base_model(directory)
+
+
+def test_pickle_only_is_refused_without_unpickling(
+    tmp_path: Path, tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "pickled"
+    shutil.copytree(tiny_bert_dir, directory)
+    state = {k: v.clone() for k, v in load_base_model(tiny_bert_dir).model.state_dict().items()}
+    torch.save(state, directory / "pytorch_model.bin")
+    (directory / "model.safetensors").unlink()
+
+    def no_unpickling(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("torch.load must never be called on a base checkpoint")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    with pytest.raises(BaseModelError, match=r"pickle weights.*save_pretrained"):
+        load_base_model(directory)
+
+
+def test_vocab_size_disagreement_is_refused(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    directory = tmp_path / "bad-config"
+    shutil.copytree(tiny_bert_dir, directory)
+    config = json.loads((directory / "config.json").read_text())
+    config["vocab_size"] += 5
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BaseModelError, match="vocab_size"):
+        load_base_model(directory)
+
+
+def test_tokenizer_larger_than_embeddings_is_refused(tmp_path: Path, tokenizer: Any) -> None:
+    from transformers import BertForPreTraining
+
+    model = BertForPreTraining(tiny_config(tokenizer, vocab_size=len(tokenizer) - 10))
+    directory = save_checkpoint(model, tokenizer, tmp_path / "small-vocab")
+    with pytest.raises(BaseModelError, match="tokenizer has"):
+        load_base_model(directory)
+
+
+def test_missing_directory_and_offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(BaseModelError, match="does not exist"):
+        load_base_model(tmp_path / "nowhere")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BaseModelError, match="offline"):
+        load_base_model("bertpt-tests/no-such-model")
+
+
+# --------------------------------------------------------------------------------------------------
+# The loss
+
+
+def test_gathered_loss_equals_stock_loss(tiny_bert_dir: Path, tokenizer: Any) -> None:
+    model = load_base_model(tiny_bert_dir).model.eval()
+    batch = _batch(tokenizer)
+    assert (batch["masked_lm_labels"] != -100).sum() == (batch["labels"] != -100).sum()
+    with torch.no_grad():
+        ours = pretraining_loss(model, batch)
+        stock = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"],
+            labels=batch["labels"],
+            next_sentence_label=batch["next_sentence_label"],
+        )
+        mlm_only = pretraining_loss(model, batch, nsp=False)
+        logits = stock.prediction_logits
+        stock_mlm = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1)
+        )
+    assert abs(ours.loss.item() - stock.loss.item()) < 1e-5
+    assert abs(mlm_only.loss.item() - stock_mlm.item()) < 1e-5
+    assert mlm_only.nsp_loss is None
+    assert int(ours.mlm_count) == int((batch["labels"] != -100).sum())
+    assert ours.nsp_count is not None and int(ours.nsp_count) == batch["input_ids"].shape[0]
+
+
+def test_micro_batch_losses_sum_to_the_whole_batch_loss(tiny_bert_dir: Path, tokenizer: Any) -> None:
+    """With normalizers counted over all micro-batches (gradient accumulation), the micro-batch losses
+    add up to the token-weighted loss of the whole batch."""
+    model = load_base_model(tiny_bert_dir).model.eval()
+    batch = _batch(tokenizer, n=10, seed=3)
+    halves = [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]
+    mlm_total = int((batch["masked_lm_labels"] != -100).sum())
+    with torch.no_grad():
+        whole = pretraining_loss(model, batch).loss
+        parts = sum(
+            pretraining_loss(model, half, mlm_normalizer=mlm_total, nsp_normalizer=10).loss for half in halves
+        )
+    assert abs(float(whole) - float(parts)) < 1e-5
+
+
+def test_loss_gradients_reach_tied_embeddings_and_heads(tiny_encoder_dir: Path, tokenizer: Any) -> None:
+    model = load_base_model(tiny_encoder_dir).model.train()
+    out = pretraining_loss(model, _batch(tokenizer))
+    out.loss.backward()
+    assert model.bert.embeddings.word_embeddings.weight.grad is not None
+    assert model.cls.seq_relationship.weight.grad is not None
+    assert model.cls.predictions.transform.dense.weight.grad is not None
+    assert 0 <= int(out.mlm_correct) <= int(out.mlm_count)

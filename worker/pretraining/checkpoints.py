@@ -1,0 +1,206 @@
+"""Checkpoint directories: atomic publication, rotation, discovery, and the resume check.
+
+A checkpoint is written into ``tmp-checkpoint-<step>-<random>`` and only renamed to
+``checkpoint-<step>`` once every file, the manifest last, is on disk (files and directory fsynced).
+Anything named ``tmp-*`` is an interrupted write or deletion: never resumed from, removed at the next
+start. A checkpoint counts as complete when its manifest and the trainer state are present.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CHECKPOINT_MANIFEST",
+    "MODEL_MANIFEST",
+    "RESUME_INSENSITIVE",
+    "ResumeError",
+    "complete_checkpoints",
+    "latest_checkpoint",
+    "publish_directory",
+    "remove_incomplete",
+    "resume_mismatches",
+    "rotate_checkpoints",
+    "write_json",
+]
+
+CHECKPOINT_PREFIX = "checkpoint-"
+TMP_PREFIX = "tmp-"
+CHECKPOINT_MANIFEST = "bertpt_checkpoint.json"
+MODEL_MANIFEST = "bertpt_manifest.json"
+TRAINER_STATE = "trainer_state.json"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+# Hyperparameters that may change between an interrupted run and its resume: they do not change what
+# is trained (when and how often things are logged, evaluated or saved, the time budget, execution
+# details). Everything else must match, or the resumed run would not be the run that was started.
+RESUME_INSENSITIVE = frozenset(
+    {
+        "max_runtime_seconds",
+        "keep_checkpoints",
+        "logging_every_steps",
+        "checkpoint_every_steps",
+        "eval_every_steps",
+        "torch_compile",
+        "precision",
+    }
+)
+# Run-level facts that must match for a resume (the hyperparameters are compared field by field).
+RESUME_KEYS = ("corpus_sha256", "data_key", "reference_corpus_sha256", "base_model_sha256")
+
+
+class ResumeError(ValueError):
+    """The output directory holds a run that is not this one (other corpus, base or parameters)."""
+
+    def __init__(self, directory: Path, problems: list[str]):
+        self.problems = problems
+        super().__init__(
+            f"{directory} holds checkpoints of a different run ({'; '.join(problems)}). Use another output "
+            "directory, or restore the original settings to resume it."
+        )
+
+
+def _fsync(path: Path) -> None:
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # pragma: no cover - platforms that cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(directory: Path) -> None:
+    """Flush every file under ``directory`` and the directories themselves to disk."""
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            _fsync(Path(root) / name)
+        _fsync(Path(root))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename: readers see the old or the new file, whole."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def temporary_sibling(final: Path, tag: str = "") -> Path:
+    return final.parent / f"{TMP_PREFIX}{final.name}{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def _remove(directory: Path) -> None:
+    """Rename out of the way first, so a crash half-way through the deletion leaves a ``tmp-`` name
+    rather than a checkpoint that looks complete but is not."""
+    if not directory.exists():
+        return
+    doomed = temporary_sibling(directory, ".deleting")
+    os.replace(directory, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def publish_directory(tmp: Path, final: Path) -> Path:
+    """Make the fully written ``tmp`` visible as ``final`` in one rename (replacing an older ``final``)."""
+    fsync_tree(tmp)
+    if final.exists():
+        _remove(final)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+    return final
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the complete checkpoints under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        match = _CHECKPOINT_NAME.match(entry.name)
+        if match and (entry / CHECKPOINT_MANIFEST).is_file() and (entry / TRAINER_STATE).is_file():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    checkpoints = complete_checkpoints(root)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def remove_incomplete(root: Path) -> list[Path]:
+    """Delete interrupted writes and deletions (``tmp-*``) and checkpoint-named directories without a
+    manifest; returns what was removed."""
+    if not root.is_dir():
+        return []
+    complete = {path for _, path in complete_checkpoints(root)}
+    removed = []
+    for entry in sorted(root.iterdir()):
+        if not entry.is_dir():
+            continue
+        if entry.name.startswith(TMP_PREFIX) or (
+            _CHECKPOINT_NAME.match(entry.name) and entry not in complete
+        ):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def rotate_checkpoints(root: Path, keep: int) -> list[Path]:
+    """Keep the ``keep`` newest complete checkpoints (by step); returns the removed ones."""
+    checkpoints = complete_checkpoints(root)
+    doomed = [path for _, path in checkpoints[: max(0, len(checkpoints) - keep)]]
+    for path in doomed:
+        _remove(path)
+    return doomed
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable[str]) -> list[str]:
+    skip = set(ignore)
+    out = []
+    for name in sorted(set(saved) | set(current)):
+        if name in skip:
+            continue
+        if saved.get(name) != current.get(name):
+            out.append(f"{name}: {saved.get(name)!r} in the checkpoint, {current.get(name)!r} now")
+    return out
+
+
+def resume_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Why a checkpoint manifest's run (``saved["run"]``) is not the run described by ``current``."""
+    saved_run = saved.get("run") or {}
+    problems = []
+    for key in RESUME_KEYS:
+        if saved_run.get(key) != current.get(key):
+            what = key.replace("_sha256", "").replace("_", " ")
+            problems.append(
+                f"{what} differs ({key} {saved_run.get(key)!r} in the checkpoint, {current.get(key)!r} now)"
+            )
+    problems += [
+        f"hyperparameter {p}"
+        for p in _differences(
+            saved_run.get("hyperparameters") or {}, current.get("hyperparameters") or {}, RESUME_INSENSITIVE
+        )
+    ]
+    return problems
