@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from app.admin import admin
 from worker.pretraining.cli import prepare_command
 from worker.pretraining.train_cli import train_command
 
@@ -20,6 +21,7 @@ def cli() -> None:
 
 cli.add_command(prepare_command)
 cli.add_command(train_command)
+cli.add_command(admin)
 
 
 def main() -> None:

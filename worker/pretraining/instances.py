@@ -132,7 +132,7 @@ def _document_bounds(docs: TokenizedDocuments, doc: int) -> list[int]:
     """Token offsets of a document's sentences, as a small Python list (fast scalar access):
     sentence ``i`` of the document is ``token_ids[bounds[i]:bounds[i + 1]]``."""
     first, last = int(docs.document_bounds[doc]), int(docs.document_bounds[doc + 1])
-    return docs.sentence_bounds[first : last + 1].tolist()  # type: ignore[no-any-return]
+    return docs.sentence_bounds[first : last + 1].tolist()
 
 
 def _random_segment(docs: TokenizedDocuments, doc: int, target_b: int, rng: random.Random) -> tuple[int, int]:

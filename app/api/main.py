@@ -1,0 +1,172 @@
+"""The FastAPI application: ``create_app()`` wires settings, database, storage, metrics, routers, and maps
+every error to one JSON body, ``{"error": {"type", "message", "param"}}``.
+
+Run it with ``uvicorn --factory app.api.main:create_app``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api.metrics import MetricsMiddleware, create_registry
+from app.api.routes import checkpoints, corpora, health, models
+from app.config import Settings, get_settings
+from app.db import create_db_engine, create_session_factory
+from app.errors import (
+    AppError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+    ValidationFailed,
+)
+from app.storage import Storage, get_storage
+from worker.pretraining.hyperparameters import HyperparameterError
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+ROUTERS = (health.router, corpora.router, checkpoints.router, models.router)
+
+# The one place where domain errors become HTTP statuses.
+STATUS_BY_ERROR: dict[type[AppError], int] = {
+    BadRequest: 400,
+    Unauthorized: 401,
+    NotFound: 404,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    ValidationFailed: 422,
+    ServiceUnavailable: 503,
+}
+_TYPE_BY_STATUS = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    422: "validation_error",
+    503: "service_unavailable",
+}
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    session_factory: Callable[[], Session] | None = None,
+    storage: Storage | None = None,
+) -> FastAPI:
+    """Build the API. ``session_factory`` and ``storage`` default to ones built from ``settings``
+    (tests pass a factory bound to a connection whose transaction they roll back)."""
+    settings = settings or get_settings()
+    engine = None
+    if session_factory is None:
+        engine = create_db_engine(settings.database_url)
+        session_factory = create_session_factory(engine)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if engine is not None:
+            engine.dispose()
+
+    app = FastAPI(
+        title="bertpt",
+        version="0.1.0",
+        summary="Continual pre-training of BERT checkpoints (masked-LM + next-sentence prediction).",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.session_factory = session_factory
+    app.state.storage = storage or get_storage(settings)
+    registry, http_metrics = create_registry(settings, session_factory)
+    app.state.metrics_registry = registry
+
+    for router in ROUTERS:
+        app.include_router(router)
+    _add_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        )
+    app.add_middleware(MetricsMiddleware, metrics=http_metrics)
+    return app
+
+
+def error_body(error_type: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"type": error_type, "message": message, "param": param}}
+
+
+def _status_of(exc: AppError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 500
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def app_error(_request: Request, exc: AppError) -> JSONResponse:
+        status = _status_of(exc)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse(error_body(exc.code, exc.message, exc.param), status_code=status, headers=headers)
+
+    @app.exception_handler(HyperparameterError)
+    async def hyperparameter_error(_request: Request, exc: HyperparameterError) -> JSONResponse:
+        param = f"hyperparameters.{exc.errors[0][0]}" if exc.errors else "hyperparameters"
+        return JSONResponse(error_body("validation_error", str(exc), param), status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        params = [_param_of(error.get("loc", ())) for error in errors]
+        message = "; ".join(
+            f"{param or 'request'}: {error.get('msg', 'invalid')}"
+            for param, error in zip(params, errors, strict=True)
+        )
+        return JSONResponse(
+            error_body("validation_error", message or "invalid request", params[0] if params else None),
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such endpoint; see /docs for the API"
+        return JSONResponse(
+            error_body(_TYPE_BY_STATUS.get(exc.status_code, "http_error"), message),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
+        logger.error("unhandled %s", type(exc).__name__, exc_info=exc)
+        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+
+
+def _param_of(loc: tuple[Any, ...] | list[Any]) -> str | None:
+    """``("query", "limit")`` -> ``"limit"``, ``("body", "hyperparameters", "learning_rate")`` ->
+    ``"hyperparameters.learning_rate"``."""
+    parts = [str(part) for part in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
+    return ".".join(parts) or None

@@ -1,0 +1,90 @@
+"""Uploaded base checkpoints: upload (streamed), list, get, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+
+from app.api.deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
+from app.api.schemas import error_responses
+from app.api.uploads import MultipartUpload, multipart_request_body
+from app.checkpoints import service
+from app.checkpoints.schemas import CheckpointPublic, CheckpointsPublic
+from app.models import Checkpoint
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=error_responses(401))
+
+
+@router.post(
+    "",
+    response_model=CheckpointPublic,
+    status_code=status.HTTP_201_CREATED,
+    summary="Upload a BERT checkpoint",
+    description="A .tar.gz or .zip of a save_pretrained directory (config.json with model_type 'bert', "
+    "model.safetensors or sharded safetensors with their index, tokenizer files), at the top level or in "
+    "one folder. Pickle weights (pytorch_model.bin, *.pt) are refused: convert them to safetensors. Use "
+    "it as base_model `checkpoint:<id>`.",
+    responses=error_responses(400, 413, 422),
+    openapi_extra=multipart_request_body(
+        {"name": "Display name (default: the archive name without extension)."},
+        file_description="The checkpoint archive, .tar.gz or .zip.",
+    ),
+)
+async def upload_checkpoint(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    settings: SettingsDep,
+    storage: StorageDep,
+) -> Checkpoint:
+    upload = MultipartUpload(request, max_bytes=settings.max_upload_bytes)
+    checkpoint = await run_in_threadpool(
+        service.upload_checkpoint, session, storage, settings, tenant, upload
+    )
+    response.headers["Location"] = f"/v1/checkpoints/{checkpoint.id}"
+    return checkpoint
+
+
+@router.get(
+    "",
+    response_model=CheckpointsPublic,
+    summary="List checkpoints, newest first",
+    responses=error_responses(422),
+)
+def list_checkpoints(
+    session: SessionDep,
+    tenant: CurrentTenant,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    after: Annotated[str | None, Query(description="The next_cursor of the previous page.")] = None,
+) -> CheckpointsPublic:
+    page = service.list_checkpoints(session, tenant, limit=limit, after=after)
+    return CheckpointsPublic(
+        data=[CheckpointPublic.model_validate(c) for c in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get(
+    "/{checkpoint_id}",
+    response_model=CheckpointPublic,
+    summary="Get a checkpoint",
+    responses=error_responses(404),
+)
+def get_checkpoint(checkpoint_id: str, session: SessionDep, tenant: CurrentTenant) -> Checkpoint:
+    return service.get_checkpoint(session, tenant, checkpoint_id)
+
+
+@router.delete(
+    "/{checkpoint_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a checkpoint and its files",
+    description="Refused (409) while an active run starts from it.",
+    responses=error_responses(404, 409),
+)
+def delete_checkpoint(
+    checkpoint_id: str, session: SessionDep, tenant: CurrentTenant, storage: StorageDep
+) -> None:
+    service.delete_checkpoint(session, storage, tenant, checkpoint_id)

@@ -1,0 +1,31 @@
+"""Schemas shared by all routes: the error body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="Stable machine-readable kind of error.", examples=["not_found"])
+    message: str = Field(description="What is wrong and what to do about it.")
+    param: str | None = Field(description="The request field at fault, if one is.", examples=["file"])
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error statuses."""
+    descriptions = {
+        400: "Malformed request",
+        401: "Missing, invalid or revoked API key",
+        404: "No such object for this tenant",
+        409: "Conflicts with the current state",
+        413: "Upload too large",
+        422: "Invalid input",
+        503: "A dependency is unavailable",
+    }
+    return {status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses}

@@ -1,0 +1,206 @@
+"""A multipart/form-data request read as it arrives, as an :class:`~app.uploads.IncomingFile`.
+
+Starlette's ``request.form()`` first copies every file part into a temporary file, so a 2 GB upload
+would be written to disk once before it could be checked, and the size cap would only bite afterwards.
+Here python-multipart's push parser is fed straight from the request stream: the service validates and
+stores each chunk as it comes, and stops reading (413/422) at the first byte too many or the first bad
+line.
+
+The services are synchronous; they run in a worker thread (``run_in_threadpool``), and each chunk of the
+body is fetched from the event loop with ``anyio.from_thread.run``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import anyio.from_thread
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from app.errors import BadRequest, PayloadTooLarge, ValidationFailed
+from app.uploads import CHUNK_SIZE
+
+__all__ = ["MultipartUpload", "multipart_request_body"]
+
+MAX_FIELD_BYTES = 64 << 10
+MAX_PARTS = 16
+# Room for boundaries, part headers and the text fields on top of the file itself.
+_BODY_OVERHEAD = MAX_PARTS * (MAX_FIELD_BYTES + 1024)
+
+
+def multipart_request_body(fields: dict[str, str], *, file_description: str) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of such an upload (FastAPI cannot infer it from ``Request``)."""
+    properties: dict[str, Any] = {
+        "file": {"type": "string", "format": "binary", "description": file_description}
+    }
+    properties.update({name: {"type": "string", "description": text} for name, text in fields.items()})
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": properties, "required": ["file"]}
+                }
+            },
+        }
+    }
+
+
+class MultipartUpload:
+    """The one file part named ``file_field`` and the text fields around it. Use from a worker thread."""
+
+    def __init__(self, request: Request, *, max_bytes: int, file_field: str = "file") -> None:
+        self.file_field = file_field
+        content_type = request.headers.get("content-type", "")
+        media_type, options = parse_options_header(content_type)
+        boundary = options.get(b"boundary")
+        if media_type != b"multipart/form-data" or not boundary:
+            raise BadRequest(
+                f"send the upload as multipart/form-data with the file in a field named {file_field!r} "
+                f"(got content type {content_type or 'none'!r})"
+            )
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_bytes + _BODY_OVERHEAD:
+            raise PayloadTooLarge(max_bytes, param=file_field)  # refused before reading a byte
+        self._stream: AsyncIterator[bytes] = request.stream().__aiter__()
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._on_part_begin,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+            },
+        )
+        self._fields: dict[str, str] = {}
+        self._filename: str | None = None
+        self._data: deque[bytes] = deque()  # parsed, not yet consumed, bytes of the file part
+        self._file_done = False
+        self._eof = False
+        self._parts = 0
+        # the part being parsed
+        self._header_name = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._field_name = ""
+        self._is_file = False
+        self._field_value = bytearray()
+
+    # -- IncomingFile -----------------------------------------------------------------------------
+
+    @property
+    def filename(self) -> str:
+        while self._filename is None:
+            if self._eof:
+                raise ValidationFailed(
+                    self.file_field, f"no file: send it in a form field named {self.file_field!r}"
+                )
+            self._pump()
+        return self._filename
+
+    def chunks(self) -> Iterator[bytes]:
+        _ = self.filename
+        buffer = bytearray()
+        while True:
+            while self._data and len(buffer) < CHUNK_SIZE:
+                buffer += self._data.popleft()
+            if len(buffer) >= CHUNK_SIZE:
+                yield bytes(buffer[:CHUNK_SIZE])
+                del buffer[:CHUNK_SIZE]
+            elif self._file_done:
+                if buffer:
+                    yield bytes(buffer)
+                return
+            else:
+                self._pump()
+
+    def fields(self) -> Mapping[str, str]:
+        while not self._eof:
+            self._pump()
+            self._data.clear()  # a caller asking for the fields has read the file it wanted
+        return self._fields
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Feed the parser the next chunk of the request body."""
+        if self._eof:
+            raise BadRequest("the multipart body ended early")
+        try:
+            chunk = anyio.from_thread.run(self._next_chunk)
+        except ClientDisconnect:
+            raise BadRequest("the client disconnected during the upload") from None
+        try:
+            if chunk is None:
+                self._parser.finalize()
+                self._eof = True
+                if not self._file_done and self._filename is not None:
+                    raise BadRequest("the multipart body ended inside the file part")
+            else:
+                self._parser.write(chunk)
+        except FormParserError as exc:
+            raise BadRequest(f"malformed multipart body ({exc})") from None
+
+    async def _next_chunk(self) -> bytes | None:
+        async for chunk in self._stream:
+            if chunk:
+                return chunk
+        return None
+
+    # -- parser callbacks -------------------------------------------------------------------------
+
+    def _on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise BadRequest(f"too many parts in the multipart body (at most {MAX_PARTS})")
+        self._headers = {}
+        self._field_value = bytearray()
+        self._is_file = False
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        self._headers[self._header_name.lower()] = self._header_value
+        self._header_name = self._header_value = b""
+
+    def _on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = options.get(b"name")
+        if name is None:
+            raise BadRequest("a multipart part has no Content-Disposition name")
+        self._field_name = name.decode("utf-8", "replace")
+        filename = options.get(b"filename")
+        if self._field_name == self.file_field:
+            if self._filename is not None:
+                raise BadRequest(f"more than one {self.file_field!r} part")
+            self._is_file = True
+            self._filename = (filename or b"").decode("utf-8", "replace")
+        elif filename is not None:
+            raise BadRequest(
+                f"unexpected file in field {self._field_name!r}; send the file as {self.file_field!r}"
+            )
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._is_file:
+            self._data.append(data[start:end])
+            return
+        self._field_value += data[start:end]
+        if len(self._field_value) > MAX_FIELD_BYTES:
+            raise BadRequest(f"form field {self._field_name!r} is longer than {MAX_FIELD_BYTES} bytes")
+
+    def _on_part_end(self) -> None:
+        if self._is_file:
+            self._file_done = True
+        else:
+            self._fields[self._field_name] = self._field_value.decode("utf-8", "replace")

@@ -1,0 +1,249 @@
+"""Safe extraction of an uploaded checkpoint archive (.tar.gz or .zip of a save_pretrained directory).
+
+Only regular files with the names a Hugging Face BERT checkpoint uses are extracted, flat, into the
+target directory: at the archive's top level or inside one top-level folder. Links, devices, absolute
+paths, ``..``, encrypted members, pickle weights, duplicates and unexpected names are refused before
+anything of theirs is written; member count and total uncompressed size are capped, counted on the bytes
+actually written (archive headers can lie). Nothing is extracted with ``tarfile``/``zipfile``'s own
+extract functions.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Literal
+
+from app.checkpoints.inspect import CONVERT_HINT, PICKLE_SUFFIXES
+
+__all__ = [
+    "ALLOWED_FILES",
+    "ArchiveError",
+    "ArchiveTooLarge",
+    "ExtractedFiles",
+    "archive_kind",
+    "extract_checkpoint_archive",
+]
+
+ArchiveKind = Literal["tar.gz", "zip"]
+
+ALLOWED_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "README.md",
+    }
+)
+_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+# Left behind by macOS archivers and git checkouts: skipped silently.
+_JUNK_DIRS = ("__MACOSX",)
+_JUNK_FILES = (".DS_Store", ".gitattributes")
+_COPY_CHUNK = 1 << 20
+
+
+class ArchiveError(ValueError):
+    """The archive is corrupt or holds something that is not accepted; the message says what."""
+
+
+class ArchiveTooLarge(ArchiveError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the archive unpacks to more than {limit:,} bytes")
+        self.limit = limit
+
+
+@dataclass
+class ExtractedFiles:
+    names: list[str] = field(default_factory=list)
+    bytes: int = 0
+
+
+def archive_kind(filename: str) -> ArchiveKind | None:
+    lower = filename.lower()
+    if lower.endswith((".tar.gz", ".tgz")):
+        return "tar.gz"
+    if lower.endswith(".zip"):
+        return "zip"
+    return None
+
+
+def extract_checkpoint_archive(
+    archive: Path, kind: ArchiveKind, target: Path, *, max_members: int, max_bytes: int
+) -> ExtractedFiles:
+    """Extract the checkpoint files of ``archive`` into the existing directory ``target``."""
+    extractor = _Extractor(target, max_members=max_members, max_bytes=max_bytes)
+    try:
+        if kind == "zip":
+            _extract_zip(archive, extractor)
+        else:
+            _extract_tar(archive, extractor)
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise ArchiveError(f"the archive is corrupt or truncated ({exc}); create it again") from None
+    except OSError as exc:  # gzip raises BadGzipFile (an OSError) on a non-gzip stream
+        raise ArchiveError(f"the archive cannot be read ({exc})") from None
+    if not extractor.result.names:
+        raise ArchiveError("the archive holds no files")
+    return extractor.result
+
+
+def _extract_tar(archive: Path, extractor: _Extractor) -> None:
+    with open(archive, "rb") as raw:
+        if raw.read(2) != b"\x1f\x8b":
+            raise ArchiveError("not a gzip-compressed tar archive (.tar.gz); create it with `tar czf`")
+    # Streaming mode: one pass over the compressed data, members handled in order.
+    with tarfile.open(archive, mode="r|gz") as tar:
+        for member in tar:
+            extractor.count_member(member.name)
+            kind = "dir" if member.isdir() else "file" if member.isreg() else _tar_type(member)
+            path = extractor.accept(member.name, kind)
+            if path is None:
+                continue
+            extractor.check_declared_size(member.size)
+            source = tar.extractfile(member)
+            if source is None:  # not reachable for regular files
+                raise ArchiveError(f"archive member {member.name!r} cannot be read")
+            with source:
+                extractor.write(path, source)
+
+
+def _tar_type(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return "symbolic link"
+    if member.islnk():
+        return "hard link"
+    if member.ischr() or member.isblk():
+        return "device"
+    if member.isfifo():
+        return "FIFO"
+    return "special file"
+
+
+def _extract_zip(archive: Path, extractor: _Extractor) -> None:
+    with open(archive, "rb") as raw:
+        if raw.read(2) != b"PK":
+            raise ArchiveError("not a zip archive")
+    with zipfile.ZipFile(archive) as zf:
+        members = zf.infolist()
+        for info in members:
+            extractor.count_member(info.filename)
+        for info in members:
+            mode = info.external_attr >> 16
+            if info.flag_bits & 0x1:
+                raise ArchiveError(f"archive member {info.filename!r} is encrypted")
+            if info.is_dir():
+                kind = "dir"
+            elif stat.S_ISLNK(mode):
+                kind = "symbolic link"
+            elif stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+                kind = "special file"
+            else:
+                kind = "file"
+            path = extractor.accept(info.filename, kind)
+            if path is None:
+                continue
+            extractor.check_declared_size(info.file_size)
+            with zf.open(info) as source:
+                extractor.write(path, source)
+
+
+class _Extractor:
+    def __init__(self, target: Path, *, max_members: int, max_bytes: int) -> None:
+        self.target = target
+        self.max_members = max_members
+        self.max_bytes = max_bytes
+        self.result = ExtractedFiles()
+        self._members = 0
+        self._root: str | None = None  # "" for files at the top level, else the one top-level folder
+
+    def count_member(self, name: str) -> None:
+        self._members += 1
+        if self._members > self.max_members:
+            raise ArchiveError(
+                f"the archive has more than {self.max_members} members; a checkpoint directory holds a "
+                "handful of files (config, weights, tokenizer)"
+            )
+
+    def accept(self, raw_name: str, kind: str) -> Path | None:
+        """The target path of a member to extract, None for one to skip; ArchiveError if refused."""
+        parts = _member_parts(raw_name)
+        if not parts or parts[0] in _JUNK_DIRS or parts[-1] in _JUNK_FILES:
+            return None
+        if kind == "dir":
+            if len(parts) > 1:
+                raise ArchiveError(f"unexpected folder {raw_name!r}: put the checkpoint files in one folder")
+            self._set_root(parts[0], raw_name)
+            return None
+        if kind != "file":
+            raise ArchiveError(f"archive member {raw_name!r} is a {kind}; only regular files are accepted")
+        if len(parts) > 2:
+            raise ArchiveError(
+                f"unexpected nested file {raw_name!r}: the files must be at the top level of the archive or "
+                "inside one folder"
+            )
+        self._set_root(parts[0] if len(parts) == 2 else "", raw_name)
+        name = parts[-1]
+        if name.lower().endswith(PICKLE_SUFFIXES):
+            raise ArchiveError(
+                f"{name!r} is a pickle file. {CONVERT_HINT} Leave pickle files out of the archive."
+            )
+        if name not in ALLOWED_FILES and not _SHARD.match(name):
+            raise ArchiveError(
+                f"unexpected file {name!r} in the archive; a checkpoint may hold only: "
+                f"{', '.join(sorted(ALLOWED_FILES))} and model-NNNNN-of-NNNNN.safetensors shards"
+            )
+        if name in self.result.names:
+            raise ArchiveError(f"{name!r} appears twice in the archive")
+        return self.target / name
+
+    def _set_root(self, root: str, raw_name: str) -> None:
+        if self._root is None:
+            self._root = root
+        elif self._root != root:
+            raise ArchiveError(
+                f"{raw_name!r}: the files must be at the top level of the archive or all inside one folder"
+            )
+
+    def check_declared_size(self, size: int) -> None:
+        if self.result.bytes + size > self.max_bytes:
+            raise ArchiveTooLarge(self.max_bytes)
+
+    def write(self, path: Path, source: IO[bytes]) -> None:
+        self.result.names.append(path.name)
+        with open(path, "xb") as out:
+            for chunk in _read_chunks(source):
+                self.result.bytes += len(chunk)
+                if self.result.bytes > self.max_bytes:
+                    raise ArchiveTooLarge(self.max_bytes)
+                out.write(chunk)
+
+
+def _member_parts(raw_name: str) -> list[str]:
+    """Path components of a member name, refusing anything that could leave the target directory."""
+    if (
+        "\\" in raw_name
+        or "\x00" in raw_name
+        or raw_name.startswith("/")
+        or re.match(r"^[A-Za-z]:", raw_name)
+    ):
+        raise ArchiveError(f"archive member {raw_name!r} has an absolute or non-portable path")
+    parts = [part for part in PurePosixPath(raw_name).parts if part not in ("", ".")]
+    if ".." in parts:
+        raise ArchiveError(f"archive member {raw_name!r} points outside the archive ('..')")
+    return parts
+
+
+def _read_chunks(source: IO[bytes]) -> Iterator[bytes]:
+    while chunk := source.read(_COPY_CHUNK):
+        yield chunk

@@ -1,0 +1,112 @@
+"""Engine, sessions and the transaction boundary.
+
+Nothing is created at import: the API builds its engine in ``create_app``, the worker and the admin
+commands build theirs from the same :class:`~app.config.Settings`.
+
+Services never commit. The boundary does, once: :func:`session_scope` (used by the API's session
+dependency, the worker and the admin commands) commits when the block ends without an exception and
+rolls back otherwise. Side effects that must only happen once the rows are durable (sending a Celery
+task, deleting a stored file) are registered with :func:`on_commit`; cleanups of what a failed
+transaction leaves behind (a file already moved into storage) with :func:`on_rollback`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = [
+    "create_db_engine",
+    "create_session_factory",
+    "on_commit",
+    "on_rollback",
+    "session_scope",
+    "upgrade_database",
+]
+
+logger = logging.getLogger(__name__)
+
+_ON_COMMIT = "bertpt_on_commit"
+_ON_ROLLBACK = "bertpt_on_rollback"
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_db_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url``: pre-pinged pooled connections for PostgreSQL; for SQLite (the local demo)
+    the parent directory is created, connections may cross threads, and foreign keys are enforced."""
+    if url.startswith("sqlite"):
+        database = url.split("///", 1)[1] if "///" in url else ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
+        event.listen(engine, "connect", _enable_sqlite_foreign_keys)
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _enable_sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_session_factory(engine: Engine) -> sessionmaker[Session]:
+    # expire_on_commit=False: responses are built from the objects after the boundary has committed.
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def on_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` after the boundary commits this session (never if it rolls back)."""
+    session.info.setdefault(_ON_COMMIT, []).append(callback)
+
+
+def on_rollback(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` if the boundary rolls this session back instead of committing it."""
+    session.info.setdefault(_ON_ROLLBACK, []).append(callback)
+
+
+@contextmanager
+def session_scope(factory: Callable[[], Session]) -> Iterator[Session]:
+    """A session whose block is one unit of work: commit at the end, roll back on any exception, then run
+    the registered :func:`on_commit` or :func:`on_rollback` callbacks."""
+    session = factory()
+    try:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            _run_callbacks(session, _ON_ROLLBACK)
+            raise
+        _run_callbacks(session, _ON_COMMIT)
+    finally:
+        session.info.pop(_ON_COMMIT, None)
+        session.info.pop(_ON_ROLLBACK, None)
+        session.close()
+
+
+def _run_callbacks(session: Session, name: str) -> None:
+    """Each callback runs even when an earlier one fails: the transaction's outcome is already decided,
+    so a failing side effect is logged, not raised."""
+    for callback in session.info.pop(name, []):
+        try:
+            callback()
+        except Exception:
+            logger.exception("%s callback %r failed", name.removeprefix("bertpt_"), callback)
+
+
+def upgrade_database(url: str, revision: str = "head") -> None:
+    """``alembic upgrade <revision>`` against ``url`` (the admin ``migrate`` command, the test fixtures)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(_REPO_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(_REPO_ROOT / "migrations"))
+    config.attributes["database_url"] = url
+    command.upgrade(config, revision)

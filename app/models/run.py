@@ -1,0 +1,149 @@
+"""Training runs and what they produce: metric points, events and checkpoints.
+
+The API creates ``queued`` runs; the worker claims them (``queued -> preparing`` with one conditional
+UPDATE), trains, and records metrics, events and checkpoints as it goes.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Double,
+    Enum,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, BigIntegerPK, JSONType, UTCDateTime, utcnow
+
+__all__ = [
+    "ACTIVE_RUN_STATUSES",
+    "TERMINAL_RUN_STATUSES",
+    "Run",
+    "RunCheckpoint",
+    "RunEvent",
+    "RunMetric",
+    "RunStatus",
+]
+
+
+class RunStatus(enum.StrEnum):
+    """``queued -> preparing -> running -> succeeded | failed | cancelled``; a cancel request on a
+    running run passes through ``cancelling``."""
+
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_RUN_STATUSES
+
+
+TERMINAL_RUN_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+# A run in one of these may still read its corpora and base checkpoint: they cannot be deleted.
+ACTIVE_RUN_STATUSES = frozenset(set(RunStatus) - TERMINAL_RUN_STATUSES)
+
+# Stored as its value in a VARCHAR with a CHECK constraint (no PostgreSQL enum type to migrate), so that
+# plain SQL such as the worker's claim (`SET status='preparing'`) reads naturally.
+RunStatusType = Enum(
+    RunStatus,
+    name="run_status",
+    native_enum=False,
+    create_constraint=True,
+    length=16,
+    values_callable=lambda statuses: [status.value for status in statuses],
+)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_runs_tenant_id_created_at_id", "tenant_id", text("created_at DESC"), text("id DESC")),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[RunStatus] = mapped_column(RunStatusType, default=RunStatus.QUEUED, index=True)
+    # A base-model spec as the client gave it: a built-in name, hf:<repo>, checkpoint:<id>, run:<id>[@step].
+    base_model: Mapped[str] = mapped_column(String(300))
+    # Deleting a corpus is refused while an active run uses it; a finished run keeps its record (and its
+    # results) with the reference set to NULL.
+    corpus_id: Mapped[str | None] = mapped_column(ForeignKey("corpora.id", ondelete="SET NULL"), index=True)
+    eval_corpus_id: Mapped[str | None] = mapped_column(
+        ForeignKey("corpora.id", ondelete="SET NULL"), index=True
+    )
+    reference_corpus_id: Mapped[str | None] = mapped_column(
+        ForeignKey("corpora.id", ondelete="SET NULL"), index=True
+    )
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # "metadata" is reserved by SQLAlchemy's declarative classes: the attribute is ``metadata_``.
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    progress: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    latest: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    baseline: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    warnings: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    attempt: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    output_storage_key: Mapped[str | None] = mapped_column(String(512))
+
+
+class RunMetric(Base):
+    """One point of a metric curve. The primary key makes a retried batch idempotent: insert with
+    ``ON CONFLICT DO NOTHING``."""
+
+    __tablename__ = "run_metrics"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    value: Mapped[float] = mapped_column(Double)
+
+
+class RunEvent(Base):
+    __tablename__ = "run_events"
+    __table_args__ = (Index("ix_run_events_run_id_id", "run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigIntegerPK, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    level: Mapped[str] = mapped_column(String(16))
+    type: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+class RunCheckpoint(Base):
+    __tablename__ = "run_checkpoints"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(512))

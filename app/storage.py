@@ -1,0 +1,263 @@
+"""Artifact storage behind one small interface (local directories now, S3 later).
+
+Keys are relative POSIX paths built by the services from row ids (``corpora/<id>/corpus.txt``,
+``checkpoints/<id>``), never taken from user input, and are checked anyway: no absolute paths, no ``..``,
+no empty or hidden (``.``-prefixed) components.
+
+Writes are all-or-nothing: data goes to a temporary name and appears under its key only on ``commit()``
+(an atomic rename); leaving the ``with`` block without committing removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import BinaryIO, Protocol, Self
+
+from app.config import Settings
+
+__all__ = [
+    "LocalStorage",
+    "PendingObject",
+    "PendingTree",
+    "Storage",
+    "StorageKeyError",
+    "get_storage",
+    "validate_key",
+]
+
+_TMP_DIR = ".tmp"
+
+
+class StorageKeyError(ValueError):
+    """A key that could escape the storage root or clash with its internals."""
+
+
+def validate_key(key: str) -> PurePosixPath:
+    """``key`` as a relative path, or :class:`StorageKeyError`."""
+    if not key or "\\" in key or "\x00" in key:
+        raise StorageKeyError(f"invalid storage key {key!r}")
+    path = PurePosixPath(key)
+    if path.is_absolute() or key.startswith("/"):
+        raise StorageKeyError(f"storage key {key!r} is absolute")
+    parts = key.split("/")
+    if any(part in ("", ".", "..") or part.startswith(".") for part in parts):
+        raise StorageKeyError(f"storage key {key!r} has an empty, '.', '..' or hidden component")
+    return path
+
+
+class PendingObject(Protocol):
+    """A file being written; invisible under its key until :meth:`commit`."""
+
+    key: str
+    bytes_written: int
+
+    def write(self, data: bytes) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class PendingTree(Protocol):
+    """A directory being filled through its local ``path``; appears under its key on :meth:`commit`."""
+
+    key: str
+    path: Path
+
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class Storage(Protocol):
+    def open_write(self, key: str) -> PendingObject:
+        """Start writing the file ``key``."""
+        ...
+
+    def open_tree(self, key: str) -> PendingTree:
+        """Start building the directory ``key``."""
+        ...
+
+    def scratch_dir(self) -> contextlib.AbstractContextManager[Path]:
+        """A private local directory for intermediate files, removed at the end of the block."""
+        ...
+
+    def open_read(self, key: str) -> BinaryIO: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def size(self, key: str) -> int:
+        """Bytes of the file ``key``, or of all files under the directory ``key``."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the file or the whole directory ``key``; a missing key is not an error."""
+        ...
+
+    def local_path(self, key: str) -> Path:
+        """A local filesystem path for ``key`` (the worker trains from and into directories)."""
+        ...
+
+
+class _LocalPendingObject:
+    def __init__(self, storage: LocalStorage, key: str) -> None:
+        self.key = key
+        self.bytes_written = 0
+        self._final = storage.local_path(key)
+        self._tmp = storage.new_temp_path(suffix=".part")
+        self._file: BinaryIO | None = open(self._tmp, "wb")  # noqa: SIM115 - closed by commit/abort
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        if self._file is None:
+            raise RuntimeError(f"write to {self.key!r} after commit or abort")
+        self._file.write(data)
+        self.bytes_written += len(data)
+
+    def commit(self) -> None:
+        if self._file is None:
+            raise RuntimeError(f"{self.key!r} was already committed or aborted")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        self._final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._tmp, self._final)
+        self._done = True
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._tmp.unlink(missing_ok=True)
+        self._done = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.abort()  # a no-op after commit
+
+
+class _LocalPendingTree:
+    def __init__(self, storage: LocalStorage, key: str) -> None:
+        self.key = key
+        self._final = storage.local_path(key)
+        self.path = storage.new_temp_path(suffix=".dir")
+        self.path.mkdir()
+        self._done = False
+
+    def commit(self) -> None:
+        if self._done:
+            raise RuntimeError(f"{self.key!r} was already committed or aborted")
+        if self._final.exists():
+            raise FileExistsError(f"storage key {self.key!r} already exists")
+        self._final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.path, self._final)
+        self._done = True
+
+    def abort(self) -> None:
+        if not self._done:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self._done = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.abort()
+
+
+class LocalStorage:
+    """Storage in a local directory. Temporary files live in ``<root>/.tmp`` so that committing is a
+    rename within one filesystem."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+
+    @classmethod
+    def from_url(cls, url: str) -> LocalStorage:
+        if not url.startswith("file://"):
+            raise ValueError(f"not a file:// URL: {url!r}")
+        return cls(url.removeprefix("file://"))
+
+    def local_path(self, key: str) -> Path:
+        path = self.root / validate_key(key)
+        # Keys are checked above; this also refuses a symlink planted inside the root.
+        if not path.resolve().is_relative_to(self.root):
+            raise StorageKeyError(f"storage key {key!r} resolves outside the storage root")
+        return path
+
+    def new_temp_path(self, *, suffix: str = "") -> Path:
+        tmp = self.root / _TMP_DIR
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tmp / f"{secrets.token_hex(12)}{suffix}"
+
+    def open_write(self, key: str) -> _LocalPendingObject:
+        return _LocalPendingObject(self, key)
+
+    def open_tree(self, key: str) -> _LocalPendingTree:
+        return _LocalPendingTree(self, key)
+
+    @contextlib.contextmanager
+    def scratch_dir(self) -> Iterator[Path]:
+        path = self.new_temp_path(suffix=".scratch")
+        path.mkdir()
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def open_read(self, key: str) -> BinaryIO:
+        return open(self.local_path(key), "rb")
+
+    def exists(self, key: str) -> bool:
+        return self.local_path(key).exists()
+
+    def size(self, key: str) -> int:
+        path = self.local_path(key)
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+        return path.stat().st_size
+
+    def delete(self, key: str) -> None:
+        path = self.local_path(key)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        # Remove the directories left empty (``corpora/<id>/`` after its file), up to the root.
+        parent = path.parent
+        while parent != self.root and parent.is_relative_to(self.root):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def temporary_entries(self) -> list[Path]:
+        """What is left in the temporary area (tests check that failed uploads leave nothing)."""
+        tmp = self.root / _TMP_DIR
+        return sorted(tmp.iterdir()) if tmp.is_dir() else []
+
+
+def get_storage(settings: Settings) -> Storage:
+    """The storage named by ``STORAGE_URL``."""
+    return LocalStorage.from_url(settings.storage_url)

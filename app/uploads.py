@@ -1,0 +1,67 @@
+"""What the upload services read: a file arriving in chunks, plus the form fields sent with it.
+
+The API implements it on top of the raw multipart request stream (``app.api.uploads``), so a large
+upload is validated while it arrives and never held in memory or spooled to a second temporary file;
+:class:`LocalFileUpload` serves scripts and tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+__all__ = ["CHUNK_SIZE", "IncomingFile", "LocalFileUpload", "clean_filename"]
+
+CHUNK_SIZE = 1 << 20
+
+
+class IncomingFile(Protocol):
+    @property
+    def filename(self) -> str:
+        """The client's file name (used for its extension and as a default display name only)."""
+        ...
+
+    def chunks(self) -> Iterator[bytes]:
+        """The file's bytes, in order, in chunks of about :data:`CHUNK_SIZE`; can be iterated once."""
+        ...
+
+    def fields(self) -> Mapping[str, str]:
+        """The text fields sent with the file. Complete once :meth:`chunks` is exhausted (a field may
+        follow the file in the request)."""
+        ...
+
+
+class LocalFileUpload:
+    """A local file presented as an upload."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        filename: str | None = None,
+        fields: Mapping[str, str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._filename = filename or self.path.name
+        self._fields = dict(fields or {})
+
+    @property
+    def filename(self) -> str:
+        return self._filename
+
+    def chunks(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as stream:
+            while chunk := stream.read(CHUNK_SIZE):
+                yield chunk
+
+    def fields(self) -> Mapping[str, str]:
+        return self._fields
+
+
+def clean_filename(filename: str) -> str:
+    """The last component of a client-supplied name (browsers and curl may send a path), at most 255
+    characters. For display and extension checks only: storage keys never use it."""
+    name = PurePosixPath(filename.replace("\\", "/")).name.strip()
+    return name[-255:]
