@@ -275,15 +275,15 @@ def main() -> None:
         ratio = pair["bertpt"]["real_tokens_per_s"] / pair["stock"]["real_tokens_per_s"]
         print(f"{model_name}: bertpt / stock real tokens/s = {ratio:.2f}x", flush=True)
     print(json.dumps(results, indent=2))
-    print(
-        "\n| model | path | batch | median step s | real tok/s | padded tok/s | padding | final loss | peak RSS MB |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    columns = [
+        ("model", "model"), ("path", "path"), ("batch", "batch_size"), ("median step s", "median_step_s"),
+        ("real tok/s", "real_tokens_per_s"), ("padded tok/s", "padded_tokens_per_s"),
+        ("padding", "padding_share"), ("final loss", "final_loss"), ("peak RSS MB", "peak_rss_mb"),
+    ]  # fmt: skip
+    print("\n| " + " | ".join(title for title, _ in columns) + " |")
+    print("|" + "---|" * len(columns))
     for r in results:
-        print(
-            f"| {r['model']} | {r['path']} | {r['batch_size']} | {r['median_step_s']} | {r['real_tokens_per_s']} | "
-            f"{r['padded_tokens_per_s']} | {r['padding_share']:.1%} | {r['final_loss']} | {r['peak_rss_mb']} |"
-        )
+        print("| " + " | ".join(str(r[key]) for _, key in columns) + " |")
 
 
 if __name__ == "__main__":
