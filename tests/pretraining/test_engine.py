@@ -23,6 +23,7 @@ from worker.pretraining.engine import (
 )
 from worker.pretraining.hyperparameters import Hyperparameters
 from worker.pretraining.metrics import EVAL_METRICS, TRAIN_METRICS, read_jsonl
+from worker.pretraining.model import load_base_model
 
 TINY_RUN: dict[str, Any] = {
     "batch_size": 8,
@@ -159,6 +160,9 @@ def test_checkpoints_rotated_atomic_with_manifests(full_run: dict[str, Any], sma
     assert manifest["state"]["samples_seen"] == 30 * 8
     for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
         assert (root / "checkpoint-30" / name).is_file(), name
+    # A checkpoint is a loadable base model of its own (`run:<id>@<step>`): it carries the tokenizer.
+    assert (root / "checkpoint-30" / "tokenizer.json").is_file()
+    assert load_base_model(root / "checkpoint-30").newly_initialized == []
 
 
 def test_output_is_a_loadable_hf_directory(full_run: dict[str, Any], tiny_bert_dir: Path) -> None:
@@ -440,7 +444,6 @@ def prepared(small_corpus: Path, tokenizer: Any, cache_dir: Path) -> Any:
 def _trainer(tmp_path: Path, tiny_bert_dir: Path, prepared: Any, tokenizer: Any) -> PretrainingTrainer:
     from worker.pretraining.collator import PretrainingCollator
     from worker.pretraining.masking import MaskingConfig, TokenMasker
-    from worker.pretraining.model import load_base_model
 
     h = hp(max_steps=10)
     collator = PretrainingCollator(

@@ -927,6 +927,7 @@ def run_pretraining(
             evaluate_at_start=resume_from is None and bool(eval_splits),
         ),
         data_collator=collator,
+        processing_class=tokenizer,  # saved into every checkpoint: `run:<id>@<step>` loads as a base
         train_dataset=data.train,
         nsp=h.nsp,
         eval_splits=eval_splits,
