@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck imports unit services bench-prepare clean
+.PHONY: venv test lint typecheck imports unit services demo bench-prepare bench-train bench-api clean
 
 venv: $(STAMP)
 
@@ -36,8 +36,19 @@ unit: venv
 
 test: venv services lint typecheck imports unit
 
+# The whole service on this machine: SQLite + local storage under ./var, Redis, API, one worker, a short
+# MiniLM run followed live, the model downloaded and loaded. DEMO_ARGS="--keep-running" leaves it up.
+demo: venv
+	$(BIN)/python scripts/demo.py $(DEMO_ARGS)
+
 bench-prepare: venv
-	$(BIN)/python bench/prepare.py
+	$(BIN)/python bench/prepare.py --rss-scaling
+
+bench-train: venv
+	$(BIN)/python bench/train.py
+
+bench-api: venv services
+	$(BIN)/python bench/api.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var

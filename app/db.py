@@ -45,14 +45,21 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
-        event.listen(engine, "connect", _enable_sqlite_foreign_keys)
+        event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # The API runs sync routes on anyio's pool of 40 threads: give every thread a connection rather
+    # than let requests queue on the pool (and time out) under load.
+    options = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 40, **kwargs}
+    return create_engine(url, **options)
 
 
-def _enable_sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    """Foreign keys enforced; WAL journal and a busy timeout so the demo's API, worker and training
+    supervisor can share one database file without "database is locked" errors."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
 

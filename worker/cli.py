@@ -11,6 +11,7 @@ import click
 from app.admin import admin
 from worker.pretraining.cli import prepare_command
 from worker.pretraining.train_cli import train_command
+from worker.service_cli import serve_command, worker_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,6 +23,8 @@ def cli() -> None:
 cli.add_command(prepare_command)
 cli.add_command(train_command)
 cli.add_command(admin)
+cli.add_command(serve_command)
+cli.add_command(worker_command)
 
 
 def main() -> None:

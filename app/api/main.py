@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.metrics import MetricsMiddleware, create_registry
-from app.api.routes import checkpoints, corpora, health, models
+from app.api.routes import checkpoints, corpora, health, models, runs
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory
 from app.errors import (
@@ -39,7 +39,7 @@ __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
 
-ROUTERS = (health.router, corpora.router, checkpoints.router, models.router)
+ROUTERS = (health.router, corpora.router, checkpoints.router, models.router, runs.router)
 
 # The one place where domain errors become HTTP statuses.
 STATUS_BY_ERROR: dict[type[AppError], int] = {

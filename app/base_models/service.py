@@ -30,7 +30,14 @@ from app.errors import ValidationFailed
 from app.models import Run, RunStatus, Tenant
 from app.storage import Storage, get_storage
 
-__all__ = ["ResolvedBaseModel", "list_base_models", "resolve_base_model", "run_output_key"]
+__all__ = [
+    "ResolvedBaseModel",
+    "final_model_key",
+    "list_base_models",
+    "resolve_base_model",
+    "run_directory_key",
+    "run_output_key",
+]
 
 PARAM = "base_model"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}(/[\w.\-]{1,96})?$")
@@ -57,9 +64,21 @@ class ResolvedBaseModel:
         return str(self.local_path) if self.local_path is not None else str(self.hub_id)
 
 
+def run_directory_key(run_id: str) -> str:
+    """The storage directory a run trains into (``checkpoints/checkpoint-<step>/``, ``model/``,
+    ``metrics.jsonl``; download archives under ``archives/``); the same for every attempt, so that a
+    later attempt resumes from the newest checkpoint."""
+    return f"runs/{run_id}"
+
+
 def run_output_key(run: Run) -> str:
-    """The storage directory of a run's training output (``checkpoint-<step>/``, ``final/``, ...)."""
-    return run.output_storage_key or f"runs/{run.id}"
+    """The storage directory of a run's training output."""
+    return run_directory_key(run.id)
+
+
+def final_model_key(run: Run) -> str:
+    """The final model's directory: recorded by the worker when the run succeeded."""
+    return run.output_storage_key or f"{run_output_key(run)}/model"
 
 
 def resolve_base_model(
@@ -193,7 +212,7 @@ def _resolve_run(session: Session, tenant: Tenant, value: str, storage: Storage)
                 f"run {run_id!r} is {run.status.value}: only a succeeded run has a final model (continue "
                 "from one of its checkpoints with run:<id>@<step>)",
             )
-        key = f"{run_output_key(run)}/final"
+        key = final_model_key(run)
         spec, step = f"run:{run.id}", None
     else:
         step = int(step_text)

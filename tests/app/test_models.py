@@ -94,7 +94,7 @@ def test_resolve(
     assert resolved.local_path is not None and (resolved.local_path / "config.json").is_file()
 
     run = make_run(session, alice.tenant, status=RunStatus.SUCCEEDED)
-    (storage.root / "runs" / run.id / "final").mkdir(parents=True)
+    (storage.root / "runs" / run.id / "model").mkdir(parents=True)
     (storage.root / "runs" / run.id / "checkpoint-5").mkdir(parents=True)
     session.add(
         RunCheckpoint(
@@ -103,7 +103,7 @@ def test_resolve(
     )
     session.commit()
     final = resolve(f"run:{run.id}")
-    assert (final.kind, final.storage_key, final.step) == ("run", f"runs/{run.id}/final", None)
+    assert (final.kind, final.storage_key, final.step) == ("run", f"runs/{run.id}/model", None)
     step = resolve(f"run:{run.id}@5")
     assert (step.storage_key, step.step, step.spec) == (f"runs/{run.id}/checkpoint-5", 5, f"run:{run.id}@5")
 

@@ -1,0 +1,418 @@
+"""Runs: submit, list, get, cancel, delete; metrics, events, the live stream; checkpoints and the final
+model as downloads."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Annotated, Any, TypeVar
+
+import anyio
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+
+from app.api.deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
+from app.api.schemas import ErrorDetail, ErrorResponse, error_responses
+from app.errors import BadRequest, ValidationFailed
+from app.models import RunStatus
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.queue import create_celery, enqueue_run
+from app.runs import live, service
+from app.runs.archives import StoredArchive
+from app.runs.downsample import MIN_POINTS
+from app.runs.schemas import (
+    MetricSplit,
+    MetricsPublic,
+    RunCheckpointPublic,
+    RunCreate,
+    RunEventPublic,
+    RunEventsPublic,
+    RunPublic,
+    RunsPublic,
+)
+from app.runs.stream import StreamOptions, open_async_redis, parse_last_event_id, run_events
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=error_responses(401))
+
+MAX_METRIC_POINTS = 10_000
+MAX_METRIC_NAMES = 64
+
+RunId = Annotated[str, Path(max_length=40, description="The run's id (run_...).")]
+IncludeTrainingState = Annotated[
+    bool,
+    Query(
+        alias="include_optimizer",
+        description="Also include what resuming needs: optimizer, scheduler, scaler and RNG state, "
+        "trainer_state.json.",
+    ),
+]
+
+# -- dependencies (overridable in tests) -------------------------------------------------------------------
+
+T = TypeVar("T")
+_state_guard = threading.Lock()
+
+
+def _app_singleton(request: Request, name: str, build: Callable[[], T]) -> T:
+    """An object built once per app and kept on ``app.state`` (each app has its own settings)."""
+    value = getattr(request.app.state, name, None)
+    if value is None:
+        with _state_guard:
+            value = getattr(request.app.state, name, None)
+            if value is None:
+                value = build()
+                setattr(request.app.state, name, value)
+    return value
+
+
+def get_run_enqueuer(request: Request) -> service.RunEnqueuer:
+    """Sends ``bertpt.runs.execute`` through a Celery client configured from this app's settings."""
+    celery = _app_singleton(request, "runs_celery", lambda: create_celery(request.app.state.settings))
+    return partial(enqueue_run, celery=celery)
+
+
+def get_live_publisher(settings: SettingsDep) -> service.LivePublisher:
+    def publish(run_id: str, type: live.MessageType, data: dict[str, Any]) -> None:
+        client = live.create_redis(settings.redis_url, socket_timeout=2.0)
+        try:
+            live.publish(client, run_id, type, data)
+        finally:
+            client.close()
+
+    return publish
+
+
+def get_metrics_cache(request: Request) -> service.MetricBucketCache:
+    return _app_singleton(request, "runs_metrics_cache", service.MetricBucketCache)
+
+
+def get_stream_options() -> StreamOptions:
+    return StreamOptions()
+
+
+EnqueuerDep = Annotated[service.RunEnqueuer, Depends(get_run_enqueuer)]
+PublisherDep = Annotated[service.LivePublisher, Depends(get_live_publisher)]
+MetricsCacheDep = Annotated[service.MetricBucketCache, Depends(get_metrics_cache)]
+StreamOptionsDep = Annotated[StreamOptions, Depends(get_stream_options)]
+
+
+# -- runs --------------------------------------------------------------------------------------------------
+
+
+@router.post(
+    "",
+    response_model=RunPublic,
+    status_code=status.HTTP_201_CREATED,
+    summary="Submit a run",
+    description="Everything checkable is checked before the run is queued: hyperparameters (unknown names "
+    "and out-of-range values are refused; defaults are filled in and echoed back), the corpora (this "
+    "tenant's), the base model, max_seq_length against the model's position embeddings, metadata (a JSON "
+    "object of at most 16 KiB). 201 with the queued run. With an `Idempotency-Key` header, repeating the "
+    "same request returns the run it created with 200 (and queues nothing); the same key with a different "
+    "body is a 409.",
+    responses={
+        200: {"model": RunPublic, "description": "Repeated request: the run created the first time"},
+        **error_responses(409, 422),
+    },
+)
+def create_run(
+    body: RunCreate,
+    response: Response,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    settings: SettingsDep,
+    storage: StorageDep,
+    enqueue: EnqueuerDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias="Idempotency-Key", description="Any unique string (a UUID): makes retrying safe."),
+    ] = None,
+) -> RunPublic:
+    result = service.create_run(
+        session, storage, settings, tenant, body, idempotency_key=idempotency_key, enqueue=enqueue
+    )
+    response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+    response.headers["Location"] = f"/v1/runs/{result.run.id}"
+    return RunPublic.from_run(result.run)
+
+
+@router.get("", response_model=RunsPublic, summary="List runs, newest first", responses=error_responses(422))
+def list_runs(
+    session: SessionDep,
+    tenant: CurrentTenant,
+    status_filter: Annotated[
+        list[str] | None,
+        Query(
+            alias="status", description="Only runs in these statuses (repeat it, or separate with commas)."
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    after: Annotated[str | None, Query(description="The next_cursor of the previous page.")] = None,
+) -> RunsPublic:
+    statuses = [_run_status(value) for value in _split_list(status_filter)]
+    page = service.list_runs(session, tenant, statuses=statuses, limit=limit, after=after)
+    return RunsPublic(data=[RunPublic.from_run(run) for run in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{run_id}", response_model=RunPublic, summary="Get a run", responses=error_responses(404))
+def get_run(run_id: RunId, session: SessionDep, tenant: CurrentTenant) -> RunPublic:
+    return RunPublic.from_run(service.get_run(session, tenant, run_id))
+
+
+@router.post(
+    "/{run_id}/cancel",
+    response_model=RunPublic,
+    summary="Cancel a run",
+    description="Idempotent. A queued run is cancelled at once and never starts; a preparing or running run "
+    "becomes `cancelling` (`cancel_requested: true`) and stops at its next step, saving a checkpoint; a "
+    "finished run is returned unchanged.",
+    responses=error_responses(404),
+)
+def cancel_run(run_id: RunId, session: SessionDep, tenant: CurrentTenant, publish: PublisherDep) -> RunPublic:
+    return RunPublic.from_run(service.cancel_run(session, tenant, run_id, publish=publish))
+
+
+@router.delete(
+    "/{run_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a finished run and its files",
+    description="Only succeeded, failed or cancelled runs (409 otherwise, and while an active run starts "
+    "from this run's model). Its metrics, events, checkpoints and stored files are removed.",
+    responses=error_responses(404, 409),
+)
+def delete_run(run_id: RunId, session: SessionDep, tenant: CurrentTenant, storage: StorageDep) -> None:
+    service.delete_run(session, storage, tenant, run_id)
+
+
+# -- metrics, events, live stream ----------------------------------------------------------------------------
+
+
+@router.get(
+    "/{run_id}/metrics",
+    response_model=MetricsPublic,
+    summary="Metric curves",
+    description="Each series (split, name) as [step, value] points, steps ascending, downsampled on the "
+    "server to at most `max_points`: the first and last point, and the lowest and highest point of each "
+    "bucket of steps, so spikes stay visible. Non-finite values are null.",
+    responses=error_responses(404, 422),
+)
+def get_metrics(
+    run_id: RunId,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    cache: MetricsCacheDep,
+    names: Annotated[
+        list[str] | None,
+        Query(description="Only these metrics (repeat it, or separate with commas), e.g. loss,mlm_loss."),
+    ] = None,
+    split: Annotated[MetricSplit | None, Query(description="Only this split.")] = None,
+    since_step: Annotated[int | None, Query(ge=0, description="First step (inclusive).")] = None,
+    until_step: Annotated[int | None, Query(ge=0, description="Last step (inclusive).")] = None,
+    max_points: Annotated[int, Query(ge=MIN_POINTS, le=MAX_METRIC_POINTS, description="Per series.")] = 1000,
+) -> MetricsPublic:
+    wanted = _split_list(names)
+    if len(wanted) > MAX_METRIC_NAMES or any(len(name) > 64 for name in wanted):
+        raise ValidationFailed("names", f"at most {MAX_METRIC_NAMES} names of at most 64 characters")
+    query = service.MetricsQuery(
+        names=wanted or None, split=split, since_step=since_step, until_step=until_step, max_points=max_points
+    )
+    return service.get_metrics(session, tenant, run_id, query, cache=cache)
+
+
+@router.get(
+    "/{run_id}/events",
+    response_model=RunEventsPublic,
+    summary="Lifecycle events, oldest first",
+    responses=error_responses(404, 422),
+)
+def list_events(
+    run_id: RunId,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    after: Annotated[str | None, Query(description="The next_cursor of the previous page.")] = None,
+) -> RunEventsPublic:
+    page = service.list_events(session, tenant, run_id, after=after, limit=limit)
+    return RunEventsPublic(
+        data=[RunEventPublic.model_validate(event) for event in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get(
+    "/{run_id}/stream",
+    response_class=EventSourceResponse,
+    summary="Live updates (Server-Sent Events)",
+    description="Events `metric`, `status`, `event` and `checkpoint`, each with an increasing `id` and JSON "
+    "`data`. First everything after `Last-Event-ID` (header, or `?last_event_id=`; else from the start), "
+    "then live. Ends after the status event of a finished run. Keep-alive comments every 15 s.",
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(404, 422)},
+)
+def stream_run(
+    run_id: RunId,
+    request: Request,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    settings: SettingsDep,
+    options: StreamOptionsDep,
+    last_event_id: Annotated[str | None, Query(description="Resume after this event id.")] = None,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    run = service.get_run(session, tenant, run_id)
+    # A reconnecting EventSource sends the header: it is newer than the id in the URL it first opened.
+    after = parse_last_event_id(last_event_id_header, param="Last-Event-ID") or parse_last_event_id(
+        last_event_id
+    )
+    session_factory = request.app.state.session_factory
+    found_run_id, terminal = run.id, run.status.is_terminal
+
+    async def is_terminal() -> bool:
+        return await run_in_threadpool(service.run_is_terminal, session_factory, found_run_id)
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        client = open_async_redis(settings.redis_url, options)
+        try:
+            async for event in run_events(
+                client, found_run_id, after=after, terminal=terminal, is_terminal=is_terminal, options=options
+            ):
+                yield event
+        finally:
+            with anyio.CancelScope(shield=True):  # also when the client went away and the task is cancelled
+                await client.aclose()
+
+    return EventSourceResponse(events(), ping=options.ping_seconds)
+
+
+# -- checkpoints and the final model ------------------------------------------------------------------------
+
+
+@router.get(
+    "/{run_id}/checkpoints",
+    response_model=list[RunCheckpointPublic],
+    summary="Kept checkpoints, by step",
+    responses=error_responses(404),
+)
+def list_checkpoints(run_id: RunId, session: SessionDep, tenant: CurrentTenant) -> list[RunCheckpointPublic]:
+    return [RunCheckpointPublic.model_validate(c) for c in service.list_checkpoints(session, tenant, run_id)]
+
+
+_DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/gzip": {}}, "description": "The .tar.gz (Range requests: 206)"},
+    304: {"description": "Not modified (If-None-Match)"},
+    416: {"model": ErrorResponse, "description": "Range not satisfiable"},
+}
+
+
+@router.head("/{run_id}/checkpoints/{step}/download", include_in_schema=False)
+@router.get(
+    "/{run_id}/checkpoints/{step}/download",
+    response_class=FileResponse,
+    summary="Download a checkpoint",
+    description="A .tar.gz of the checkpoint's Hugging Face directory (weights, config, tokenizer, "
+    "manifest), built on first request and cached. Headers: Content-Length, ETag and X-Content-SHA256 (the "
+    "archive's sha256), Content-Disposition; Range requests are answered with 206.",
+    responses=_DOWNLOAD_RESPONSES | error_responses(404, 409),
+)
+def download_checkpoint(
+    run_id: RunId,
+    step: Annotated[int, Path(ge=0)],
+    request: Request,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    storage: StorageDep,
+    include_training_state: IncludeTrainingState = False,
+) -> Response:
+    archive = service.checkpoint_archive(
+        session, storage, tenant, run_id, step, include_training_state=include_training_state
+    )
+    return _archive_response(request, archive)
+
+
+@router.head("/{run_id}/model", include_in_schema=False)
+@router.get(
+    "/{run_id}/model",
+    response_class=FileResponse,
+    summary="Download the final model",
+    description="A .tar.gz of the final Hugging Face directory of a succeeded run (409 otherwise), ready for "
+    "`from_pretrained` once extracted; served like a checkpoint download.",
+    responses=_DOWNLOAD_RESPONSES | error_responses(404, 409),
+)
+def download_model(
+    run_id: RunId,
+    request: Request,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    storage: StorageDep,
+    include_training_state: IncludeTrainingState = False,
+) -> Response:
+    archive = service.model_archive(
+        session, storage, tenant, run_id, include_training_state=include_training_state
+    )
+    return _archive_response(request, archive)
+
+
+def _archive_response(request: Request, archive: StoredArchive) -> Response:
+    etag = f'"{archive.sha256}"'
+    headers = {"ETag": etag, "X-Content-SHA256": archive.sha256}
+    if _etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    stat_result = os.stat(archive.path)
+    range_header = request.headers.get("range")
+    if range_header is not None:
+        # Check it the way FileResponse will serve it, to answer a bad one with our error body.
+        try:
+            FileResponse._parse_range_header(range_header, stat_result.st_size)
+        except MalformedRangeHeader as exc:
+            raise BadRequest(f"invalid Range header: {exc.content}", param="Range") from None
+        except RangeNotSatisfiable:
+            detail = ErrorDetail(
+                type="range_not_satisfiable",
+                message=f"the range is outside the {stat_result.st_size}-byte archive",
+                param="Range",
+            )
+            return JSONResponse(
+                ErrorResponse(error=detail).model_dump(),
+                status_code=status.HTTP_416_RANGE_NOT_SATISFIABLE,
+                headers={"Content-Range": f"bytes */{stat_result.st_size}"},
+            )
+    return FileResponse(
+        archive.path,
+        media_type="application/gzip",
+        filename=archive.filename,
+        headers=headers,
+        stat_result=stat_result,
+    )
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if if_none_match is None:
+        return False
+    candidates = [candidate.strip().removeprefix("W/") for candidate in if_none_match.split(",")]
+    return "*" in candidates or etag in candidates
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+
+
+def _split_list(values: list[str] | None) -> list[str]:
+    """Query values given repeated or comma-separated, trimmed, without empties or duplicates."""
+    items: list[str] = []
+    for value in values or []:
+        for item in value.split(","):
+            item = item.strip()
+            if item and item not in items:
+                items.append(item)
+    return items
+
+
+def _run_status(value: str) -> RunStatus:
+    try:
+        return RunStatus(value)
+    except ValueError:
+        raise ValidationFailed(
+            "status", f"unknown status {value!r}; one of {', '.join(status.value for status in RunStatus)}"
+        ) from None

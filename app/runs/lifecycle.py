@@ -1,0 +1,295 @@
+"""The worker's writes to a run: claim, progress and heartbeat, metrics, events, checkpoints, finish.
+
+Repository-style functions on a caller's Session; the caller's boundary (``session_scope``) commits.
+Every write after the claim is fenced by the run's ``attempt``: a supervisor whose run was taken away
+(requeued by an operator or a reaper, claimed again by another worker) changes nothing any more, and
+learns it from the return value.
+
+Delivery of the Celery task is at least once, so the claim is one conditional UPDATE: of two deliveries
+of the same run, exactly one moves it from ``queued`` to ``preparing``; the other (and any delivery for a
+run cancelled while it waited) gets None and does nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from app.models import Run, RunCheckpoint, RunEvent, RunMetric, RunStatus, utcnow
+from app.runs.live import json_safe
+
+__all__ = [
+    "OWNED_STATUSES",
+    "ClaimedRun",
+    "Heartbeat",
+    "add_event",
+    "claim_run",
+    "finish_run",
+    "forget_checkpoints",
+    "heartbeat",
+    "mark_running",
+    "metric_rows",
+    "record_checkpoint",
+    "write_metrics",
+]
+
+# The statuses of a run a worker is executing; writes are refused in any other.
+OWNED_STATUSES = (RunStatus.PREPARING, RunStatus.RUNNING, RunStatus.CANCELLING)
+_METRICS_PER_STATEMENT = 1000  # rows of one INSERT (PostgreSQL caps bind parameters at 65535)
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """What the claim returned: the run's identity and the fencing ``attempt`` for every later write."""
+
+    id: str
+    tenant_id: str
+    attempt: int
+    worker_id: str
+    started_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The run as the heartbeat found it: whether cancellation was asked for, its status, and whether
+    this attempt still owns it (False: stop working on it)."""
+
+    owned: bool
+    cancel_requested: bool = False
+    status: RunStatus | None = None
+
+
+def claim_run(
+    session: Session, run_id: str, worker_id: str, *, now: datetime | None = None
+) -> ClaimedRun | None:
+    """``queued -> preparing`` with ``attempt + 1``, in one conditional UPDATE; None when the run is not
+    queued (a duplicate delivery, or cancelled meanwhile) or does not exist."""
+    now = now or utcnow()
+    statement = (
+        update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.QUEUED, Run.cancel_requested.is_(False))
+        .values(
+            status=RunStatus.PREPARING,
+            attempt=Run.attempt + 1,
+            worker_id=worker_id,
+            # A resumed run (queued again after an interruption) keeps the time it first started.
+            started_at=func.coalesce(Run.started_at, now),
+            heartbeat_at=now,
+            error=None,
+        )
+        .returning(Run.id, Run.tenant_id, Run.attempt, Run.started_at)
+        .execution_options(synchronize_session=False)
+    )
+    row = session.execute(statement).one_or_none()
+    if row is None:
+        return None
+    return ClaimedRun(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        attempt=row.attempt,
+        worker_id=worker_id,
+        started_at=row.started_at,
+    )
+
+
+def _owned(run_id: str, attempt: int) -> Any:
+    return (Run.id == run_id, Run.attempt == attempt, Run.status.in_(OWNED_STATUSES))
+
+
+def heartbeat(
+    session: Session,
+    run_id: str,
+    attempt: int,
+    *,
+    now: datetime | None = None,
+    progress: Mapping[str, Any] | None = None,
+    latest: Mapping[str, Any] | None = None,
+    baseline: Mapping[str, Any] | None = None,
+    warnings: Sequence[Mapping[str, Any]] | None = None,
+) -> Heartbeat:
+    """Refresh ``heartbeat_at`` (and whichever of progress, latest, baseline, warnings is given) and read
+    back ``cancel_requested``: one round trip, about once a second while a run trains."""
+    values: dict[str, Any] = {"heartbeat_at": now or utcnow()}
+    for name, value in (
+        ("progress", progress),
+        ("latest", latest),
+        ("baseline", baseline),
+        ("warnings", warnings),
+    ):
+        if value is not None:
+            values[name] = json_safe(value)
+    statement = (
+        update(Run)
+        .where(*_owned(run_id, attempt))
+        .values(**values)
+        .returning(Run.cancel_requested, Run.status)
+        .execution_options(synchronize_session=False)
+    )
+    row = session.execute(statement).one_or_none()
+    if row is None:
+        return Heartbeat(owned=False)
+    return Heartbeat(owned=True, cancel_requested=bool(row.cancel_requested), status=RunStatus(row.status))
+
+
+def mark_running(session: Session, run_id: str, attempt: int) -> bool:
+    """``preparing -> running`` when training starts. False if the run is not preparing any more (a
+    cancel request already moved it to ``cancelling``, which it keeps)."""
+    statement = (
+        update(Run)
+        .where(*_owned(run_id, attempt), Run.status == RunStatus.PREPARING)
+        .values(status=RunStatus.RUNNING, heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(statement).rowcount > 0  # type: ignore[attr-defined]
+
+
+def finish_run(
+    session: Session,
+    run_id: str,
+    attempt: int,
+    status: RunStatus,
+    *,
+    error: Mapping[str, Any] | None = None,
+    output_storage_key: str | None = None,
+    progress: Mapping[str, Any] | None = None,
+    latest: Mapping[str, Any] | None = None,
+    baseline: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """The terminal transition (succeeded, failed or cancelled), with what the run leaves behind. False
+    when this attempt no longer owns the run (nothing is written)."""
+    if not status.is_terminal:
+        raise ValueError(f"finish_run needs a terminal status, not {status.value!r}")
+    now = now or utcnow()
+    values: dict[str, Any] = {"status": status, "finished_at": now, "heartbeat_at": now}
+    values["error"] = json_safe(dict(error)) if error is not None else None
+    if output_storage_key is not None:
+        values["output_storage_key"] = output_storage_key
+    for name, value in (("progress", progress), ("latest", latest), ("baseline", baseline)):
+        if value is not None:
+            values[name] = json_safe(value)
+    statement = (
+        update(Run)
+        .where(*_owned(run_id, attempt))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(statement).rowcount > 0  # type: ignore[attr-defined]
+
+
+def add_event(
+    session: Session,
+    run_id: str,
+    type: str,
+    message: str,
+    *,
+    level: str = "info",
+    data: Mapping[str, Any] | None = None,
+) -> RunEvent:
+    """A lifecycle event (``claimed``, ``preparing``, ``data_prepared``, ``training_started``,
+    ``evaluation``, ``checkpoint_saved``, ``warning``, ``cancelled``, ``failed``, ``succeeded``)."""
+    event = RunEvent(
+        run_id=run_id,
+        type=type,
+        level=level,
+        message=message,
+        data=json_safe(dict(data or {})),
+        created_at=utcnow(),
+    )
+    session.add(event)
+    session.flush()  # assigns the id, which the live stream carries
+    return event
+
+
+def metric_rows(run_id: str, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``run_metrics`` rows of one metrics record: its finite numeric values (a step counter is the
+    key, not a metric; a NaN or infinite value has no row, the record on the live stream shows it as
+    null)."""
+    step = int(record["step"])
+    split = str(record["split"])
+    rows = []
+    for name, value in (record.get("metrics") or {}).items():
+        if name == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            continue
+        rows.append(
+            {"run_id": run_id, "split": split, "name": str(name), "step": step, "value": float(value)}
+        )
+    return rows
+
+
+def write_metrics(session: Session, run_id: str, records: Iterable[Mapping[str, Any]]) -> int:
+    """Insert the points of ``records`` with ``ON CONFLICT DO NOTHING`` on (run, split, name, step): a
+    batch written again (a retried flush, a resumed attempt replaying steps) adds nothing. Returns the
+    number of rows offered."""
+    rows = [row for record in records for row in metric_rows(run_id, record)]
+    if not rows:
+        return 0
+    insert = _dialect_insert(session)
+    for start in range(0, len(rows), _METRICS_PER_STATEMENT):
+        statement = insert(RunMetric).values(rows[start : start + _METRICS_PER_STATEMENT])
+        session.execute(statement.on_conflict_do_nothing(index_elements=["run_id", "split", "name", "step"]))
+    return len(rows)
+
+
+def record_checkpoint(
+    session: Session,
+    run_id: str,
+    step: int,
+    *,
+    metrics: Mapping[str, Any],
+    size_bytes: int,
+    sha256: str,
+    storage_key: str,
+) -> None:
+    """A kept checkpoint. Written again for the same step (a resumed attempt saving it anew), the row
+    takes the new files' size and digest."""
+    values = {
+        "run_id": run_id,
+        "step": step,
+        "created_at": utcnow(),
+        "metrics": json_safe(dict(metrics)),
+        "size_bytes": size_bytes,
+        "sha256": sha256,
+        "storage_key": storage_key,
+    }
+    statement = _dialect_insert(session)(RunCheckpoint).values(values)
+    updated = {
+        name: statement.excluded[name]
+        for name in ("created_at", "metrics", "size_bytes", "sha256", "storage_key")
+    }
+    session.execute(statement.on_conflict_do_update(index_elements=["run_id", "step"], set_=updated))
+
+
+def forget_checkpoints(session: Session, run_id: str, kept_steps: Iterable[int]) -> list[int]:
+    """Delete the rows of checkpoints that training rotated away (only ``kept_steps`` remain on disk);
+    returns the steps forgotten."""
+    kept = set(kept_steps)
+    steps = session.scalars(select(RunCheckpoint.step).where(RunCheckpoint.run_id == run_id)).all()
+    gone = sorted(step for step in steps if step not in kept)
+    if gone:
+        session.execute(
+            delete(RunCheckpoint).where(RunCheckpoint.run_id == run_id, RunCheckpoint.step.in_(gone))
+        )
+    return gone
+
+
+def _dialect_insert(session: Session) -> Any:
+    """The INSERT construct with ``ON CONFLICT`` of the session's database."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
+    raise NotImplementedError(f"ON CONFLICT inserts are not implemented for {dialect!r}")

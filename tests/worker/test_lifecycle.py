@@ -1,0 +1,168 @@
+"""The worker's database writes: the atomic claim, fenced updates, idempotent metric batches."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.db import create_db_engine, create_session_factory, session_scope, upgrade_database
+from app.ids import new_id
+from app.models import Run, RunCheckpoint, RunEvent, RunMetric, RunStatus, Tenant
+from app.runs import lifecycle
+from tests.worker.conftest import Factory
+
+RECORDS = [
+    {
+        "split": "train",
+        "step": 1,
+        "metrics": {"loss": 7.5, "learning_rate": 1e-4, "grad_norm": None, "step": 1},
+    },
+    {
+        "split": "train",
+        "step": 2,
+        "metrics": {"loss": 7.1, "learning_rate": 2e-4, "grad_norm": 3.0, "step": 2},
+    },
+    {"split": "eval", "step": 2, "metrics": {"masked_lm_loss": 7.0, "perplexity": float("inf")}},
+]
+
+
+def _claim(factory: Factory, run_id: str, worker_id: str) -> lifecycle.ClaimedRun | None:
+    with session_scope(factory.session_factory) as session:
+        return lifecycle.claim_run(session, run_id, worker_id)
+
+
+def test_concurrent_claims_of_one_run_have_one_winner(factory: Factory) -> None:
+    run_id = factory.run(corpus_id=factory.corpus(b"a b c.\nd e f.\n"), base_model="minilm-l6-h384-uncased")
+    barrier = threading.Barrier(4)
+    results: list[lifecycle.ClaimedRun | None] = []
+
+    def claim(worker: int) -> None:
+        barrier.wait()
+        results.append(_claim(factory, run_id, f"worker-{worker}"))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    winners = [result for result in results if result is not None]
+    assert len(results) == 4 and len(winners) == 1
+    run = factory.get_run(run_id)
+    assert (run.status, run.attempt, run.worker_id) == (RunStatus.PREPARING, 1, winners[0].worker_id)
+    assert winners[0].attempt == 1 and run.started_at is not None and run.heartbeat_at is not None
+    # A later duplicate delivery finds nothing to do either.
+    assert _claim(factory, run_id, "late-duplicate") is None
+
+
+def test_cancelled_runs_are_not_claimed(factory: Factory) -> None:
+    corpus_id = factory.corpus(b"a b c.\nd e f.\n")
+    cancelled = factory.run(corpus_id=corpus_id, base_model="x", status=RunStatus.CANCELLED)
+    cancel_requested = factory.run(corpus_id=corpus_id, base_model="x", cancel_requested=True)
+    assert _claim(factory, cancelled, "w") is None
+    assert _claim(factory, cancel_requested, "w") is None
+    assert factory.get_run(cancelled).attempt == 0
+
+
+def test_writes_are_fenced_by_the_attempt(factory: Factory) -> None:
+    run_id = factory.run(corpus_id=factory.corpus(b"a b c.\nd e f.\n"), base_model="x")
+    claimed = _claim(factory, run_id, "w")
+    assert claimed is not None
+    with session_scope(factory.session_factory) as session:
+        assert lifecycle.mark_running(session, run_id, claimed.attempt)
+        beat = lifecycle.heartbeat(session, run_id, claimed.attempt, progress={"step": 3, "total_steps": 10})
+        assert beat == lifecycle.Heartbeat(owned=True, cancel_requested=False, status=RunStatus.RUNNING)
+        # A stale supervisor (an older attempt) changes nothing.
+        assert not lifecycle.heartbeat(session, run_id, claimed.attempt - 1, progress={"step": 99}).owned
+        assert not lifecycle.finish_run(session, run_id, claimed.attempt - 1, RunStatus.FAILED)
+        assert lifecycle.finish_run(
+            session, run_id, claimed.attempt, RunStatus.SUCCEEDED, output_storage_key="k"
+        )
+    run = factory.get_run(run_id)
+    assert run.status == RunStatus.SUCCEEDED and run.progress["step"] == 3 and run.output_storage_key == "k"
+    assert run.finished_at is not None
+
+
+def _points(session_factory: Callable[[], Session], run_id: str) -> dict[tuple[str, str, int], float]:
+    with session_factory() as session:
+        rows = session.execute(
+            select(RunMetric.split, RunMetric.name, RunMetric.step, RunMetric.value).where(
+                RunMetric.run_id == run_id
+            )
+        )
+        return {(split, name, step): value for split, name, step, value in rows}
+
+
+def test_metric_batches_written_twice_do_not_duplicate(factory: Factory) -> None:
+    run_id = factory.run(corpus_id=factory.corpus(b"a b c.\nd e f.\n"), base_model="x")
+    for _ in range(2):  # a retried flush, or a resumed attempt replaying the same steps
+        with session_scope(factory.session_factory) as session:
+            lifecycle.write_metrics(session, run_id, RECORDS)
+    points = _points(factory.session_factory, run_id)
+    # Only finite numbers are points; "step" is the key, not a metric.
+    assert points == {
+        ("train", "loss", 1): 7.5,
+        ("train", "learning_rate", 1): 1e-4,
+        ("train", "loss", 2): 7.1,
+        ("train", "learning_rate", 2): 2e-4,
+        ("train", "grad_norm", 2): 3.0,
+        ("eval", "masked_lm_loss", 2): 7.0,
+    }
+
+
+def test_checkpoint_rows_follow_rotation_and_events_get_ids(factory: Factory) -> None:
+    run_id = factory.run(corpus_id=factory.corpus(b"a b c.\nd e f.\n"), base_model="x")
+    with session_scope(factory.session_factory) as session:
+        for step in (10, 20, 30):
+            lifecycle.record_checkpoint(
+                session,
+                run_id,
+                step,
+                metrics={"eval": {"perplexity": float("nan")}},
+                size_bytes=step,
+                sha256="a" * 64,
+                storage_key=f"runs/{run_id}/c-{step}",
+            )
+        assert lifecycle.forget_checkpoints(session, run_id, [20, 30]) == [10]
+        event = lifecycle.add_event(session, run_id, "evaluation", "eval", data={"loss": float("inf")})
+        assert event.id is not None and event.data == {"loss": None}
+    with session_scope(factory.session_factory) as session:  # the same step saved again: updated
+        lifecycle.record_checkpoint(
+            session, run_id, 30, metrics={}, size_bytes=31, sha256="b" * 64, storage_key=f"runs/{run_id}/c-30"
+        )
+    with factory.session_factory() as session:
+        rows = session.execute(
+            select(RunCheckpoint.step, RunCheckpoint.size_bytes).where(RunCheckpoint.run_id == run_id)
+        ).all()
+        assert sorted(rows) == [(20, 20), (30, 31)]
+        assert (
+            session.scalar(select(func.count()).select_from(RunEvent).where(RunEvent.run_id == run_id)) == 1
+        )
+
+
+def test_claim_and_idempotent_metrics_on_sqlite(tmp_path: Path) -> None:
+    """The local demo's database: the same RETURNING claim and ON CONFLICT DO NOTHING inserts."""
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    upgrade_database(url)
+    engine = create_db_engine(url)
+    session_factory = create_session_factory(engine)
+    try:
+        with session_scope(session_factory) as session:
+            tenant = Tenant(id=new_id("ten"), name="demo")
+            session.add(tenant)
+            session.flush()
+            session.add(Run(id="run_1", tenant_id=tenant.id, name="r", base_model="x", hyperparameters={}))
+        with session_scope(session_factory) as session:
+            claimed = lifecycle.claim_run(session, "run_1", "w")
+            assert claimed is not None and claimed.attempt == 1
+            assert lifecycle.claim_run(session, "run_1", "w") is None
+        for _ in range(2):
+            with session_scope(session_factory) as session:
+                lifecycle.write_metrics(session, "run_1", RECORDS)
+        assert len(_points(session_factory, "run_1")) == 6
+    finally:
+        engine.dispose()

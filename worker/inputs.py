@@ -1,0 +1,84 @@
+"""A claimed run's inputs, located from database rows only: corpora by their ``storage_key``, the base
+model through the base-model registry (built-ins, uploaded checkpoints, other runs' outputs), the output
+and prepared-data directories by fixed storage keys. Nothing a client typed is ever used as a path.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from app.base_models.service import resolve_base_model, run_directory_key
+from app.config import Settings
+from app.errors import ValidationFailed
+from app.models import Corpus, Run, Tenant
+from app.storage import Storage
+from worker.failures import RunFailure
+from worker.job import TrainingJob
+
+__all__ = ["MODEL_SUBDIRECTORY", "PREPARED_DATA_KEY", "InputError", "build_training_job", "run_directory_key"]
+
+# The prepared-data cache, shared by every run: an entry's key covers the corpus digest, the tokenizer
+# and every preparation parameter, so runs that agree on them reuse one preparation.
+PREPARED_DATA_KEY = "prepared"
+# Where run_pretraining writes the final model inside the run's directory (engine.RunLayout.model).
+MODEL_SUBDIRECTORY = "model"
+
+
+class InputError(Exception):
+    """An input the run names cannot be used; ``failure`` is what its owner is told."""
+
+    def __init__(self, failure: RunFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def _corpus_path(
+    session: Session, storage: Storage, run: Run, corpus_id: str | None, role: str
+) -> str | None:
+    if corpus_id is None:
+        return None
+    corpus = session.get(Corpus, corpus_id)
+    if corpus is None or corpus.tenant_id != run.tenant_id:
+        raise InputError(RunFailure("input_error", f"the {role} {corpus_id} no longer exists"))
+    if not storage.exists(corpus.storage_key):
+        raise InputError(
+            RunFailure(
+                "input_error", f"the file of the {role} {corpus_id} is missing from storage; ask the operator"
+            )
+        )
+    return str(storage.local_path(corpus.storage_key))
+
+
+def build_training_job(session: Session, run_id: str, settings: Settings, storage: Storage) -> TrainingJob:
+    """The :class:`TrainingJob` of ``run_id``; InputError when one of its inputs is gone."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise InputError(RunFailure("input_error", f"run {run_id} no longer exists"))
+    tenant = session.get(Tenant, run.tenant_id)
+    if tenant is None:
+        raise InputError(RunFailure("input_error", f"the tenant of run {run_id} no longer exists"))
+    if run.corpus_id is None:
+        raise InputError(RunFailure("input_error", "the run's corpus no longer exists"))
+    corpus = _corpus_path(session, storage, run, run.corpus_id, "corpus")
+    eval_corpus = _corpus_path(session, storage, run, run.eval_corpus_id, "eval corpus")
+    reference_corpus = _corpus_path(session, storage, run, run.reference_corpus_id, "reference corpus")
+    try:
+        base = resolve_base_model(session, tenant, run.base_model, settings=settings, storage=storage)
+    except ValidationFailed as exc:
+        raise InputError(RunFailure("base_model_error", exc.message)) from None
+    assert corpus is not None
+    return TrainingJob(
+        run_id=run.id,
+        base_model=base.source,
+        base_model_spec=base.spec,
+        corpus=corpus,
+        corpus_id=run.corpus_id,
+        out_dir=str(storage.local_path(run_directory_key(run.id))),
+        cache_dir=str(storage.local_path(PREPARED_DATA_KEY)),
+        hyperparameters=dict(run.hyperparameters or {}),
+        eval_corpus=eval_corpus,
+        eval_corpus_id=run.eval_corpus_id if eval_corpus else None,
+        reference_corpus=reference_corpus,
+        reference_corpus_id=run.reference_corpus_id if reference_corpus else None,
+        hf_hub_offline=settings.hf_hub_offline,
+    )
