@@ -292,4 +292,4 @@ def _dialect_insert(session: Session) -> Any:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         return sqlite_insert
-    raise NotImplementedError(f"ON CONFLICT inserts are not implemented for {dialect!r}")
+    raise RuntimeError(f"bertpt supports PostgreSQL and SQLite databases, not {dialect!r}")

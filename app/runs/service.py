@@ -32,7 +32,7 @@ from app.runs import repository
 from app.runs.archives import ArchiveSource, StoredArchive, ensure_archive
 from app.runs.downsample import Bucket, Point, bucket_width, coarsen, max_buckets, points_from_buckets
 from app.runs.lifecycle import add_event
-from app.runs.live import MessageType
+from app.runs.live import MessageType, event_data
 from app.runs.schemas import MetricSeries, MetricsPublic, RunCreate
 from app.storage import Storage
 from worker.pretraining.hyperparameters import HyperparameterError, Hyperparameters, load_hyperparameters
@@ -274,7 +274,7 @@ def cancel_run(session: Session, tenant: Tenant, run_id: str, *, publish: LivePu
     else:
         return run
     session.flush()
-    event_message = _event_message(event)
+    event_message = event_data(event)
     status_message = {"status": run.status.value, "progress": run.progress or {}, "error": None}
 
     def announce() -> None:
@@ -283,18 +283,6 @@ def cancel_run(session: Session, tenant: Tenant, run_id: str, *, publish: LivePu
 
     on_commit(session, announce)
     return run
-
-
-def _event_message(event: RunEvent) -> dict[str, Any]:
-    """An event as the live stream carries it (the same shape as the worker's)."""
-    return {
-        "id": event.id,
-        "type": event.type,
-        "level": event.level,
-        "message": event.message,
-        "data": event.data,
-        "created_at": event.created_at.isoformat(),
-    }
 
 
 def delete_run(session: Session, storage: Storage, tenant: Tenant, run_id: str) -> None:
