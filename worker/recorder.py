@@ -46,10 +46,8 @@ def directory_digest(directory: Path) -> tuple[int, str]:
     listing = hashlib.sha256()
     size = 0
     for relative, path in files:
-        digest = hashlib.sha256()
         with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+            digest = hashlib.file_digest(f, "sha256")
         size += path.stat().st_size
         listing.update(f"{digest.hexdigest()}  {relative}\n".encode())
     return size, listing.hexdigest()

@@ -130,8 +130,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HyperparameterError)
     async def hyperparameter_error(_request: Request, exc: HyperparameterError) -> JSONResponse:
-        param = f"hyperparameters.{exc.errors[0][0]}" if exc.errors else "hyperparameters"
-        return JSONResponse(error_body("validation_error", str(exc), param), status_code=422)
+        # A field error names the field; a rule across fields (max_steps vs num_epochs) names the object.
+        field = exc.errors[0][0] if exc.errors else "hyperparameters"
+        param = "hyperparameters" if field == "hyperparameters" else f"hyperparameters.{field}"
+        return JSONResponse(error_body("validation_error", f"invalid hyperparameters: {exc}", param), 422)
 
     @app.exception_handler(RequestValidationError)
     async def request_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -35,7 +35,7 @@ from app.runs.lifecycle import add_event
 from app.runs.live import MessageType, event_data
 from app.runs.schemas import MetricSeries, MetricsPublic, RunCreate
 from app.storage import Storage
-from worker.pretraining.hyperparameters import HyperparameterError, Hyperparameters, load_hyperparameters
+from worker.pretraining.hyperparameters import Hyperparameters, load_hyperparameters
 
 __all__ = [
     "MAX_METADATA_BYTES",
@@ -98,7 +98,7 @@ def create_run(
         if existing is not None:
             return _replayed(existing, idempotency_key, request_hash)
 
-    hyperparameters = _validated_hyperparameters(body.hyperparameters)
+    hyperparameters = load_hyperparameters(body.hyperparameters)  # HyperparameterError: 422, mapped once
     _check_metadata(body.metadata)
     corpus = _corpus(session, tenant, body.corpus_id, "corpus_id")
     eval_corpus = (
@@ -172,15 +172,6 @@ def _replayed(run: Run, key: str, request_hash: str) -> CreatedRun:
             param="Idempotency-Key",
         )
     return CreatedRun(run=run, created=False)
-
-
-def _validated_hyperparameters(values: dict[str, Any]) -> Hyperparameters:
-    try:
-        return load_hyperparameters(values)
-    except HyperparameterError as exc:
-        field = exc.errors[0][0] if exc.errors else "hyperparameters"
-        param = "hyperparameters" if field == "hyperparameters" else f"hyperparameters.{field}"
-        raise ValidationFailed(param, f"invalid hyperparameters: {exc}") from None
 
 
 def _check_metadata(metadata: dict[str, Any]) -> None:

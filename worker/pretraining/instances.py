@@ -51,10 +51,6 @@ class TokenizedDocuments:
     def num_documents(self) -> int:
         return len(self.document_bounds) - 1
 
-    @property
-    def num_sentences(self) -> int:
-        return len(self.sentence_bounds) - 1
-
 
 @dataclass
 class InstancePlan:
