@@ -60,6 +60,21 @@ class Settings(BaseSettings):
         "(tasks are acknowledged late, at their end).",
     )
     worker_concurrency: int = Field(default=1, ge=1, description="Trainings per worker process.")
+    api_threads: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Worker threads per API process for blocking work (database queries, file I/O). Up to "
+        "twice as many requests hold a database session at once, and the process's pool keeps that many "
+        "connections plus 8. Few threads beat many: Python runs one at a time, so more only queue on the "
+        "interpreter and on PostgreSQL's max_connections.",
+    )
+    auth_cache_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long an API process remembers a key it accepted (no database lookup per request); "
+        "a revoked key keeps working that long. 0: look the key up on every request.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"],
         description="Origins allowed by CORS (comma-separated in the environment); '*' only outside prod.",

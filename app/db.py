@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 __all__ = [
     "create_db_engine",
     "create_session_factory",
+    "end_session",
     "on_commit",
     "on_rollback",
     "session_scope",
@@ -47,9 +48,9 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    # The API runs sync routes on anyio's pool of 40 threads: give every thread a connection rather
-    # than let requests queue on the pool (and time out) under load.
-    options = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 40, **kwargs}
+    # Small by default (the worker and the admin commands hold one or two); the API sizes it to its
+    # threads (see create_app).
+    options = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10, **kwargs}
     return create_engine(url, **options)
 
 
@@ -84,8 +85,24 @@ def session_scope(factory: Callable[[], Session]) -> Iterator[Session]:
     the registered :func:`on_commit` or :func:`on_rollback` callbacks."""
     session = factory()
     try:
+        yield session
+    except BaseException:
+        end_session(session, failed=True)
+        raise
+    end_session(session, failed=False)
+
+
+def end_session(session: Session, *, failed: bool) -> None:
+    """The end of :func:`session_scope`'s block, for callers that cannot hold a ``with`` across it (the
+    API's session dependency opens the session on the event loop and ends it in a worker thread): commit
+    (or roll back when ``failed``, or when the commit itself fails, then re-raise), run the callbacks of
+    the outcome, close."""
+    try:
+        if failed:
+            session.rollback()
+            _run_callbacks(session, _ON_ROLLBACK)
+            return
         try:
-            yield session
             session.commit()
         except BaseException:
             session.rollback()

@@ -2,21 +2,25 @@
 
 It creates a PostgreSQL database (dropped at the end) and a temporary storage directory, seeds a tenant with
 an API key, one running run and its metric curves (4 training series of ``--steps`` points each plus
-evaluations, bulk-loaded with COPY), starts the API with uvicorn on a free localhost port, then measures:
+evaluations, bulk-loaded with COPY), starts the API as ``bertpt serve --workers N`` on a free localhost
+port, then measures with wrk (Debian package ``wrk``: a C load generator, so that the client takes little
+of the CPU it shares with the server):
 
 - ``GET /v1/runs/{id}`` and ``GET /v1/runs/{id}/metrics?split=train&max_points=500`` (all four training
-  series) with ``--concurrency`` clients sharing ``--requests`` requests (httpx.AsyncClient), and with one
-  client, to tell service time from queueing;
-- the same metrics query uncached (a ``since_step`` filter bypasses the server's bucket cache), one at a time;
-- ``GET /healthz`` (no authentication, no database) with the same clients: what the server and the client
-  cost without any work of the API's;
+  series) with ``--concurrency`` connections, each sending its next request as soon as the previous answer
+  arrives (a closed loop: the server's saturation, where latency is queueing), then with the same clients
+  pacing themselves (think times drawn from an exponential distribution, like independent users polling;
+  ``--paces`` gives their means), then with one client (the service time);
+- the same metrics query uncached (a ``since_step`` filter bypasses the server's bucket cache), one client;
+- ``GET /healthz`` (no authentication, no database): the floor of the server and the client;
 - a ``--upload-mb`` corpus upload, generated on the fly as a streamed multipart body (a block of documents
-  repeated), with the API process's peak RSS (VmHWM, reset just before the upload) against its RSS before.
+  repeated), with the peak RSS of the API process that took it (VmHWM, reset just before) against its RSS
+  before.
 
-Client and server share the machine's cores: the figures include the client's own CPU time.
+Client, API processes and PostgreSQL share the machine's cores.
 
-    .venv/bin/python bench/api.py         # 100k steps, 2,000 requests per endpoint, 50 clients, 1 GB upload
-    .venv/bin/python bench/api.py --steps 10000 --requests 400 --upload-mb 100   # quick
+    .venv/bin/python bench/api.py         # 100k steps, 15 s per row, 50 clients, 1 GB upload
+    .venv/bin/python bench/api.py --steps 10000 --seconds 5 --upload-mb 100   # quick
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import secrets
 import shutil
@@ -136,7 +141,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def api_server(database_url: str, storage_dir: Path) -> Iterator[tuple[str, int]]:
+def api_server(database_url: str, storage_dir: Path, workers: int) -> Iterator[tuple[str, int]]:
+    """``bertpt serve --workers N``; yields its base URL and the supervisor's pid."""
     port = free_port()
     env = {
         **os.environ,
@@ -147,15 +153,19 @@ def api_server(database_url: str, storage_dir: Path) -> Iterator[tuple[str, int]
         "BERTPT_MAX_UPLOAD_BYTES": str(4 << 30),
         "PYTHONPATH": str(ROOT),
     }
-    command = [sys.executable, "-m", "uvicorn", "--factory", "app.api.main:create_app", "--host", "127.0.0.1",
-               "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    entry = "from worker.service_cli import serve_command; serve_command()"
+    options = ["--port", str(port), "--workers", str(workers), "--no-migrate", "--log-level", "warning"]
+    command = [sys.executable, "-c", entry, *options]
     process = subprocess.Popen(command, env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                if (
+                    httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+                    and len(api_pids(process.pid)) == workers
+                ):
                     break
             except httpx.TransportError:
                 pass
@@ -164,8 +174,17 @@ def api_server(database_url: str, storage_dir: Path) -> Iterator[tuple[str, int]
             time.sleep(0.2)
         yield base, process.pid
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def api_pids(pid: int) -> list[int]:
+    """The processes answering requests: the server itself, or the workers of ``--workers N``."""
+    children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    workers = [
+        child for child in children if "resource_tracker" not in Path(f"/proc/{child}/cmdline").read_text()
+    ]
+    return workers or [pid]
 
 
 def memory_kib(pid: int, field: str) -> int:
@@ -177,61 +196,59 @@ def memory_kib(pid: int, field: str) -> int:
 
 # -- measurements ----------------------------------------------------------------------------------------
 
+# wrk runs this in each connection: the API key, optional think time (exponential, mean THINK_MS), and at
+# the end one JSON line with the percentiles (microseconds) and the errors.
+WRK_SCRIPT = r"""
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
+local think = tonumber(os.getenv("THINK_MS") or "0")
+function setup(thread) math.randomseed(os.time()) end
+if think > 0 then
+  function delay() return math.floor(-think * math.log(1 - math.random())) end
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "seconds": %f, "p50": %d, "p99": %d, "max": %d, "status": %d, "connect": %d, ' ..
+    '"read": %d, "write": %d, "timeout": %d}\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99), latency.max,
+    e.status, e.connect, e.read, e.write, e.timeout))
+end
+"""
+
 
 @dataclass
 class Latency:
     label: str
-    concurrency: int
-    requests: int
-    seconds: float
-    latencies: list[float]
-    errors: dict[str, int]
-
-    def percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+    clients: int
+    think_ms: int
+    result: dict[str, float]
 
     def row(self) -> str:
-        p50, p99, worst = self.percentile(0.5), self.percentile(0.99), max(self.latencies) * 1000
+        r = self.result
+        pace = f"{self.think_ms:,} ms" if self.think_ms else "none"
+        p50, p99, worst = (r[name] / 1000 for name in ("p50", "p99", "max"))
+        rate = r["requests"] / r["seconds"]
+        kinds = {"non-2xx": r["status"], "connect": r["connect"], "read": r["read"], "write": r["write"],
+                 "timeout": r["timeout"]}  # fmt: skip
+        errors = ", ".join(f"{count} {kind}" for kind, count in kinds.items() if count) or "0"
         return (
-            f"| {self.label} | {self.concurrency} | {self.requests:,} | {p50:.1f} | {p99:.1f} | "
-            f"{worst:.1f} | {self.requests / self.seconds:,.0f} | {_describe(self.errors)} |"
+            f"| {self.label} | {self.clients} | {pace} | {r['requests']:,.0f} | {p50:.1f} | {p99:.1f} | "
+            f"{worst:.1f} | {rate:,.0f} | {errors} |"
         )
 
 
-async def measure(base: str, key: str, label: str, path: str, *, requests: int, concurrency: int) -> Latency:
-    headers = {"Authorization": f"Bearer {key}"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    remaining = requests
-
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
-        for _ in range(min(50, requests)):  # warm up connections, caches and the pool
-            (await client.get(path)).raise_for_status()
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                start = time.perf_counter()
-                try:
-                    response = await client.get(path)
-                except httpx.TransportError as exc:  # counted, not hidden: the table shows them
-                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                    continue
-                latencies.append(time.perf_counter() - start)
-                if response.status_code != 200:
-                    errors[str(response.status_code)] = errors.get(str(response.status_code), 0) + 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return Latency(label, concurrency, requests, elapsed, latencies, errors)
-
-
-def _describe(errors: dict[str, int]) -> str:
-    return ", ".join(f"{count} x {kind}" for kind, count in sorted(errors.items())) or "0"
+def measure(base: str, key: str, label: str, path: str, *, clients: int, think_ms: int, seconds: int,
+            script: Path) -> Latency:  # fmt: skip
+    env = {**os.environ, "BENCH_KEY": key, "THINK_MS": str(think_ms)}
+    # Warm up: connections, the API's caches, the database's buffers.
+    subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", script, f"{base}{path}"], env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    completed = subprocess.run(
+        ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "10s", "-s", script, f"{base}{path}"],
+        env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    return Latency(label, clients, think_ms, result)
 
 
 def corpus_block() -> bytes:
@@ -248,7 +265,7 @@ def corpus_block() -> bytes:
     return ("\n\n".join(documents) + "\n\n").encode()
 
 
-async def upload(base: str, key: str, megabytes: int, pid: int) -> dict[str, float]:
+async def upload(base: str, key: str, megabytes: int, pids: list[int]) -> dict[str, float]:
     boundary = f"bench{secrets.token_hex(8)}"
     block = corpus_block()
     total = megabytes << 20
@@ -262,14 +279,16 @@ async def upload(base: str, key: str, megabytes: int, pid: int) -> dict[str, flo
             yield block
         yield tail
 
-    rss_before = memory_kib(pid, "VmRSS")
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM (the peak) to the current RSS
-    samples: list[int] = []
+    rss_before = {pid: memory_kib(pid, "VmRSS") for pid in pids}
+    for pid in pids:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM (the peak) to the current RSS
+    samples: dict[int, list[int]] = {pid: [] for pid in pids}
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.wait(0.05):
-            samples.append(memory_kib(pid, "VmRSS"))
+            for pid in pids:
+                samples[pid].append(memory_kib(pid, "VmRSS"))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -283,52 +302,61 @@ async def upload(base: str, key: str, megabytes: int, pid: int) -> dict[str, flo
     if response.status_code not in (200, 201):
         raise RuntimeError(f"upload failed: {response.status_code} {response.text[:500]}")
     corpus = response.json()
-    peak = max(memory_kib(pid, "VmHWM"), *samples)
+    # The process that took the upload is the one whose peak rose the most.
+    growth = {pid: max(memory_kib(pid, "VmHWM"), *samples[pid]) - rss_before[pid] for pid in pids}
+    taker = max(growth, key=lambda pid: growth[pid])
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:
         await client.delete(f"/v1/corpora/{corpus['id']}", headers={"Authorization": f"Bearer {key}"})
     return {
         "bytes": corpus["bytes"],
         "seconds": elapsed,
-        "rss_before_mib": rss_before / 1024,
-        "peak_mib": peak / 1024,
+        "rss_before_mib": rss_before[taker] / 1024,
+        "peak_mib": (rss_before[taker] + growth[taker]) / 1024,
         "documents": corpus["documents"],
     }
 
 
 async def run_benchmark(args: argparse.Namespace) -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench/api.py needs wrk, a C load generator: apt-get install wrk")
     print(
         f"seeding: 1 run, {len(TRAIN_SERIES)} x {args.steps:,} training points + evaluations", file=sys.stderr
     )
     with temporary_database() as database_url:
         key, run_id, points = seed(database_url, args.steps)
         storage_dir = Path(tempfile.mkdtemp(prefix="bertpt-bench-storage-"))
+        script = storage_dir / "bench.lua"
+        script.write_text(WRK_SCRIPT)
         try:
-            with api_server(database_url, storage_dir) as (base, pid):
-                metrics = f"/v1/runs/{run_id}/metrics?split=train&max_points=500"
-                plan = [
-                    ("GET /v1/runs/{id}", f"/v1/runs/{run_id}", args.concurrency, args.requests),
-                    ("GET /v1/runs/{id}", f"/v1/runs/{run_id}", 1, args.requests // 10),
-                    ("GET .../metrics, 4 series x 500 pts", metrics, args.concurrency, args.requests),
-                    ("GET .../metrics, 4 series x 500 pts", metrics, 1, args.requests // 10),
-                    # A step filter bypasses the bucket cache: every request aggregates every point in SQL.
-                    ("same, uncached (since_step=0)", f"{metrics}&since_step=0", 1, 50),
-                    # The floor: no authentication, no database.
-                    ("GET /healthz", "/healthz", args.concurrency, args.requests),
-                ]
+            with api_server(database_url, storage_dir, args.workers) as (base, pid):
+                run, metrics = f"/v1/runs/{run_id}", f"/v1/runs/{run_id}/metrics?split=train&max_points=500"
+                plan = []
+                for label, path in (
+                    ("GET /v1/runs/{id}", run),
+                    ("GET .../metrics, 4 series x 500 pts", metrics),
+                ):
+                    plan.append((label, path, args.concurrency, 0))
+                    plan += [(label, path, args.concurrency, pace) for pace in args.paces]
+                    plan.append((label, path, 1, 0))
+                # A step filter bypasses the bucket cache: every request aggregates every point in SQL.
+                plan.append(("same, uncached (since_step=0)", f"{metrics}&since_step=0", 1, 0))
+                plan.append(("GET /healthz (no auth, no database)", "/healthz", args.concurrency, 0))
                 results = []
-                for label, path, concurrency, requests in plan:
-                    print(f"{label}: {requests} requests, {concurrency} clients", file=sys.stderr)
-                    results.append(
-                        await measure(base, key, label, path, requests=requests, concurrency=concurrency)
-                    )
+                for label, path, clients, think_ms in plan:
+                    print(f"{label}: {clients} clients, think time {think_ms} ms", file=sys.stderr)
+                    results.append(measure(base, key, label, path, clients=clients, think_ms=think_ms,
+                                           seconds=args.seconds, script=script))  # fmt: skip
                 print(f"uploading {args.upload_mb} MB", file=sys.stderr)
-                uploaded = await upload(base, key, args.upload_mb, pid)
+                uploaded = await upload(base, key, args.upload_mb, api_pids(pid))
         finally:
             shutil.rmtree(storage_dir, ignore_errors=True)
 
-    print(f"\n{os.cpu_count()} CPU cores shared by client and server; {points:,} metric points in the run.\n")
-    print("| request | clients | requests | p50 ms | p99 ms | max ms | req/s | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print(
+        f"\n{os.cpu_count()} CPU cores shared by wrk, {args.workers} API processes and PostgreSQL; "
+        f"{points:,} metric points in the run; {args.seconds} s per row.\n"
+    )
+    print("| request | clients | think time (mean) | requests | p50 ms | p99 ms | max ms | req/s | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for result in results:
         print(result.row())
     mib = uploaded["bytes"] / (1 << 20)
@@ -346,8 +374,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=100_000, help="points per training series")
-    parser.add_argument("--requests", type=int, default=2_000, help="requests per endpoint")
+    parser.add_argument("--seconds", type=int, default=15, help="duration of each measurement")
     parser.add_argument("--concurrency", type=int, default=50, help="concurrent clients")
+    parser.add_argument(
+        "--paces",
+        type=int,
+        nargs="*",
+        default=[1000, 200, 100],
+        help="mean think times (ms) of paced clients",
+    )
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="API processes")
     parser.add_argument("--upload-mb", type=int, default=1024, help="size of the corpus upload")
     # Killed (timeout, Ctrl-C): still stop the server and drop the database on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -1,9 +1,10 @@
 """The service's processes, as ``bertpt`` commands:
 
-    bertpt serve [--host 127.0.0.1] [--port 8000] [--reload] [--no-migrate]
+    bertpt serve [--host 127.0.0.1] [--port 8000] [--workers 1] [--reload] [--no-migrate]
     bertpt worker [--concurrency 1] [--queue training]
 
-``serve`` upgrades the database (Alembic, ``upgrade head``) and runs the API with uvicorn.
+``serve`` upgrades the database (Alembic, ``upgrade head``) and runs the API with uvicorn, in
+``--workers`` processes (:mod:`app.api.server`).
 ``worker`` runs a Celery worker on the training queue: prefork, one task per pool process at a time, each
 training in its own child process. Stop it with SIGTERM or Ctrl-C once (a warm shutdown: it waits for
 the running training to end); a second Ctrl-C stops at once, and the training process, finding its
@@ -23,7 +24,14 @@ __all__ = ["serve_command", "worker_command"]
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--reload", is_flag=True, help="Restart when the code changes (development).")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="API processes sharing the port (one per core; the kernel spreads connections over them).",
+)
+@click.option("--reload", is_flag=True, help="Restart when the code changes (development; one worker).")
 @click.option(
     "--migrate/--no-migrate",
     default=True,
@@ -36,25 +44,20 @@ __all__ = ["serve_command", "worker_command"]
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
 )
-def serve_command(host: str, port: int, reload: bool, migrate: bool, log_level: str) -> None:
+def serve_command(host: str, port: int, workers: int, reload: bool, migrate: bool, log_level: str) -> None:
     """Run the REST API (uvicorn), after upgrading the database."""
-    import uvicorn
-
+    from app.api.server import serve
     from app.db import upgrade_database
 
+    if reload and workers > 1:
+        raise click.UsageError("--reload runs one worker; leave out --workers")
     if migrate:
         upgrade_database(get_settings().database_url)
         click.echo("database schema is up to date", err=True)
-    uvicorn.run(
-        "app.api.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        reload=reload,
-        log_level=log_level,
-        # Behind a reverse proxy in production: trust X-Forwarded-* only from the local one.
-        proxy_headers=True,
-    )
+    try:
+        serve(host=host, port=port, workers=workers, log_level=log_level, reload=reload)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 @click.command("worker")

@@ -3,41 +3,65 @@
 
 Everything comes from ``request.app.state`` (set by ``create_app``), so that each app (and each test)
 has its own settings, database and storage.
+
+Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread,
+and that hop costs more than most requests' own work. The session is opened on the event loop (no I/O)
+and ended, committed or rolled back, in one worker-thread hop; authentication costs no hop when the key
+was accepted recently (:class:`~app.tenants.service.Authenticator`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db import session_scope
+from app.db import end_session
 from app.models import Tenant
 from app.storage import Storage
-from app.tenants.service import authenticate
+from app.tenants.service import Authenticator
 
 __all__ = ["CurrentTenant", "SessionDep", "SettingsDep", "StorageDep", "get_current_tenant", "get_session"]
 
 
-def get_settings_from_app(request: Request) -> Settings:
+async def get_settings_from_app(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_storage(request: Request) -> Storage:
+async def get_storage(request: Request) -> Storage:
     storage: Storage = request.app.state.storage
     return storage
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """One unit of work per request: committed when the route returns (before the response is sent),
-    rolled back if it raises."""
-    with session_scope(request.app.state.session_factory) as session:
-        yield session
+    rolled back if it raises.
+
+    A session keeps its connection from its first query to its end, across thread hops, so the number
+    of sessions open at once is capped (``app.state.db_slots``, set by the app's lifespan) below the
+    pool's size: otherwise, with more requests in flight than connections, every thread could be
+    waiting for a connection held by a request that needs a thread to commit (a deadlock until the pool
+    times out). Requests over the cap wait on the event loop. Creating a session does no I/O; ending it
+    does, in a worker thread, which a cancelled request still waits for, so that the connection always
+    goes back to the pool.
+    """
+    slots: anyio.CapacityLimiter | None = getattr(request.app.state, "db_slots", None)
+    async with slots if slots is not None else contextlib.nullcontext():
+        session = request.app.state.session_factory()
+        try:
+            yield session
+        except BaseException:
+            await run_in_threadpool(end_session, session, failed=True)
+            raise
+        await run_in_threadpool(end_session, session, failed=False)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_from_app)]
@@ -49,10 +73,17 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer bpt_...`.")
 
 
-def get_current_tenant(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+async def get_current_tenant(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Tenant:
-    return authenticate(session, credentials.credentials if credentials else None)
+    authenticator: Authenticator = request.app.state.authenticator
+    key = credentials.credentials if credentials else None
+    tenant = authenticator.cached(key)
+    if tenant is None:
+        tenant = await run_in_threadpool(authenticator.authenticate, session, key)
+    return tenant
 
 
 CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]

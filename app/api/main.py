@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -33,6 +34,7 @@ from app.errors import (
     ValidationFailed,
 )
 from app.storage import Storage, get_storage
+from app.tenants.service import Authenticator
 from worker.pretraining.hyperparameters import HyperparameterError
 
 __all__ = ["create_app"]
@@ -75,11 +77,21 @@ def create_app(
     settings = settings or get_settings()
     engine = None
     if session_factory is None:
-        engine = create_db_engine(settings.database_url)
+        engine = create_db_engine(
+            settings.database_url,
+            pool_size=sessions_at_once(settings),
+            # For what runs outside a request's session: /readyz, /metrics, a stream's status checks.
+            max_overflow=8,
+        )
         session_factory = create_session_factory(engine)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Sync routes and dependencies run on anyio's default thread limiter (40 threads unless told).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        # Requests holding a database session at once (see app.api.deps.get_session): no more than the
+        # pool has connections, so no thread ever waits for one.
+        app.state.db_slots = anyio.CapacityLimiter(sessions_at_once(settings))
         yield
         if engine is not None:
             engine.dispose()
@@ -93,6 +105,7 @@ def create_app(
     app.state.settings = settings
     app.state.session_factory = session_factory
     app.state.storage = storage or get_storage(settings)
+    app.state.authenticator = Authenticator(settings.auth_cache_seconds)
     registry, http_metrics = create_registry(settings, session_factory)
     app.state.metrics_registry = registry
 
@@ -108,6 +121,12 @@ def create_app(
         )
     app.add_middleware(MetricsMiddleware, metrics=http_metrics)
     return app
+
+
+def sessions_at_once(settings: Settings) -> int:
+    """Requests of one API process that may hold a database session at once: twice its threads, since a
+    session stays open between its thread hops (an upload's between authentication and its end)."""
+    return 2 * settings.api_threads
 
 
 def error_body(error_type: str, message: str, param: str | None = None) -> dict[str, Any]:

@@ -7,12 +7,14 @@ Each app has its own registry, so apps built side by side (tests) do not collide
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -119,8 +121,15 @@ class QueueDepthCollector(Collector):
 def create_registry(
     settings: Settings, session_factory: Callable[[], Session]
 ) -> tuple[CollectorRegistry, HttpMetrics]:
+    """The registry ``/metrics`` exposes, and the HTTP metrics to record into. When the API runs as
+    several processes (``PROMETHEUS_MULTIPROC_DIR`` set, see :mod:`app.api.server`), each process's
+    counts go to files there and the registry adds up those of every process."""
     registry = CollectorRegistry()
-    metrics = HttpMetrics(registry)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+        metrics = HttpMetrics(CollectorRegistry())  # recorded through the files, exposed by the collector
+    else:
+        metrics = HttpMetrics(registry)
     registry.register(RunsByStatusCollector(session_factory))
     registry.register(QueueDepthCollector(settings))
     return registry, metrics

@@ -14,7 +14,8 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -405,6 +406,9 @@ class _CachedSeries:
     width: int
     buckets: list[Bucket]
     final: bool  # computed after the run ended: the series cannot change any more
+    # The series drawn from these buckets, by (first point, last point): repeated polls of an unchanged
+    # series reuse it.
+    drawn: dict[tuple[Point, Point], list[Point]] = field(default_factory=dict, compare=False)
 
     @property
     def tail_start(self) -> int:
@@ -463,6 +467,18 @@ class MetricBucketCache:
             self._store(key, _CachedSeries(first_step, last_step, width, buckets, final))
         return buckets
 
+    def points(self, key: tuple[Any, ...], buckets: list[Bucket], first: Point, last: Point) -> list[Point]:
+        """:func:`points_from_buckets`, remembered while the series cached under ``key`` is unchanged
+        (``buckets`` is what :meth:`buckets` returned for it)."""
+        with self._guard:
+            entry = self._entries.get(key)
+        if entry is None or entry.buckets is not buckets:
+            return points_from_buckets(buckets, first, last)
+        drawn = entry.drawn.get((first, last))
+        if drawn is None:
+            drawn = entry.drawn[(first, last)] = points_from_buckets(buckets, first, last)
+        return drawn
+
     def _store(self, key: tuple[Any, ...], entry: _CachedSeries) -> None:
         with self._guard:
             self._entries[key] = entry
@@ -490,15 +506,12 @@ def get_metrics(
     )
     series = []
     for extent in extents:
-        points = _series_points(session, run, extent, query, cache)
-        series.append(
-            MetricSeries(
-                name=extent.name,
-                split=extent.split,
-                points=[(step, value if math.isfinite(value) else None) for step, value in points],
-            )
-        )
-    return MetricsPublic(series=series)
+        points: list[tuple[int, float | None]] = []
+        for step, value in _series_points(session, run, extent, query, cache):
+            points.append((step, value if math.isfinite(value) else None))
+        # Built from our own rows, already of the schema's types: not validated again, point by point.
+        series.append(MetricSeries.model_construct(name=extent.name, split=extent.split, points=points))
+    return MetricsPublic.model_construct(series=series)
 
 
 def _series_points(
@@ -525,16 +538,12 @@ def _series_points(
 
     allowed = max_buckets(query.max_points)
     if query.since_step is None and query.until_step is None:
-        buckets = cache.buckets(
-            (run.id, extent.split, extent.name, allowed),
-            first[0],
-            last[0],
-            allowed,
-            final=run.status.is_terminal,
-            fetch=fetch,
-        )
+        key = (run.id, extent.split, extent.name, allowed)
+        buckets = cache.buckets(key, first[0], last[0], allowed, final=run.status.is_terminal, fetch=fetch)
+        draw: Callable[[list[Bucket], Point, Point], list[Point]] = partial(cache.points, key)
     else:
         buckets = fetch(bucket_width(first[0], last[0], allowed), first[0])
+        draw = points_from_buckets
     if sum(bucket.count for bucket in buckets) <= query.max_points:
         return points()
-    return points_from_buckets(buckets, first, last)
+    return draw(buckets, first, last)

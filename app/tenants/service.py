@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -13,6 +17,7 @@ from app.models import ApiKey, Tenant, utcnow
 from app.tenants import repository
 
 __all__ = [
+    "Authenticator",
     "IssuedKey",
     "authenticate",
     "create_api_key",
@@ -80,3 +85,53 @@ def authenticate(session: Session, key: str | None) -> Tenant:
     if tenant is None:
         raise Unauthorized("invalid or revoked API key")
     return tenant
+
+
+class Authenticator:
+    """:func:`authenticate` for the API, remembering the tenant of each key it accepted for ``ttl_seconds``
+    (at most ``max_entries`` keys, least recently used evicted), so that a polling client costs no
+    database round trip per request. Refusals are never remembered (a new key works at once); the price is
+    that a revoked key keeps working for up to ``ttl_seconds`` in each API process (0: check every time).
+
+    The tenants handed out are detached rows shared between requests: read them, never add them to a
+    session.
+    """
+
+    def __init__(
+        self, ttl_seconds: float, *, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._ttl = ttl_seconds
+        self._max_entries = max_entries
+        self._clock = clock
+        self._accepted: OrderedDict[str, tuple[float, Tenant]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cached(self, key: str | None) -> Tenant | None:
+        """The tenant of ``key`` if it was accepted less than ``ttl_seconds`` ago; no I/O."""
+        if not key or self._ttl <= 0:
+            return None
+        key_hash = hash_api_key(key)
+        with self._lock:
+            entry = self._accepted.get(key_hash)
+            if entry is None:
+                return None
+            if self._clock() >= entry[0]:
+                del self._accepted[key_hash]
+                return None
+            self._accepted.move_to_end(key_hash)
+            return entry[1]
+
+    def authenticate(self, session: Session, key: str | None) -> Tenant:
+        """Check ``key`` against the database and remember it if accepted. The tenant is detached from
+        ``session`` at once, so that it stays readable whatever becomes of that session (a rollback would
+        expire it)."""
+        tenant = authenticate(session, key)
+        session.expunge(tenant)
+        if self._ttl > 0 and key:
+            key_hash = hash_api_key(key)
+            with self._lock:
+                self._accepted[key_hash] = (self._clock() + self._ttl, tenant)
+                self._accepted.move_to_end(key_hash)
+                while len(self._accepted) > self._max_entries:
+                    self._accepted.popitem(last=False)
+        return tenant

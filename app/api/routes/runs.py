@@ -70,13 +70,13 @@ def _app_singleton(request: Request, name: str, build: Callable[[], T]) -> T:
     return value
 
 
-def get_run_enqueuer(request: Request) -> service.RunEnqueuer:
+async def get_run_enqueuer(request: Request) -> service.RunEnqueuer:
     """Sends ``bertpt.runs.execute`` through a Celery client configured from this app's settings."""
     celery = _app_singleton(request, "runs_celery", lambda: create_celery(request.app.state.settings))
     return partial(enqueue_run, celery=celery)
 
 
-def get_live_publisher(settings: SettingsDep) -> service.LivePublisher:
+async def get_live_publisher(settings: SettingsDep) -> service.LivePublisher:
     def publish(run_id: str, type: live.MessageType, data: dict[str, Any]) -> None:
         client = live.create_redis(settings.redis_url, socket_timeout=2.0)
         try:
@@ -87,11 +87,11 @@ def get_live_publisher(settings: SettingsDep) -> service.LivePublisher:
     return publish
 
 
-def get_metrics_cache(request: Request) -> service.MetricBucketCache:
+async def get_metrics_cache(request: Request) -> service.MetricBucketCache:
     return _app_singleton(request, "runs_metrics_cache", service.MetricBucketCache)
 
 
-def get_stream_options() -> StreamOptions:
+async def get_stream_options() -> StreamOptions:
     return StreamOptions()
 
 
