@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         "(tasks are acknowledged late, at their end).",
     )
     worker_concurrency: int = Field(default=1, ge=1, description="Trainings per worker process.")
+    requeue_after_seconds: int = Field(
+        default=600,
+        ge=0,
+        description="Workers send the task of a run still queued this long after its last send again (a "
+        "send that failed, a lost message; a duplicate does nothing). 0: never.",
+    )
     api_threads: int = Field(
         default=8,
         ge=1,

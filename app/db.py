@@ -50,7 +50,8 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     # Small by default (the worker and the admin commands hold one or two); the API sizes it to its
     # threads (see create_app).
-    options = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10, **kwargs}
+    sizing = {} if "poolclass" in kwargs else {"pool_size": 5, "max_overflow": 10}
+    options = {"pool_pre_ping": True, **sizing, **kwargs}
     return create_engine(url, **options)
 
 

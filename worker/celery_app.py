@@ -11,10 +11,14 @@ command line (``-A``) or by ``bertpt worker``, never by the API.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
 
 from app.config import Settings, get_settings
 from app.queue import create_celery
+from worker.sweeper import QueuedRunSweeper, start_sweeper
 
 __all__ = ["app", "create_worker_app"]
 
@@ -26,3 +30,18 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_worker_app()
+
+_sweeper: QueuedRunSweeper | None = None
+
+
+@worker_ready.connect
+def _start_sweeping(**_: Any) -> None:
+    """In the worker's main process, once its pool is up: the sweep of runs left queued."""
+    global _sweeper
+    _sweeper = start_sweeper(get_settings())
+
+
+@worker_shutdown.connect
+def _stop_sweeping(**_: Any) -> None:
+    if _sweeper is not None:
+        _sweeper.stop()

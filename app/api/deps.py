@@ -46,8 +46,8 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     rolled back if it raises.
 
     A session keeps its connection from its first query to its end, across thread hops, so the number
-    of sessions open at once is capped (``app.state.db_slots``, set by the app's lifespan) below the
-    pool's size: otherwise, with more requests in flight than connections, every thread could be
+    of sessions open at once is capped (``app.state.db_slots``, set by the app's lifespan) at the pool's
+    size: otherwise, with more requests in flight than connections, every thread could be
     waiting for a connection held by a request that needs a thread to commit (a deadlock until the pool
     times out). Requests over the cap wait on the event loop. Creating a session does no I/O; ending it
     does, in a worker thread, which a cancelled request still waits for, so that the connection always

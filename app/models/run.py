@@ -109,6 +109,9 @@ class Run(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
     output_storage_key: Mapped[str | None] = mapped_column(String(512))
+    # When a worker's sweep last sent this queued run's task again (None: only the API's send, at
+    # created_at). See app.runs.service.resend_stale_queued.
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class RunMetric(Base):

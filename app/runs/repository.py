@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ARRAY, ColumnElement, String, bindparam, func, or_, select, text
@@ -314,3 +315,17 @@ def _metric_extents_postgresql(
         SeriesExtent(series_split, name, (first_step, first_value), (last_step, last_value))
         for series_split, name, first_step, first_value, last_step, last_value in rows
     ]
+
+
+def stale_queued(session: Session, cutoff: datetime, *, limit: int) -> list[Run]:
+    """Queued runs last sent (``sent_at``, else ``created_at``) before ``cutoff``, oldest first, locked;
+    rows another transaction holds are skipped."""
+    last_sent = func.coalesce(Run.sent_at, Run.created_at)
+    statement = (
+        select(Run)
+        .where(Run.status == RunStatus.QUEUED, last_sent < cutoff)
+        .order_by(last_sent)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.scalars(statement))

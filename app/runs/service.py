@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,27 @@ def create_run(
 
     on_commit(session, send)
     return CreatedRun(run=run, created=True)
+
+
+def resend_stale_queued(
+    session: Session, *, older_than: timedelta, enqueue: RunEnqueuer, limit: int = 100
+) -> list[str]:
+    """Send again the task of every run still queued ``older_than`` after its last send (its submission,
+    or this function's previous send), and return their ids.
+
+    The API sends a run's task once, after the commit; if that send failed (the broker was unreachable),
+    or the message was lost, the run would stay queued for ever. Sending again is always safe: a worker
+    claims a run with one conditional UPDATE, so a duplicate message does nothing. Rows are taken with
+    ``SKIP LOCKED`` (several workers sweep at once without sending twice) and sent before the commit: a
+    failed send leaves ``sent_at`` as it was, to be tried at the next sweep.
+    """
+    cutoff = utcnow() - older_than
+    runs = repository.stale_queued(session, cutoff, limit=limit)
+    for run in runs:
+        enqueue(run.id)
+        run.sent_at = utcnow()
+    session.flush()
+    return [run.id for run in runs]
 
 
 def _request_hash(body: RunCreate) -> str:

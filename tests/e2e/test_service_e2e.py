@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.main import create_app
+from app.api.routes.runs import get_run_enqueuer
 from app.config import Settings
 from app.db import create_db_engine, create_session_factory, session_scope
 from app.tenants.service import create_api_key, create_tenant
@@ -38,6 +39,8 @@ from tests.app.conftest import (  # noqa: F401 - fixtures
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_READY_SECONDS = 60
 RUN_SECONDS = 150
+REQUEUE_AFTER_SECONDS = 2  # the worker's sweep sends again what is still queued this long after its send
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 HYPERPARAMETERS = {
     "max_steps": 6,
@@ -119,6 +122,7 @@ def worker(settings: Settings, tmp_path: Path) -> Iterator[Worker]:
         "BERTPT_TRAINING_QUEUE": settings.training_queue,
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        "BERTPT_REQUEUE_AFTER_SECONDS": str(REQUEUE_AFTER_SECONDS),
     }
     started = Worker(env, tmp_path / "worker.log")
     try:
@@ -166,35 +170,8 @@ def test_a_run_from_upload_to_downloaded_model(
 ) -> None:
     headers = {"Authorization": f"Bearer {api_key}"}
     with TestClient(create_app(settings)) as client:
-        archive = tar_gz(directory_files(tiny_pretraining_checkpoint[0], folder="tiny-bert"))
-        response = client.post(
-            "/v1/checkpoints", files={"file": ("tiny-bert.tar.gz", archive)}, headers=headers
-        )
-        assert response.status_code == 201, response.text
-        checkpoint_id = response.json()["id"]
-        response = client.post(
-            "/v1/corpora", files={"file": ("docs.txt", small_corpus.read_bytes())}, headers=headers
-        )
-        assert response.status_code == 201, response.text
-        corpus_id = response.json()["id"]
-
-        body = {
-            "name": "e2e",
-            "base_model": f"checkpoint:{checkpoint_id}",
-            "corpus_id": corpus_id,
-            "hyperparameters": HYPERPARAMETERS,
-        }
-        response = client.post("/v1/runs", json=body, headers=headers)
-        assert response.status_code == 201, response.text
-        run_id = response.json()["id"]
-
-        deadline = time.monotonic() + RUN_SECONDS
-        run: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            run = client.get(f"/v1/runs/{run_id}", headers=headers).json()
-            if run["status"] in ("succeeded", "failed", "cancelled"):
-                break
-            time.sleep(0.5)
+        run_id = _submit(client, headers, small_corpus, tiny_pretraining_checkpoint[0])
+        run = _wait_for(client, headers, run_id, lambda run: run["status"] in TERMINAL, worker)
         assert run.get("status") == "succeeded", f"{run}\n--- worker log ---\n{worker.log()[-6000:]}"
 
         assert run["error"] is None and run["attempt"] == 1
@@ -246,6 +223,64 @@ def test_a_run_from_upload_to_downloaded_model(
             (a == b).all()
             for a, b in zip(downloaded.state_dict().values(), model.state_dict().values(), strict=True)
         )
+
+
+def test_a_run_whose_message_was_lost_still_runs(
+    settings: Settings,
+    worker: Worker,
+    api_key: str,
+    small_corpus: Path,
+    tiny_pretraining_checkpoint: tuple[Path, int],  # noqa: F811
+) -> None:
+    """The API's send after the commit never reaches the broker: the worker's sweep sends it again."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    app = create_app(settings)
+    app.dependency_overrides[get_run_enqueuer] = lambda: lambda _run_id: None  # the message is lost
+    with TestClient(app) as client:
+        run_id = _submit(client, headers, small_corpus, tiny_pretraining_checkpoint[0])
+        run = _wait_for(client, headers, run_id, lambda run: run["status"] != "queued", worker)
+        assert run["status"] in ("preparing", "running", *TERMINAL), run
+        assert f"sent the task of 1 run(s) again, still queued 0:00:0{REQUEUE_AFTER_SECONDS}" in worker.log()
+        client.post(f"/v1/runs/{run_id}/cancel", headers=headers)  # no need to train it to the end
+        run = _wait_for(client, headers, run_id, lambda run: run["status"] in TERMINAL, worker)
+        assert run["status"] in ("cancelled", "succeeded"), run
+
+
+def _submit(client: TestClient, headers: dict[str, str], corpus: Path, checkpoint_dir: Path) -> str:
+    """Upload the tiny checkpoint and the corpus, submit a run on them; the run's id."""
+    archive = tar_gz(directory_files(checkpoint_dir, folder="tiny-bert"))
+    response = client.post("/v1/checkpoints", files={"file": ("tiny-bert.tar.gz", archive)}, headers=headers)
+    assert response.status_code == 201, response.text
+    checkpoint_id = response.json()["id"]
+    response = client.post("/v1/corpora", files={"file": ("docs.txt", corpus.read_bytes())}, headers=headers)
+    assert response.status_code in (200, 201), response.text
+    body = {
+        "name": "e2e",
+        "base_model": f"checkpoint:{checkpoint_id}",
+        "corpus_id": response.json()["id"],
+        "hyperparameters": HYPERPARAMETERS,
+    }
+    response = client.post("/v1/runs", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _wait_for(
+    client: TestClient,
+    headers: dict[str, str],
+    run_id: str,
+    done: Callable[[dict[str, Any]], bool],
+    worker: Worker,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + RUN_SECONDS
+    run: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        run = client.get(f"/v1/runs/{run_id}", headers=headers).json()
+        if done(run):
+            return run
+        time.sleep(0.5)
+    log = worker.log()[-6000:]
+    pytest.fail(f"run {run_id} still {run.get('status')} after {RUN_SECONDS} s\n--- worker log ---\n{log}")
 
 
 def _output_storage_key(settings: Settings, run_id: str) -> str:
