@@ -15,6 +15,7 @@ Both read the ``BERTPT_*`` settings from the environment.
 from __future__ import annotations
 
 import click
+from pydantic import ValidationError
 
 from app.config import get_settings
 
@@ -51,8 +52,12 @@ def serve_command(host: str, port: int, workers: int, reload: bool, migrate: boo
 
     if reload and workers > 1:
         raise click.UsageError("--reload runs one worker; leave out --workers")
+    try:
+        settings = get_settings()  # here, once, rather than in every worker that then dies
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid settings: {exc}") from None
     if migrate:
-        upgrade_database(get_settings().database_url)
+        upgrade_database(settings.database_url)
         click.echo("database schema is up to date", err=True)
     try:
         serve(host=host, port=port, workers=workers, log_level=log_level, reload=reload)

@@ -23,6 +23,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
@@ -30,13 +31,16 @@ from typing import Any
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-__all__ = ["APP_FACTORY", "serve"]
+__all__ = ["APP_FACTORY", "Supervisor", "serve"]
 
 logger = logging.getLogger("bertpt.serve")
 
 APP_FACTORY = "app.api.main:create_app"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STOP_GRACE_SECONDS = 30.0
+# Workers dying this soon after their start, this many times in a row, are failing to start.
+EARLY_DEATH_SECONDS = 10.0
+MAX_EARLY_DEATHS = 3
 
 
 # Longer than the idle timeout of the load balancers in front (60 s on the common ones): otherwise the
@@ -63,7 +67,7 @@ def serve(*, host: str, port: int, workers: int = 1, log_level: str = "info", re
         own_dir = tempfile.mkdtemp(prefix="bertpt-prometheus-")
         os.environ[MULTIPROC_ENV] = own_dir  # inherited by the workers
     try:
-        _Supervisor(host, port, workers, log_level).run()
+        Supervisor(host, port, workers, log_level).run()
     finally:
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)
@@ -100,16 +104,32 @@ def _worker(host: str, port: int, log_level: str) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-class _Supervisor:
-    def __init__(self, host: str, port: int, workers: int, log_level: str) -> None:
-        self.args = (host, port, log_level)
+class Supervisor:
+    """Runs ``workers`` processes of ``target(*args)`` (by default one API server each, on its own socket),
+    replaces one that dies, stops them all on SIGTERM or SIGINT, and gives up (``SystemExit(3)``) when
+    they cannot start rather than restart them in a loop."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        workers: int,
+        log_level: str,
+        *,
+        target: Callable[..., object] = _worker,
+        args: tuple[object, ...] | None = None,
+    ) -> None:
+        self.address = (host, port)
+        self.target = target
+        self.args = args if args is not None else (host, port, log_level)
         self.workers = workers
         self.stop = threading.Event()
+        self.failed = False
         # spawn, not fork: each worker imports the app afresh (no inherited locks, pools or threads).
         self.context = multiprocessing.get_context("spawn")
 
     def _start(self) -> BaseProcess:
-        process = self.context.Process(target=_worker, args=self.args, name="bertpt-api", daemon=False)
+        process = self.context.Process(target=self.target, args=self.args, name="bertpt-api", daemon=False)
         process.start()
         return process
 
@@ -118,29 +138,42 @@ class _Supervisor:
         self.stop.set()
 
     def run(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
+        signals = (signal.SIGTERM, signal.SIGINT)
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in signals}
+        try:
+            self._supervise()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if self.failed:
+            raise SystemExit(STARTUP_FAILURE)
+
+    def _supervise(self) -> None:
         processes = [self._start() for _ in range(self.workers)]
-        logger.info("API workers %s on %s:%d", [p.pid for p in processes], *self.args[:2])
+        started = [time.monotonic()] * self.workers
+        logger.info("API workers %s on %s:%d", [p.pid for p in processes], *self.address)
+        early_deaths = 0
         try:
             while not self.stop.wait(0.5):
                 for index, process in enumerate(processes):
                     if process.is_alive():
                         continue
                     _forget_metrics_of(process.pid)
-                    if process.exitcode == STARTUP_FAILURE:
-                        # The app cannot start (bad settings, database unreachable): starting it again
-                        # would fail the same way.
-                        logger.error("API worker %s failed to start; stopping", process.pid)
+                    lived = time.monotonic() - started[index]
+                    early_deaths = early_deaths + 1 if lived < EARLY_DEATH_SECONDS else 0
+                    # The app cannot start (uvicorn says so, or workers keep dying at once: bad settings,
+                    # an import error): starting it again would fail the same way.
+                    if process.exitcode == STARTUP_FAILURE or early_deaths >= MAX_EARLY_DEATHS:
+                        logger.error("API worker %s failed to start (exit code %s); stopping", process.pid,
+                                     process.exitcode)  # fmt: skip
+                        self.failed = True
                         self.stop.set()
                         break
-                    logger.warning("API worker %s died (exit code %s); starting another", process.pid,
-                                   process.exitcode)  # fmt: skip
-                    processes[index] = self._start()
+                    logger.warning("API worker %s died (exit code %s) after %.0f s; starting another",
+                                   process.pid, process.exitcode, lived)  # fmt: skip
+                    processes[index], started[index] = self._start(), time.monotonic()
         finally:
             _stop_all(processes)
-        if any(process.exitcode == STARTUP_FAILURE for process in processes):
-            raise SystemExit(STARTUP_FAILURE)
 
 
 def _stop_all(processes: list[BaseProcess]) -> None:

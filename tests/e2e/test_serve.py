@@ -12,13 +12,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from uvicorn.config import STARTUP_FAILURE
 
+from app.api.server import MAX_EARLY_DEATHS, Supervisor
 from app.db import create_db_engine, create_session_factory, session_scope
 from app.tenants.service import create_api_key, create_tenant
 from tests.app.conftest import REDIS_URL, database_url  # noqa: F401 - fixture
@@ -166,3 +169,27 @@ def test_two_workers_share_the_port_and_survive_a_crash(server: Server, api_key:
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=45) == 0, server.log()[-5000:]
     assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "starts"),
+    [(1, MAX_EARLY_DEATHS + 1), (STARTUP_FAILURE, 2)],  # (died at once, uvicorn's "could not start")
+)
+def test_workers_that_cannot_start_stop_the_server(exit_code: int, starts: int) -> None:
+    """A worker dying at once is restarted only until it is clear it cannot start: no restart loop."""
+    sigint = signal.getsignal(signal.SIGINT)
+    supervisor = Supervisor("127.0.0.1", free_port(), 2, "warning", target=sys.exit, args=(exit_code,))
+    started: list[int | None] = []
+    start = supervisor._start
+
+    def counted() -> BaseProcess:
+        process = start()
+        started.append(process.pid)
+        return process
+
+    supervisor._start = counted  # type: ignore[method-assign]
+    with pytest.raises(SystemExit) as stopped:
+        supervisor.run()
+    assert stopped.value.code == STARTUP_FAILURE
+    assert len(started) == starts  # the two first workers, then a restart per early death but the last
+    assert signal.getsignal(signal.SIGINT) is sigint  # the caller's handlers are back
