@@ -528,9 +528,8 @@ def get_metrics(
     )
     series = []
     for extent in extents:
-        points: list[tuple[int, float | None]] = []
-        for step, value in _series_points(session, run, extent, query, cache):
-            points.append((step, value if math.isfinite(value) else None))
+        drawn = _series_points(session, run, extent, query, cache)
+        points = [(step, value if math.isfinite(value) else None) for step, value in drawn]
         # Built from our own rows, already of the schema's types: not validated again, point by point.
         series.append(MetricSeries.model_construct(name=extent.name, split=extent.split, points=points))
     return MetricsPublic.model_construct(series=series)
