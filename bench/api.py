@@ -240,9 +240,10 @@ class Latency:
 def measure(base: str, key: str, label: str, path: str, *, clients: int, think_ms: int, seconds: int,
             script: Path) -> Latency:  # fmt: skip
     env = {**os.environ, "BENCH_KEY": key, "THINK_MS": str(think_ms)}
-    # Warm up: connections, the API's caches, the database's buffers.
-    subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", script, f"{base}{path}"], env=env, check=True,
-                   capture_output=True)  # fmt: skip
+    # Warm up with the same clients: connections (the API's pool grows to its size under this load), the
+    # API's caches in every process, the database's buffers. The figures are the steady state.
+    subprocess.run(["wrk", "-t1", f"-c{clients}", "-d3s", "-s", script, f"{base}{path}"], env=env,
+                   check=True, capture_output=True)  # fmt: skip
     completed = subprocess.run(
         ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "10s", "-s", script, f"{base}{path}"],
         env=env, check=True, capture_output=True, text=True,

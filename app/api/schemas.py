@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Response
 from pydantic import BaseModel, Field
 
 
@@ -29,3 +30,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         503: "A dependency is unavailable",
     }
     return {status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses}
+
+
+def json_response(model: BaseModel) -> Response:
+    """``model`` as a JSON response, serialized where the route runs. A sync route returning a model has
+    FastAPI validate it again in one more worker-thread hop and serialize it on the event loop; the hot
+    read routes (polled by every dashboard) return this instead, and keep their ``response_model`` for
+    the OpenAPI schema."""
+    return Response(model.model_dump_json(), media_type="application/json")

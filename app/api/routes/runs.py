@@ -17,7 +17,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from app.api.deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
-from app.api.schemas import ErrorDetail, ErrorResponse, error_responses
+from app.api.schemas import ErrorDetail, ErrorResponse, error_responses, json_response
 from app.errors import BadRequest, ValidationFailed
 from app.models import RunStatus
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -153,15 +153,17 @@ def list_runs(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     after: Annotated[str | None, Query(description="The next_cursor of the previous page.")] = None,
-) -> RunsPublic:
+) -> Response:
     statuses = [_run_status(value) for value in _split_list(status_filter)]
     page = service.list_runs(session, tenant, statuses=statuses, limit=limit, after=after)
-    return RunsPublic(data=[RunPublic.from_run(run) for run in page.items], next_cursor=page.next_cursor)
+    return json_response(
+        RunsPublic(data=[RunPublic.from_run(run) for run in page.items], next_cursor=page.next_cursor)
+    )
 
 
 @router.get("/{run_id}", response_model=RunPublic, summary="Get a run", responses=error_responses(404))
-def get_run(run_id: RunId, session: SessionDep, tenant: CurrentTenant) -> RunPublic:
-    return RunPublic.from_run(service.get_run(session, tenant, run_id))
+def get_run(run_id: RunId, session: SessionDep, tenant: CurrentTenant) -> Response:
+    return json_response(RunPublic.from_run(service.get_run(session, tenant, run_id)))
 
 
 @router.post(
@@ -214,14 +216,14 @@ def get_metrics(
     since_step: Annotated[int | None, Query(ge=0, description="First step (inclusive).")] = None,
     until_step: Annotated[int | None, Query(ge=0, description="Last step (inclusive).")] = None,
     max_points: Annotated[int, Query(ge=MIN_POINTS, le=MAX_METRIC_POINTS, description="Per series.")] = 1000,
-) -> MetricsPublic:
+) -> Response:
     wanted = _split_list(names)
     if len(wanted) > MAX_METRIC_NAMES or any(len(name) > 64 for name in wanted):
         raise ValidationFailed("names", f"at most {MAX_METRIC_NAMES} names of at most 64 characters")
     query = service.MetricsQuery(
         names=wanted or None, split=split, since_step=since_step, until_step=until_step, max_points=max_points
     )
-    return service.get_metrics(session, tenant, run_id, query, cache=cache)
+    return json_response(service.get_metrics(session, tenant, run_id, query, cache=cache))
 
 
 @router.get(
@@ -236,11 +238,10 @@ def list_events(
     tenant: CurrentTenant,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     after: Annotated[str | None, Query(description="The next_cursor of the previous page.")] = None,
-) -> RunEventsPublic:
+) -> Response:
     page = service.list_events(session, tenant, run_id, after=after, limit=limit)
-    return RunEventsPublic(
-        data=[RunEventPublic.model_validate(event) for event in page.items], next_cursor=page.next_cursor
-    )
+    events = [RunEventPublic.model_validate(event) for event in page.items]
+    return json_response(RunEventsPublic(data=events, next_cursor=page.next_cursor))
 
 
 @router.get(
