@@ -50,8 +50,8 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     size: otherwise, with more requests in flight than connections, every thread could be
     waiting for a connection held by a request that needs a thread to commit (a deadlock until the pool
     times out). Requests over the cap wait on the event loop. Creating a session does no I/O; ending it
-    does, in a worker thread, which a cancelled request still waits for, so that the connection always
-    goes back to the pool.
+    does, in a worker thread (shielded from the cancellation of the request, so that the connection
+    always goes back to the pool).
     """
     slots: anyio.CapacityLimiter | None = getattr(request.app.state, "db_slots", None)
     async with slots if slots is not None else contextlib.nullcontext():
@@ -59,7 +59,8 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         try:
             yield session
         except BaseException:
-            await run_in_threadpool(end_session, session, failed=True)
+            with anyio.CancelScope(shield=True):  # a cancelled request still gives its connection back
+                await run_in_threadpool(end_session, session, failed=True)
             raise
         await run_in_threadpool(end_session, session, failed=False)
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
+from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.deps import get_session
 from app.api.main import create_app
 from app.config import Settings
 from app.errors import Unauthorized
@@ -222,3 +225,24 @@ def test_revocation_takes_effect_within_the_ttl_through_the_api(
             assert time.monotonic() < deadline, "a revoked key was still accepted long after the TTL"
             time.sleep(0.05)
         assert_error(client.get("/v1/corpora", headers=alice.headers), 401, "unauthorized")
+
+
+# -- the request's session -------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_request_still_ends_its_session(session_factory: sessionmaker[Session]) -> None:
+    """Cancellation (a client gone) reaches the session dependency at its yield: the session is still
+    rolled back and closed, so its connection goes back to the pool rather than wait for the GC."""
+    state = SimpleNamespace(session_factory=session_factory, db_slots=anyio.CapacityLimiter(1))
+    dependency = get_session(SimpleNamespace(app=SimpleNamespace(state=state)))  # type: ignore[arg-type]
+    session = await dependency.__anext__()
+    session.execute(text("SELECT 1"))
+    assert session.in_transaction() and state.db_slots.borrowed_tokens == 1
+    cancelled = anyio.get_cancelled_exc_class()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        with pytest.raises(cancelled):
+            await dependency.athrow(cancelled())
+    assert not session.in_transaction()
+    assert state.db_slots.borrowed_tokens == 0
