@@ -1,11 +1,17 @@
-"""Schemas shared by all routes: the error body."""
+"""Schemas shared by all routes: the error body, the pagination parameters, JSON responses."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Response
+from fastapi import Query, Response
 from pydantic import BaseModel, Field
+
+from app.pagination import MAX_LIMIT
+
+# The query parameters of every list (defaults: ``= DEFAULT_LIMIT`` and ``= None``).
+PageLimit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")]
+PageAfter = Annotated[str | None, Query(description="The next_cursor of the previous page.")]
 
 
 class ErrorDetail(BaseModel):

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
-from app.api.schemas import error_responses
+from app.api.schemas import PageAfter, PageLimit, error_responses
 from app.api.uploads import MultipartUpload, multipart_request_body
 from app.checkpoints import service
 from app.checkpoints.schemas import CheckpointPublic, CheckpointsPublic
 from app.models import Checkpoint
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.pagination import DEFAULT_LIMIT
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=error_responses(401))
 
@@ -58,8 +56,8 @@ async def upload_checkpoint(
 def list_checkpoints(
     session: SessionDep,
     tenant: CurrentTenant,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    after: Annotated[str | None, Query(description="The next_cursor of the previous page.")] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    after: PageAfter = None,
 ) -> CheckpointsPublic:
     page = service.list_checkpoints(session, tenant, limit=limit, after=after)
     return CheckpointsPublic(

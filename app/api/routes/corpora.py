@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
-from app.api.schemas import error_responses
+from app.api.schemas import PageAfter, PageLimit, error_responses
 from app.api.uploads import MultipartUpload, multipart_request_body
 from app.corpora import service
 from app.corpora.schemas import CorporaPublic, CorpusPublic
 from app.models import Corpus
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.pagination import DEFAULT_LIMIT
 
 router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=error_responses(401))
 
@@ -57,8 +55,8 @@ async def upload_corpus(
 def list_corpora(
     session: SessionDep,
     tenant: CurrentTenant,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    after: Annotated[str | None, Query(description="The next_cursor of the previous page.")] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    after: PageAfter = None,
 ) -> CorporaPublic:
     page = service.list_corpora(session, tenant, limit=limit, after=after)
     return CorporaPublic(

@@ -17,10 +17,10 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from app.api.deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
-from app.api.schemas import ErrorDetail, ErrorResponse, error_responses, json_response
+from app.api.schemas import ErrorDetail, ErrorResponse, PageAfter, PageLimit, error_responses, json_response
 from app.errors import BadRequest, ValidationFailed
 from app.models import RunStatus
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.pagination import DEFAULT_LIMIT
 from app.queue import create_celery, enqueue_run
 from app.runs import live, service
 from app.runs.archives import StoredArchive
@@ -151,8 +151,8 @@ def list_runs(
             alias="status", description="Only runs in these statuses (repeat it, or separate with commas)."
         ),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    after: Annotated[str | None, Query(description="The next_cursor of the previous page.")] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    after: PageAfter = None,
 ) -> Response:
     statuses = [_run_status(value) for value in _split_list(status_filter)]
     page = service.list_runs(session, tenant, statuses=statuses, limit=limit, after=after)
@@ -236,8 +236,8 @@ def list_events(
     run_id: RunId,
     session: SessionDep,
     tenant: CurrentTenant,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    after: Annotated[str | None, Query(description="The next_cursor of the previous page.")] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    after: PageAfter = None,
 ) -> Response:
     page = service.list_events(session, tenant, run_id, after=after, limit=limit)
     events = [RunEventPublic.model_validate(event) for event in page.items]
