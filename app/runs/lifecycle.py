@@ -102,6 +102,22 @@ def _owned(run_id: str, attempt: int) -> Any:
     return (Run.id == run_id, Run.attempt == attempt, Run.status.in_(OWNED_STATUSES))
 
 
+def _update_owned(session: Session, run_id: str, attempt: int, *conditions: Any, **values: Any) -> bool:
+    """Set ``values`` on the run if this attempt still owns it (and ``conditions`` hold); whether it did."""
+    statement = (
+        update(Run)
+        .where(*_owned(run_id, attempt), *conditions)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(statement).rowcount > 0  # type: ignore[attr-defined]
+
+
+def _given_json(**fields: Any) -> dict[str, Any]:
+    """The fields that were given (not None), made JSON-safe for their JSON columns."""
+    return {name: json_safe(value) for name, value in fields.items() if value is not None}
+
+
 def heartbeat(
     session: Session,
     run_id: str,
@@ -115,15 +131,8 @@ def heartbeat(
 ) -> Heartbeat:
     """Refresh ``heartbeat_at`` (and whichever of progress, latest, baseline, warnings is given) and read
     back ``cancel_requested``: one round trip, about once a second while a run trains."""
-    values: dict[str, Any] = {"heartbeat_at": now or utcnow()}
-    for name, value in (
-        ("progress", progress),
-        ("latest", latest),
-        ("baseline", baseline),
-        ("warnings", warnings),
-    ):
-        if value is not None:
-            values[name] = json_safe(value)
+    given = _given_json(progress=progress, latest=latest, baseline=baseline, warnings=warnings)
+    values = {"heartbeat_at": now or utcnow(), **given}
     statement = (
         update(Run)
         .where(*_owned(run_id, attempt))
@@ -140,13 +149,14 @@ def heartbeat(
 def mark_running(session: Session, run_id: str, attempt: int) -> bool:
     """``preparing -> running`` when training starts. False if the run is not preparing any more (a
     cancel request already moved it to ``cancelling``, which it keeps)."""
-    statement = (
-        update(Run)
-        .where(*_owned(run_id, attempt), Run.status == RunStatus.PREPARING)
-        .values(status=RunStatus.RUNNING, heartbeat_at=utcnow())
-        .execution_options(synchronize_session=False)
+    return _update_owned(
+        session,
+        run_id,
+        attempt,
+        Run.status == RunStatus.PREPARING,
+        status=RunStatus.RUNNING,
+        heartbeat_at=utcnow(),
     )
-    return session.execute(statement).rowcount > 0  # type: ignore[attr-defined]
 
 
 def finish_run(
@@ -171,16 +181,8 @@ def finish_run(
     values["error"] = json_safe(dict(error)) if error is not None else None
     if output_storage_key is not None:
         values["output_storage_key"] = output_storage_key
-    for name, value in (("progress", progress), ("latest", latest), ("baseline", baseline)):
-        if value is not None:
-            values[name] = json_safe(value)
-    statement = (
-        update(Run)
-        .where(*_owned(run_id, attempt))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return session.execute(statement).rowcount > 0  # type: ignore[attr-defined]
+    values.update(_given_json(progress=progress, latest=latest, baseline=baseline))
+    return _update_owned(session, run_id, attempt, **values)
 
 
 def add_event(
