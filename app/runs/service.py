@@ -373,19 +373,15 @@ def checkpoint_archive(
     checkpoint = repository.checkpoint(session, run.id, step)
     if checkpoint is None:
         raise NotFound("checkpoint", f"{run.id}@{step}", param="step")
-    source = ArchiveSource(
-        directory_key=checkpoint.storage_key,
-        root=f"{run.id}-checkpoint-{step}",
-        cache_prefix=f"{run_output_key(run)}/archives",
+    return _run_archive(
+        storage,
+        run,
+        checkpoint.storage_key,
+        f"{run.id}-checkpoint-{step}",
         include_training_state=include_training_state,
+        missing=f"the files of checkpoint {step} of run {run.id} are no longer in storage (rotated away?); "
+        f"list the kept ones with GET /v1/runs/{run.id}/checkpoints",
     )
-    try:
-        return ensure_archive(storage, source)
-    except FileNotFoundError:
-        raise Conflict(
-            f"the files of checkpoint {step} of run {run.id} are no longer in storage (rotated away?); list "
-            f"the kept ones with GET /v1/runs/{run.id}/checkpoints"
-        ) from None
 
 
 def model_archive(
@@ -397,16 +393,31 @@ def model_archive(
             f"run {run.id!r} is {run.status.value}: only a succeeded run has a final model (download one of "
             "its checkpoints instead)"
         )
+    return _run_archive(
+        storage,
+        run,
+        final_model_key(run),
+        f"{run.id}-model",
+        include_training_state=include_training_state,
+        missing=f"the final model of run {run.id} is missing from storage; ask the operator",
+    )
+
+
+def _run_archive(
+    storage: Storage, run: Run, directory_key: str, root: str, *, include_training_state: bool, missing: str
+) -> StoredArchive:
+    """The .tar.gz of one of ``run``'s directories, cached beside its output; Conflict(``missing``) when the
+    directory is gone from storage."""
     source = ArchiveSource(
-        directory_key=final_model_key(run),
-        root=f"{run.id}-model",
+        directory_key=directory_key,
+        root=root,
         cache_prefix=f"{run_output_key(run)}/archives",
         include_training_state=include_training_state,
     )
     try:
         return ensure_archive(storage, source)
     except FileNotFoundError:
-        raise Conflict(f"the final model of run {run.id} is missing from storage; ask the operator") from None
+        raise Conflict(missing) from None
 
 
 # -- metrics ----------------------------------------------------------------------------------------------
