@@ -51,33 +51,32 @@ def validate_key(key: str) -> PurePosixPath:
     return path
 
 
-class PendingObject(Protocol):
-    """A file being written; invisible under its key until :meth:`commit`."""
+class Pending(Protocol):
+    """Something being stored under ``key``: it appears there on :meth:`commit`; :meth:`abort`, or leaving
+    the ``with`` block without a commit, discards it."""
 
     key: str
+
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class PendingObject(Pending, Protocol):
+    """A file being written."""
+
     bytes_written: int
 
     def write(self, data: bytes) -> None: ...
-    def commit(self) -> None: ...
-    def abort(self) -> None: ...
-    def __enter__(self) -> Self: ...
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
 
 
-class PendingTree(Protocol):
-    """A directory being filled through its local ``path``; appears under its key on :meth:`commit`."""
+class PendingTree(Pending, Protocol):
+    """A directory being filled through its local ``path``."""
 
-    key: str
     path: Path
-
-    def commit(self) -> None: ...
-    def abort(self) -> None: ...
-    def __enter__(self) -> Self: ...
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
 
 
 class Storage(Protocol):
