@@ -27,6 +27,7 @@ from app.api.main import create_app
 from app.api.routes.runs import get_run_enqueuer
 from app.config import Settings
 from app.db import create_db_engine, create_session_factory, session_scope
+from app.models import RunStatus
 from app.tenants.service import create_api_key, create_tenant
 from tests.app.conftest import (  # noqa: F401 - fixtures
     REDIS_URL,
@@ -35,24 +36,16 @@ from tests.app.conftest import (  # noqa: F401 - fixtures
     tar_gz,
     tiny_pretraining_checkpoint,
 )
+from tests.worker.conftest import TINY_HYPERPARAMETERS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_READY_SECONDS = 60
 RUN_SECONDS = 150
 REQUEUE_AFTER_SECONDS = 2  # the worker's sweep sends again what is still queued this long after its send
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = tuple(status.value for status in RunStatus if status.is_terminal)
 
-HYPERPARAMETERS = {
-    "max_steps": 6,
-    "batch_size": 8,
-    "max_seq_length": 64,
-    "max_predictions_per_seq": 10,
-    "learning_rate": 1e-3,
-    "logging_every_steps": 1,
-    "eval_every_steps": 0,  # at step 0 (the baseline) and at the end
-    "checkpoint_every_steps": 3,
-    "eval_documents": 6,
-}
+# The worker tests' tiny run (evaluations at step 0, the baseline, and at the end), with checkpoints.
+HYPERPARAMETERS = {**TINY_HYPERPARAMETERS, "checkpoint_every_steps": 3}
 
 
 class Worker:
