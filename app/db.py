@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 _ON_COMMIT = "bertpt_on_commit"
 _ON_ROLLBACK = "bertpt_on_rollback"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def create_db_engine(url: str, **kwargs: Any) -> Engine:
@@ -127,11 +126,19 @@ def _run_callbacks(session: Session, name: str) -> None:
 
 
 def upgrade_database(url: str, revision: str = "head") -> None:
-    """``alembic upgrade <revision>`` against ``url`` (the admin ``migrate`` command, the test fixtures)."""
+    """``alembic upgrade <revision>`` against ``url`` (the admin ``migrate`` command, the test fixtures).
+
+    The scripts are the installed ``migrations`` package (a checkout's top-level ``migrations/``, carried
+    by the wheel), so any install can migrate. No alembic.ini: it serves developers who run ``alembic``
+    from the repository, and without a file env.py leaves logging to the caller."""
     from alembic import command
     from alembic.config import Config
 
-    config = Config(str(_REPO_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(_REPO_ROOT / "migrations"))
+    import migrations
+
+    config = Config()
+    # set_main_option interpolates %(name)s: a literal % in the install path must be doubled.
+    script_location = str(Path(migrations.__file__).parent).replace("%", "%%")
+    config.set_main_option("script_location", script_location)
     config.attributes["database_url"] = url
     command.upgrade(config, revision)

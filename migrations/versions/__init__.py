@@ -1,0 +1,1 @@
+"""The revisions, shipped in the wheel with ``migrations``. Alembic loads them by path, not by import."""
