@@ -22,6 +22,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
+    "alembic_config",
     "create_db_engine",
     "create_session_factory",
     "end_session",
@@ -125,13 +126,11 @@ def _run_callbacks(session: Session, name: str) -> None:
             logger.exception("%s callback %r failed", name.removeprefix("bertpt_"), callback)
 
 
-def upgrade_database(url: str, revision: str = "head") -> None:
-    """``alembic upgrade <revision>`` against ``url`` (the admin ``migrate`` command, the test fixtures).
-
-    The scripts are the installed ``migrations`` package (a checkout's top-level ``migrations/``, carried
-    by the wheel), so any install can migrate. No alembic.ini: it serves developers who run ``alembic``
-    from the repository, and without a file env.py leaves logging to the caller."""
-    from alembic import command
+def alembic_config(url: str) -> Any:
+    """Alembic's configuration for ``url``: the scripts of the installed ``migrations`` package (a
+    checkout's top-level ``migrations/``, carried by the wheel), so any install can migrate. No alembic.ini:
+    it serves developers who run ``alembic`` from the repository, and without a file env.py leaves logging
+    to the caller."""
     from alembic.config import Config
 
     import migrations
@@ -141,4 +140,11 @@ def upgrade_database(url: str, revision: str = "head") -> None:
     script_location = str(Path(migrations.__file__).parent).replace("%", "%%")
     config.set_main_option("script_location", script_location)
     config.attributes["database_url"] = url
-    command.upgrade(config, revision)
+    return config
+
+
+def upgrade_database(url: str, revision: str = "head") -> None:
+    """``alembic upgrade <revision>`` against ``url`` (the admin ``migrate`` command, the test fixtures)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)

@@ -7,6 +7,7 @@ look for a run that does not exist yet.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -14,9 +15,11 @@ from celery import Celery
 
 from app.config import Settings, get_settings
 
-__all__ = ["RUN_TASK", "celery_config", "create_celery", "enqueue_run", "get_celery"]
+__all__ = ["RUN_TASK", "RunEnqueuer", "celery_config", "create_celery", "enqueue_run", "get_celery"]
 
 RUN_TASK = "bertpt.runs.execute"
+# Sends ``bertpt.runs.execute(run_id)``: enqueue_run with a Celery client in production, a recorder in tests.
+RunEnqueuer = Callable[[str], object]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """What the upload services read: a file arriving in chunks, plus the form fields sent with it.
 
-The API implements it on top of the raw multipart request stream (``app.api.uploads``), so a large
+The API implements it on top of the raw multipart request stream (``app.api.multipart``), so a large
 upload is validated while it arrives and never held in memory or spooled to a second temporary file;
 :class:`LocalFileUpload` serves scripts and tests.
 """

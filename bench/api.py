@@ -53,15 +53,23 @@ sys.path.insert(0, str(ROOT))
 
 from app.db import create_db_engine, create_session_factory, session_scope, upgrade_database  # noqa: E402
 from app.ids import new_id  # noqa: E402
-from app.models import Run, RunStatus  # noqa: E402
+from app.models import Run  # noqa: E402
+from app.runs.states import RunStatus  # noqa: E402
 from app.tenants.service import create_api_key, create_tenant  # noqa: E402
 
 POSTGRES_URL = os.environ.get(
     "BERTPT_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("BERTPT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-TRAIN_SERIES = ("loss", "mlm_loss", "nsp_loss", "learning_rate")
-EVAL_SERIES = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "perplexity")
+TRAIN_SERIES = ("loss", "masked_lm_loss", "next_sentence_loss", "learning_rate")
+EVAL_SERIES = (
+    "loss",
+    "masked_lm_loss",
+    "next_sentence_loss",
+    "masked_lm_accuracy",
+    "next_sentence_accuracy",
+    "perplexity",
+)
 
 
 # -- database and seed data ------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ def build_model(name: str) -> tuple[Any, Any]:
     """(BertForPreTraining, tokenizer): identical weights for both paths (seeded)."""
     from transformers import AutoTokenizer, BertConfig, BertForPreTraining, set_seed
 
-    from worker.pretraining.model import load_base_model, quiet_transformers
+    from worker.pretraining.base_model import load_base_model
+    from worker.pretraining.tokenizer import quiet_transformers
 
     set_seed(0)
     if name == "minilm":
@@ -172,9 +173,9 @@ def run_child(model_name: str, path: str, cache: Path) -> dict[str, Any]:
     from transformers import DataCollatorForLanguageModeling, Trainer
 
     from worker.pretraining.collator import PretrainingCollator
-    from worker.pretraining.engine import PretrainingTrainer, training_arguments
     from worker.pretraining.hyperparameters import Hyperparameters
     from worker.pretraining.masking import MaskingConfig, TokenMasker
+    from worker.pretraining.trainer import PretrainingTrainer, training_arguments
 
     batch_size, warmup, timed = SETTINGS[model_name]
     steps = warmup + timed

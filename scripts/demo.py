@@ -213,8 +213,8 @@ def follow(client: httpx.Client, run_id: str) -> None:
                 if event == "metric" and data.get("split") == "train":
                     m = data["metrics"]
                     say(
-                        f"  step {data['step']:>3}/{total}  loss {fmt(m.get('loss'))}  mlm_accuracy "
-                        f"{fmt(m.get('mlm_accuracy'), 3)}  lr {m.get('learning_rate', 0):.2e}  "
+                        f"  step {data['step']:>3}/{total}  loss {fmt(m.get('loss'))}  masked_lm_accuracy "
+                        f"{fmt(m.get('masked_lm_accuracy'), 3)}  lr {m.get('learning_rate', 0):.2e}  "
                         f"tokens/s {m.get('tokens_per_second', 0):,.0f}"
                     )
                 elif event == "event":

@@ -2,10 +2,10 @@
 
     execute_run(run_id)            # what the Celery task bertpt.runs.execute calls
 
-1. **Claim** (one conditional UPDATE, ``queued -> preparing``, ``attempt + 1``): a duplicate delivery or a
-   run cancelled while it waited gets nothing and the call returns None. Errors before this point (the
-   database unreachable) propagate, so that the task retries them; after it, every outcome is recorded
-   on the run.
+1. **Claim** (the ``claim`` transition of :mod:`app.runs.states`: one conditional UPDATE, ``attempt + 1``):
+   a duplicate delivery or a run cancelled while it waited gets nothing and the call returns None. Errors
+   before this point (the database unreachable) propagate, so that the task retries them; after it,
+   every outcome is recorded on the run.
 2. **Inputs** from rows only (:mod:`worker.inputs`): corpus files, the base model, ``runs/<id>/`` as the
    output directory (the same for every attempt) and the shared ``prepared/`` cache.
 3. **Train** in a ``spawn``-ed child (:mod:`worker.training_process`) while this process supervises:
@@ -13,7 +13,8 @@
    once a second writes progress and the heartbeat and reads ``cancel_requested``. A cancel request sets
    the child's stop event: it stops at the end of the step with a checkpoint (while data is still being
    prepared, which the library does not interrupt, the child is terminated instead).
-4. **Finish**: succeeded (``output_storage_key`` = the final model directory), cancelled, or failed with
+4. **Finish** (the ``succeed``, ``stop`` or ``fail`` transition): succeeded (``output_storage_key`` = the
+   final model directory), cancelled, or failed with
    ``{type, message}`` for the user (tracebacks go to this log only). A child that dies without a word
    (killed, crashed) fails the run with a clear message; its checkpoints stay, and because the output
    directory is per run and ``run_pretraining(resume=True)`` continues from the newest complete
@@ -29,22 +30,24 @@ import logging
 import queue
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import billiard
 
 from app.db import session_scope
-from app.models import Run, RunStatus
-from app.runs import lifecycle, live
-from app.runs.lifecycle import ClaimedRun
+from app.runs import lifecycle
+from app.runs.events import RunEventType, add_event
+from app.runs.live import LivePublisher
+from app.runs.schemas import RunEventPublic
+from app.runs.states import RunStatus, Trigger, target
+from app.storage.keys import run_directory_key, run_model_key
 from worker.context import WorkerContext, get_worker_context
 from worker.failures import RunFailure, describe_process_death
-from worker.inputs import MODEL_SUBDIRECTORY, InputError, build_training_job, run_directory_key
+from worker.inputs import InputError, build_training_job
 from worker.job import TrainingJob
-from worker.pretraining.checkpoints import MODEL_MANIFEST, complete_checkpoints, read_json
-from worker.recorder import LivePublisher, RunRecorder
-from worker.training_process import run_training_job
+from worker.pretraining.records import TrainingResult
+from worker.recorder import RunRecorder
+from worker.training_process import ChildMessage, run_training_job
 
 __all__ = ["ChildOutcome", "execute_run", "supervise"]
 
@@ -58,8 +61,8 @@ _DRAIN_TIMEOUT_SECONDS = 0.5
 class ChildOutcome:
     """How the training process ended."""
 
-    result: dict[str, Any] | None = None  # TrainingResult.to_dict()
-    failure: dict[str, Any] | None = None  # RunFailure.as_error() + "traceback"
+    result: TrainingResult | None = None
+    failure: RunFailure | None = None  # with its traceback
     exitcode: int | None = None
     cancelled_while_preparing: bool = False
     lost: bool = False  # the run was taken away from this attempt
@@ -69,14 +72,13 @@ def execute_run(run_id: str, *, context: WorkerContext | None = None) -> RunStat
     """Run ``run_id`` to its end if it can be claimed; returns its final status, or None when it was not
     claimed (or was taken away while it ran)."""
     context = context or get_worker_context()
-    publisher = LivePublisher(context.redis, run_id)
-    claimed, run_state = _claim(run_id, context, publisher)
-    if claimed is None:
+    recorder = _claim(run_id, context)
+    if recorder is None:
         logger.info("run %s not claimed: it is not queued (a duplicate delivery, or cancelled)", run_id)
         return None
-    logger.info("run %s claimed by %s (attempt %d)", run_id, context.worker_id, claimed.attempt)
+    logger.info("run %s claimed by %s (attempt %d)", run_id, context.worker_id, recorder.attempt)
     try:
-        return _execute_claimed(claimed, run_state, context, publisher)
+        return _execute_claimed(recorder, context)
     except Exception:
         logger.exception("run %s: the supervisor failed", run_id)
         failure = RunFailure(
@@ -84,51 +86,44 @@ def execute_run(run_id: str, *, context: WorkerContext | None = None) -> RunStat
             "the worker stopped on an internal error; the operators can find the details in the worker log "
             f"under run {run_id}",
         )
-        return _fail_claimed(claimed, context, publisher, failure)
+        return _fail(recorder, failure)
 
 
-def _claim(
-    run_id: str, context: WorkerContext, publisher: LivePublisher
-) -> tuple[ClaimedRun | None, dict[str, Any]]:
+def _claim(run_id: str, context: WorkerContext) -> RunRecorder | None:
+    """Claim the run and announce it; the recorder of this attempt, or None when it was not claimed."""
+    publisher = LivePublisher(context.redis)
     with session_scope(context.session_factory) as session:
         claimed = lifecycle.claim_run(session, run_id, context.worker_id)
         if claimed is None:
-            return None, {}
-        event = lifecycle.add_event(
+            return None
+        recorder = RunRecorder(
+            claimed,
+            context.session_factory,
+            publisher,
+            run_dir=context.storage.local_path(run_directory_key(run_id)),
+        )
+        recorder.restore(session)
+        event = add_event(
             session,
             run_id,
-            "claimed",
+            RunEventType.CLAIMED,
             f"claimed by worker {context.worker_id} (attempt {claimed.attempt})",
             data={"worker_id": context.worker_id, "attempt": claimed.attempt},
         )
-        run = session.get(Run, run_id)
-        assert run is not None
-        state = {
-            "progress": run.progress,
-            "latest": run.latest,
-            "baseline": run.baseline,
-            "warnings": run.warnings,
-        }
-        message = live.event_data(event)
-    publisher.publish("event", message)
-    publisher.publish(
-        "status", {"status": RunStatus.PREPARING.value, "progress": state["progress"], "error": None}
-    )
-    return claimed, state
+        announcement = RunEventPublic.model_validate(event)
+    publisher.publish(run_id, announcement)
+    publisher.publish(run_id, recorder.status_message())
+    return recorder
 
 
-def _execute_claimed(
-    claimed: ClaimedRun, run_state: dict[str, Any], context: WorkerContext, publisher: LivePublisher
-) -> RunStatus | None:
+def _execute_claimed(recorder: RunRecorder, context: WorkerContext) -> RunStatus | None:
     try:
         with session_scope(context.session_factory) as session:
-            job = build_training_job(session, claimed.id, context.settings, context.storage)
+            job = build_training_job(session, recorder.run_id, context.settings, context.storage)
     except InputError as exc:
-        return _fail_claimed(claimed, context, publisher, exc.failure)
-    recorder = RunRecorder(claimed, job, context.session_factory, publisher)
-    recorder.restore(**run_state)
+        return _fail(recorder, exc.failure)
     recorder.add_event(
-        "preparing",
+        RunEventType.PREPARING,
         f"loading the base model {job.base_model_spec} and preparing the data",
         data={
             "base_model": job.base_model_spec,
@@ -138,7 +133,7 @@ def _execute_claimed(
         },
     )
     outcome = supervise(job, recorder, context)
-    return _record_outcome(outcome, recorder, job)
+    return _record_outcome(outcome, recorder)
 
 
 def supervise(job: TrainingJob, recorder: RunRecorder, context: WorkerContext) -> ChildOutcome:
@@ -157,14 +152,13 @@ def supervise(job: TrainingJob, recorder: RunRecorder, context: WorkerContext) -
     stop_sent_at: float | None = None
     next_flush = 0.0
 
-    def receive(message: tuple[str, Any]) -> None:
-        kind, payload = message
-        if kind == "result":
-            outcome.result = payload
-        elif kind == "failure":
-            outcome.failure = payload
+    def receive(message: ChildMessage) -> None:
+        if isinstance(message, TrainingResult):
+            outcome.result = message
+        elif isinstance(message, RunFailure):
+            outcome.failure = message
         else:
-            recorder.handle(kind, payload)
+            recorder.handle(message)
 
     try:
         while True:
@@ -225,104 +219,102 @@ def supervise(job: TrainingJob, recorder: RunRecorder, context: WorkerContext) -
     return outcome
 
 
-def _record_outcome(outcome: ChildOutcome, recorder: RunRecorder, job: TrainingJob) -> RunStatus | None:
-    run_id = job.run_id
+def _record_outcome(outcome: ChildOutcome, recorder: RunRecorder) -> RunStatus | None:
     if outcome.lost:
         return None
-    if outcome.failure is not None and not outcome.cancelled_while_preparing:
-        error = {key: value for key, value in outcome.failure.items() if key != "traceback"}
+    failure = outcome.failure
+    if failure is not None and not outcome.cancelled_while_preparing:
         logger.error(
             "run %s failed (%s): %s\n%s",
-            run_id,
-            error.get("type"),
-            error.get("message"),
-            outcome.failure.get("traceback", ""),
+            recorder.run_id,
+            failure.type,
+            failure.message,
+            failure.traceback or "",
         )
-        return _finish(recorder, RunStatus.FAILED, ("failed", str(error.get("message")), error), error=error)
+        return _fail(recorder, failure, logged=True)
     result = outcome.result
-    if outcome.cancelled_while_preparing or (result is not None and result.get("status") == "cancelled"):
+    if outcome.cancelled_while_preparing or (result is not None and result.status == "cancelled"):
         step = recorder.last_checkpoint_step
         message = (
             "cancelled while preparing the data"
             if result is None
-            else f"cancelled at step {result['steps']} of {result['max_steps']}"
+            else f"cancelled at step {result.steps} of {result.max_steps}"
             + (f"; the checkpoint of step {step} is kept" if step is not None else "")
         )
-        data = {"step": None if result is None else result["steps"], "checkpoint_step": step}
-        return _finish(recorder, RunStatus.CANCELLED, ("cancelled", message, data))
+        data = {"step": None if result is None else result.steps, "checkpoint_step": step}
+        return _finish(recorder, Trigger.STOP, message, data=data)
     if result is not None:
-        return _succeed(recorder, job, result)
-    checkpoints = complete_checkpoints(Path(job.out_dir) / "checkpoints")
-    failure = describe_process_death(
-        outcome.exitcode, last_checkpoint_step=checkpoints[-1][0] if checkpoints else None
+        return _succeed(recorder, result)
+    death = describe_process_death(outcome.exitcode, last_checkpoint_step=recorder.last_checkpoint_step)
+    logger.error("run %s: %s", recorder.run_id, death.message)
+    return _fail(recorder, death, logged=True)
+
+
+def _succeed(recorder: RunRecorder, result: TrainingResult) -> RunStatus | None:
+    recorder.progress = recorder.progress.model_copy(
+        update={
+            "step": result.steps,
+            "total_steps": result.max_steps,
+            "eta_seconds": 0,
+            "tokens_seen": result.tokens_seen,
+        }
     )
-    logger.error("run %s: %s", run_id, failure.message)
-    error = failure.as_error()
-    return _finish(recorder, RunStatus.FAILED, ("failed", failure.message, error), error=error)
-
-
-def _succeed(recorder: RunRecorder, job: TrainingJob, result: dict[str, Any]) -> RunStatus | None:
-    model_key = f"{run_directory_key(job.run_id)}/{MODEL_SUBDIRECTORY}"
-    manifest = read_json(Path(job.out_dir) / MODEL_SUBDIRECTORY / MODEL_MANIFEST) or {}
-    recorder.progress.update(step=result["steps"], total_steps=result["max_steps"], eta_seconds=0)
-    if isinstance(manifest.get("tokens_seen"), int):
-        recorder.progress["tokens_seen"] = manifest["tokens_seen"]
-    final_step = manifest.get("final_metrics_step", result["steps"])
-    for split, metrics in (result.get("final_metrics") or {}).items():
-        recorder.latest[split] = {**metrics, "step": final_step}
-    for split, metrics in (result.get("baseline_metrics") or {}).items():
-        recorder.baseline.setdefault(split, {**metrics, "step": 0})
-    message = f"trained {result['steps']:,} steps in {result['runtime_seconds']:,.0f} s"
+    final_step = result.final_metrics_step if result.final_metrics_step is not None else result.steps
+    for split, metrics in result.final_metrics.items():
+        recorder.latest[split] = {**metrics.values(), "step": final_step}
+    for split, metrics in result.baseline_metrics.items():
+        recorder.baseline.setdefault(split, {**metrics.values(), "step": 0})
+    message = f"trained {result.steps:,} steps in {result.runtime_seconds:,.0f} s"
     before = (recorder.baseline.get("eval") or {}).get("masked_lm_loss")
-    after = (result.get("final_metrics") or {}).get("eval", {}).get("masked_lm_loss")
-    if isinstance(before, (int, float)) and isinstance(after, (int, float)):
-        message += f"; eval masked_lm_loss {before:.4f} -> {after:.4f}"
-    if result["status"] == "timed_out":
-        message += f" (stopped by max_runtime_seconds before step {result['max_steps']:,})"
+    after = result.final_metrics.get("eval")
+    if isinstance(before, (int, float)) and after is not None:
+        message += f"; eval masked_lm_loss {before:.4f} -> {after.masked_lm_loss:.4f}"
+    timed_out = result.status == "timed_out"
+    if timed_out:
+        message += f" (stopped by max_runtime_seconds before step {result.max_steps:,})"
     data = {
-        "steps": result["steps"],
-        "max_steps": result["max_steps"],
-        "stopped_by": "max_runtime_seconds" if result["status"] == "timed_out" else None,
-        "runtime_seconds": result["runtime_seconds"],
-        "baseline_metrics": result.get("baseline_metrics"),
-        "final_metrics": result.get("final_metrics"),
-        "tokens_seen": manifest.get("tokens_seen"),
+        **result.model_dump(
+            mode="json",
+            include={
+                "steps",
+                "max_steps",
+                "runtime_seconds",
+                "baseline_metrics",
+                "final_metrics",
+                "tokens_seen",
+            },
+        ),
+        "stopped_by": "max_runtime_seconds" if timed_out else None,
     }
-    return _finish(recorder, RunStatus.SUCCEEDED, ("succeeded", message, data), output_storage_key=model_key)
+    return _finish(
+        recorder, Trigger.SUCCEED, message, data=data, output_storage_key=run_model_key(recorder.run_id)
+    )
+
+
+def _fail(recorder: RunRecorder, failure: RunFailure, *, logged: bool = False) -> RunStatus | None:
+    """Fail the run with what its owner is told (the training failed, or could not start or be supervised)."""
+    if not logged:
+        logger.error("run %s failed (%s): %s", recorder.run_id, failure.type, failure.message)
+    error = failure.as_error()
+    return _finish(recorder, Trigger.FAIL, failure.message, data=error, error=error)
 
 
 def _finish(
     recorder: RunRecorder,
-    status: RunStatus,
-    event: tuple[str, str, dict[str, Any]],
+    trigger: Trigger,
+    message: str,
     *,
+    data: dict[str, Any],
     error: dict[str, Any] | None = None,
     output_storage_key: str | None = None,
 ) -> RunStatus | None:
-    if status != RunStatus.SUCCEEDED:
-        recorder.progress["eta_seconds"] = None
-    if not recorder.finish(status, event=event, error=error, output_storage_key=output_storage_key):
+    if not recorder.finish(trigger, message, data=data, error=error, output_storage_key=output_storage_key):
         logger.warning(
-            "run %s: no longer owned by attempt %d; its end was not recorded",
+            "run %s: no longer held by attempt %d; its end was not recorded",
             recorder.run_id,
             recorder.attempt,
         )
         return None
-    logger.info("run %s %s: %s", recorder.run_id, status.value, event[1])
+    status = target(trigger)
+    logger.info("run %s %s: %s", recorder.run_id, status.value, message)
     return status
-
-
-def _fail_claimed(
-    claimed: ClaimedRun, context: WorkerContext, publisher: LivePublisher, failure: RunFailure
-) -> RunStatus | None:
-    """Fail a claimed run whose training could not start or be supervised (an input is gone, a bug)."""
-    error = failure.as_error()
-    with session_scope(context.session_factory) as session:
-        if not lifecycle.finish_run(session, claimed.id, claimed.attempt, RunStatus.FAILED, error=error):
-            return None
-        event = lifecycle.add_event(session, claimed.id, "failed", failure.message, level="error", data=error)
-        message = live.event_data(event)
-    logger.error("run %s failed (%s): %s", claimed.id, failure.type, failure.message)
-    publisher.publish("event", message)
-    publisher.publish("status", {"status": RunStatus.FAILED.value, "progress": {}, "error": error})
-    return RunStatus.FAILED

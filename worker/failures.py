@@ -30,9 +30,13 @@ __all__ = ["RunFailure", "describe_failure", "describe_process_death", "scrub_pa
 
 @dataclass(frozen=True)
 class RunFailure:
+    """What the run's owner is told (``type``, ``message`` and details such as ``line``), plus the
+    traceback for the worker's log only. The training process sends it to its supervisor as is."""
+
     type: str
     message: str
     details: dict[str, Any] = field(default_factory=dict)
+    traceback: str | None = field(default=None, compare=False, repr=False)
 
     def as_error(self) -> dict[str, Any]:
         """The run's ``error`` column: ``{"type", "message"}`` plus the details (``line``, ``corpus_id``)."""
@@ -85,12 +89,12 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 def describe_failure(exc: BaseException, job: TrainingJob) -> RunFailure:
     """Map an exception raised by ``run_pretraining`` for ``job`` to what its owner is told."""
     # The training library's error types; imported here because this runs in the training process.
-    from worker.pretraining.checkpoints import ResumeError
     from worker.pretraining.corpus import CorpusFormatError
     from worker.pretraining.engine import TrainingError
     from worker.pretraining.hyperparameters import HyperparameterError
-    from worker.pretraining.model import BaseModelError
+    from worker.pretraining.model_files import BaseModelError
     from worker.pretraining.prepare import PreparationError
+    from worker.pretraining.run_checkpoints import ResumeError
 
     replacements = _replacements(job)
 

@@ -1,27 +1,24 @@
 """A claimed run's inputs, located from database rows only: corpora by their ``storage_key``, the base
 model through the base-model registry (built-ins, uploaded checkpoints, other runs' outputs), the output
-and prepared-data directories by fixed storage keys. Nothing a client typed is ever used as a path.
+and prepared-data directories by :mod:`app.storage.keys` (the prepared-data cache is shared by every run:
+an entry's key covers the corpus digest, the tokenizer and every preparation parameter). Nothing a client
+typed is ever used as a path.
 """
 
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from app.base_models.service import resolve_base_model, run_directory_key
+from app.base_models.service import resolve_base_model
 from app.config import Settings
 from app.errors import ValidationFailed
 from app.models import Corpus, Run, Tenant
 from app.storage import Storage
+from app.storage.keys import PREPARED_DATA, run_directory_key
 from worker.failures import RunFailure
 from worker.job import TrainingJob
 
-__all__ = ["MODEL_SUBDIRECTORY", "PREPARED_DATA_KEY", "InputError", "build_training_job", "run_directory_key"]
-
-# The prepared-data cache, shared by every run: an entry's key covers the corpus digest, the tokenizer
-# and every preparation parameter, so runs that agree on them reuse one preparation.
-PREPARED_DATA_KEY = "prepared"
-# Where run_pretraining writes the final model inside the run's directory (engine.RunLayout.model).
-MODEL_SUBDIRECTORY = "model"
+__all__ = ["InputError", "build_training_job"]
 
 
 class InputError(Exception):
@@ -70,11 +67,11 @@ def build_training_job(session: Session, run_id: str, settings: Settings, storag
     return TrainingJob(
         run_id=run.id,
         base_model=base.source,
-        base_model_spec=base.spec,
+        base_model_spec=str(base.spec),
         corpus=corpus,
         corpus_id=run.corpus_id,
         out_dir=str(storage.local_path(run_directory_key(run.id))),
-        cache_dir=str(storage.local_path(PREPARED_DATA_KEY)),
+        cache_dir=str(storage.local_path(PREPARED_DATA)),
         hyperparameters=dict(run.hyperparameters or {}),
         eval_corpus=eval_corpus,
         eval_corpus_id=run.eval_corpus_id if eval_corpus else None,

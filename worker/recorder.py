@@ -1,10 +1,13 @@
-"""The supervisor's bookkeeping: the training process's messages become the run's rows (metrics, events,
+"""The supervisor's bookkeeping: the training process's records become the run's rows (metrics, events,
 checkpoints, progress) and messages on its live stream.
 
-Messages are buffered and written about once a second, in one transaction together with the heartbeat
-(which also reads ``cancel_requested``), then published to the live stream in arrival order: a watcher
-that sees a message can read its rows. A database that is briefly unreachable only delays the writes;
-a live stream that fails is logged and skipped (the database has everything).
+Writes are buffered and made about once a second, in one transaction together with the heartbeat (which
+also reads ``cancel_requested``), then published to the live stream in arrival order: a watcher that sees
+a message can read its rows. A database that is briefly unreachable only delays the writes; a live
+stream that fails is logged and skipped (the database has everything).
+
+Everything a record could carry comes with it (:mod:`worker.pretraining.records`); the only files read
+here are a checkpoint's, to record the digest of what is stored.
 """
 
 from __future__ import annotations
@@ -15,25 +18,47 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
-import redis
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
-from app.models import RunStatus
-from app.runs import lifecycle, live
+from app.models import Run, RunCheckpoint, utcnow
+from app.runs import lifecycle
+from app.runs.events import EventLevel, RunEventType, add_event
 from app.runs.lifecycle import ClaimedRun, Heartbeat
-from worker.inputs import run_directory_key
-from worker.job import TrainingJob
-from worker.pretraining.checkpoints import CHECKPOINT_MANIFEST, complete_checkpoints, read_json
+from app.runs.live import LiveMessage, LivePublisher, StatusMessage
+from app.runs.schemas import RunCheckpointPublic, RunError, RunEventPublic, RunProgress
+from app.runs.states import RunStatus, Trigger, target
+from app.storage.keys import run_checkpoint_key
+from worker.pretraining.layout import RunLayout
+from worker.pretraining.records import (
+    CheckpointSaved,
+    LogLine,
+    MetricsRecord,
+    Progress,
+    RunWarning,
+    TrainingFailed,
+    TrainingFinished,
+    TrainingRecord,
+    TrainingStarted,
+)
 
-__all__ = ["LivePublisher", "RunRecorder", "directory_digest"]
+__all__ = ["ENDING_EVENTS", "RunRecorder", "directory_digest"]
 
 logger = logging.getLogger(__name__)
 
+# The event that tells how a run ended, by the trigger that ended it.
+ENDING_EVENTS = {
+    Trigger.SUCCEED: RunEventType.SUCCEEDED,
+    Trigger.FAIL: RunEventType.FAILED,
+    Trigger.STOP: RunEventType.CANCELLED,
+}
 _EVAL_SUMMARY = ("masked_lm_loss", "perplexity", "masked_lm_accuracy", "next_sentence_accuracy")
+# What the training_started event tells of the TrainingStarted record.
+_STARTED_FIELDS = {"max_steps", "resumed_from_step", "train_instances", "eval_splits", "precision", "device"}
 
 
 def directory_digest(directory: Path) -> tuple[int, str]:
@@ -53,76 +78,57 @@ def directory_digest(directory: Path) -> tuple[int, str]:
     return size, listing.hexdigest()
 
 
-class LivePublisher:
-    """Best-effort publication to a run's stream: a Redis failure is logged once per outage, never raised."""
-
-    def __init__(self, client: redis.Redis | None, run_id: str) -> None:
-        self.client = client
-        self.run_id = run_id
-        self._failing = False
-
-    def publish(self, type: live.MessageType, data: dict[str, Any]) -> None:
-        if self.client is None:
-            return
-        try:
-            live.publish(self.client, self.run_id, type, data)
-        except redis.RedisError as exc:
-            if not self._failing:
-                logger.warning(
-                    "run %s: live stream unavailable (%s); the database still gets everything",
-                    self.run_id,
-                    exc,
-                )
-            self._failing = True
-        else:
-            if self._failing:
-                logger.info("run %s: live stream available again", self.run_id)
-            self._failing = False
-
-
-@dataclass
-class _Pending:
-    """A write waiting for the next flush: a metrics record, an event, or a checkpoint row."""
-
-    kind: str  # "metric" | "event" | "checkpoint"
+@dataclass(frozen=True)
+class _EventRow:
+    type: RunEventType
+    message: str
+    level: EventLevel = "info"
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def _summary(metrics: Mapping[str, Any]) -> str:
-    parts = []
-    for name in _EVAL_SUMMARY:
-        value = metrics.get(name)
-        if isinstance(value, (int, float)):
-            parts.append(f"{name} {value:.4g}")
+@dataclass(frozen=True)
+class _CheckpointRow:
+    checkpoint: RunCheckpointPublic
+    storage_key: str
+    kept_steps: list[int]
+
+
+# A write waiting for the next flush.
+_Pending = MetricsRecord | _EventRow | _CheckpointRow
+
+
+def _summary(metrics: Mapping[str, float]) -> str:
+    parts = [f"{name} {metrics[name]:.4g}" for name in _EVAL_SUMMARY if name in metrics]
     return ", ".join(parts) or "no metrics"
 
 
 class RunRecorder:
-    """Everything the supervisor learns about one attempt of a run, and the writes that record it."""
+    """Everything the supervisor learns about one attempt of a run, and the writes that record it.
+    ``run_dir`` is where the attempt trains (None before the training could start)."""
 
     def __init__(
         self,
         claimed: ClaimedRun,
-        job: TrainingJob,
         session_factory: Callable[[], Session],
         publisher: LivePublisher,
         *,
+        run_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.run_id = claimed.id
         self.attempt = claimed.attempt
-        self.job = job
         self.session_factory = session_factory
         self.publisher = publisher
+        self.layout = RunLayout(run_dir) if run_dir is not None else None
         self.clock = clock
-        self.status = RunStatus.PREPARING
+        self.status = target(Trigger.CLAIM)
         self.training_started = False
         self.cancel_requested = False
         self.last_checkpoint_step: int | None = None
-        self.progress: dict[str, Any] = {}
-        self.latest: dict[str, Any] = {}
-        self.baseline: dict[str, Any] = {}
-        self.warnings: list[dict[str, Any]] = []
+        self.progress = RunProgress()
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.baseline: dict[str, dict[str, Any]] = {}
+        self.warnings: list[RunWarning] = []
         self._pending: list[_Pending] = []
         self._start_running = False
         self._progress_changed = False
@@ -130,208 +136,190 @@ class RunRecorder:
         self._mean_instance_tokens: float | None = None
         self._origin: tuple[int, float] | None = None  # (step, time) this attempt's step counting started
 
-    def restore(
-        self,
-        *,
-        progress: Mapping[str, Any],
-        latest: Mapping[str, Any],
-        baseline: Mapping[str, Any],
-        warnings: list[dict[str, Any]],
-    ) -> None:
-        """Start from what earlier attempts recorded (a resumed run keeps its baseline and warnings)."""
-        self.progress = dict(progress or {})
-        self.latest = dict(latest or {})
-        self.baseline = dict(baseline or {})
-        self.warnings = [dict(w) for w in warnings or []]
+    def restore(self, session: Session) -> None:
+        """Start from what earlier attempts recorded: a resumed run keeps its progress, baseline,
+        warnings and the knowledge of its kept checkpoints."""
+        run = session.get(Run, self.run_id)
+        if run is None:
+            return
+        self.progress = RunProgress.model_validate(run.progress or {})
+        self.latest = dict(run.latest or {})
+        self.baseline = dict(run.baseline or {})
+        self.warnings = [RunWarning.model_validate(w) for w in run.warnings or []]
+        steps = select(RunCheckpoint.step).where(RunCheckpoint.run_id == self.run_id)
+        self.last_checkpoint_step = max(session.scalars(steps), default=None)
 
-    # ---- messages from the training process
+    # ---- records from the training process
 
-    def handle(self, kind: str, payload: Any) -> None:
-        if kind == "record":
-            self._on_record(payload)
-        elif kind == "progress":
-            self._on_progress(int(payload["step"]), int(payload["max_steps"]))
-        elif kind == "log":
-            logger.info("run %s: %s", self.run_id, payload)
-        else:
-            logger.warning("run %s: unexpected message %r from the training process", self.run_id, kind)
+    def handle(self, record: TrainingRecord) -> None:
+        match record:
+            case MetricsRecord():
+                self._on_metrics(record)
+            case TrainingStarted():
+                self._on_started(record)
+            case CheckpointSaved():
+                self._on_checkpoint(record)
+            case Progress():
+                self._on_progress(record)
+            case LogLine():
+                logger.info("run %s: %s", self.run_id, record.message)
+            case TrainingFinished() | TrainingFailed():
+                pass  # told by the result or the failure that follows
+            case _:
+                assert_never(record)
 
     def add_event(
-        self, type: str, message: str, *, level: str = "info", data: Mapping[str, Any] | None = None
+        self,
+        type: RunEventType,
+        message: str,
+        *,
+        level: EventLevel = "info",
+        data: Mapping[str, Any] | None = None,
     ) -> None:
-        self._pending.append(
-            _Pending("event", {"type": type, "message": message, "level": level, "data": dict(data or {})})
-        )
+        self._pending.append(_EventRow(type, message, level, dict(data or {})))
 
-    def _on_record(self, record: Mapping[str, Any]) -> None:
-        if record.get("type") == "metrics":
-            self._on_metrics(record)
-        elif record.get("type") == "event":
-            event = record.get("event")
-            if event == "started":
-                self._on_started(record)
-            elif event == "checkpoint":
-                self._on_checkpoint(record)
-            # "finished" and "failed" are told by the result or failure message that follows.
-
-    def _on_metrics(self, record: Mapping[str, Any]) -> None:
-        split, step, metrics = str(record["split"]), int(record["step"]), dict(record.get("metrics") or {})
-        self._pending.append(_Pending("metric", {"split": split, "step": step, "metrics": metrics}))
-        self.latest[split] = {**metrics, "step": step}
+    def _on_metrics(self, record: MetricsRecord) -> None:
+        self._pending.append(record)
+        values = record.metrics.values()
+        self.latest[record.split] = {**values, "step": record.step}
         self._state_changed = True
-        if split == "train":
-            self._on_train_metrics(metrics)
+        if record.split == "train":
+            progress: dict[str, Any] = {"epoch": values.get("epoch")}
+            progress["tokens_per_second"] = values.get("tokens_per_second")
+            if self._mean_instance_tokens:
+                # Exact counts come with checkpoints and the final model; in between, samples x mean length.
+                progress["tokens_seen"] = round(values["samples_seen"] * self._mean_instance_tokens)
+            self._update_progress(**progress)
             return
-        baseline = step == 0 and split not in self.baseline
+        baseline = record.step == 0 and record.split not in self.baseline
         if baseline:
-            self.baseline[split] = {**metrics, "step": 0}
-        label = f"baseline {split}" if baseline else split
+            self.baseline[record.split] = {**values, "step": 0}
+        label = f"baseline {record.split}" if baseline else record.split
         self.add_event(
-            "evaluation",
-            f"{label} at step {step}: {_summary(metrics)}",
-            data={"split": split, "step": step, "metrics": metrics, "baseline": baseline},
+            RunEventType.EVALUATION,
+            f"{label} at step {record.step}: {_summary(values)}",
+            data={"split": record.split, "step": record.step, "metrics": values, "baseline": baseline},
         )
 
-    def _on_train_metrics(self, metrics: Mapping[str, Any]) -> None:
-        for name in ("epoch", "tokens_per_second"):
-            if isinstance(metrics.get(name), (int, float)):
-                self.progress[name] = metrics[name]
-        samples = metrics.get("samples_seen")
-        if isinstance(samples, (int, float)) and self._mean_instance_tokens:
-            # Exact counts come with checkpoints and the final model; in between, samples x mean length.
-            self.progress["tokens_seen"] = round(samples * self._mean_instance_tokens)
+    def _update_progress(self, **values: Any) -> None:
+        self.progress = self.progress.model_copy(update=values)
         self._progress_changed = True
 
-    def _on_progress(self, step: int, max_steps: int) -> None:
+    def _on_progress(self, record: Progress) -> None:
         now = self.clock()
-        if self._origin is None or step < self._origin[0]:
-            self._origin = (step, now)
+        if self._origin is None or record.step < self._origin[0]:
+            self._origin = (record.step, now)
         origin_step, origin_time = self._origin
-        done = step - origin_step
-        eta = (max_steps - step) * (now - origin_time) / done if done > 0 else None
-        self.progress.update(
-            step=step, total_steps=max_steps, eta_seconds=None if eta is None else round(eta, 1)
+        done = record.step - origin_step
+        eta = (record.max_steps - record.step) * (now - origin_time) / done if done > 0 else None
+        self._update_progress(
+            step=record.step, total_steps=record.max_steps, eta_seconds=None if eta is None else round(eta, 1)
         )
-        self._progress_changed = True
 
-    def _on_started(self, record: Mapping[str, Any]) -> None:
+    def _on_started(self, record: TrainingStarted) -> None:
         self.training_started = True
         self._start_running = True
-        data_key = str(record.get("data_key") or "")
-        manifest = read_json(Path(self.job.cache_dir) / data_key / "manifest.json") if data_key else None
-        splits = (manifest or {}).get("splits") or {}
-        train = splits.get("train") or {}
-        if isinstance(train.get("mean_length"), (int, float)):
-            self._mean_instance_tokens = float(train["mean_length"])
-        corpus = (manifest or {}).get("corpus") or {}
-        held_out = splits.get("eval") or {}
+        data = record.data
+        train, held_out = data.splits["train"], data.splits.get("eval")
+        self._mean_instance_tokens = train.mean_length
         self.add_event(
-            "data_prepared",
-            f"prepared {train.get('instances', 0):,} training instances ({train.get('tokens', 0):,} "
-            f"tokens) and {held_out.get('instances', 0):,} eval instances from "
-            f"{corpus.get('documents', 0):,} documents",
-            data={
-                "data_key": data_key,
-                "corpus": corpus,
-                "eval_corpus": (manifest or {}).get("eval_corpus"),
-                "splits": splits,
-                "preparation_seconds": (manifest or {}).get("seconds"),
-            },
+            RunEventType.DATA_PREPARED,
+            f"prepared {train.instances:,} training instances ({train.tokens:,} tokens) and "
+            f"{held_out.instances if held_out else 0:,} eval instances from "
+            f"{data.corpus.get('documents', 0):,} documents",
+            data=data.model_dump(mode="json"),
         )
-        resumed_from = record.get("resumed_from")
-        resumed_step = int(record.get("step") or 0)
-        max_steps = int(record.get("max_steps") or 0)
-        self.progress.update(step=resumed_step, total_steps=max_steps)
-        self._progress_changed = True
+        resumed = record.resumed_from_step is not None
+        self._update_progress(step=record.step, total_steps=record.max_steps)
         self.add_event(
-            "training_started",
-            f"training {max_steps:,} steps on {record.get('train_instances', 0):,} instances "
-            f"({record.get('precision')}, {record.get('device')})"
-            + (f", resuming from the checkpoint of step {resumed_step}" if resumed_from else ""),
-            data={
-                "max_steps": max_steps,
-                "resumed_from_step": resumed_step if resumed_from else None,
-                "train_instances": record.get("train_instances"),
-                "eval_splits": record.get("eval_splits"),
-                "precision": record.get("precision"),
-                "device": record.get("device"),
-                "attempt": self.attempt,
-            },
+            RunEventType.TRAINING_STARTED,
+            f"training {record.max_steps:,} steps on {record.train_instances:,} instances "
+            f"({record.precision}, {record.device})"
+            + (f", resuming from the checkpoint of step {record.step}" if resumed else ""),
+            data={**record.model_dump(mode="json", include=_STARTED_FIELDS), "attempt": self.attempt},
         )
-        known = {(w.get("code"), w.get("message")) for w in self.warnings}
-        for warning in record.get("warnings") or []:
-            if isinstance(warning, Mapping) and (warning.get("code"), warning.get("message")) not in known:
-                self.warnings.append(dict(warning))
+        known = {(w.code, w.message) for w in self.warnings}
+        for warning in record.warnings:
+            if (warning.code, warning.message) not in known:
+                self.warnings.append(warning)
                 self._state_changed = True
                 self.add_event(
-                    "warning", str(warning.get("message", "")), level="warning", data=dict(warning)
+                    RunEventType.WARNING,
+                    warning.message,
+                    level="warning",
+                    data=warning.model_dump(mode="json", exclude_none=True),
                 )
 
-    def _on_checkpoint(self, record: Mapping[str, Any]) -> None:
-        step = int(record["step"])
-        path = Path(str(record.get("path", "")))
-        checkpoints = Path(self.job.out_dir) / "checkpoints"
-        if path.parent != checkpoints:
-            logger.warning("run %s: checkpoint outside the run's directory ignored: %s", self.run_id, path)
+    def _on_checkpoint(self, record: CheckpointSaved) -> None:
+        if self.layout is None or record.path != self.layout.checkpoint(record.step):
+            logger.warning(
+                "run %s: checkpoint outside the run's directory ignored: %s", self.run_id, record.path
+            )
             return
         try:
-            size, sha256 = directory_digest(path)
+            size, sha256 = directory_digest(record.path)
         except FileNotFoundError:  # rotated away already
             return
-        manifest = read_json(path / CHECKPOINT_MANIFEST) or {}
-        tokens_seen = (manifest.get("state") or {}).get("tokens_seen")
-        if isinstance(tokens_seen, int):
-            self.progress["tokens_seen"] = tokens_seen
-            self._progress_changed = True
-        self.last_checkpoint_step = step
-        self._pending.append(
-            _Pending(
-                "checkpoint",
-                {
-                    "step": step,
-                    "metrics": manifest.get("metrics") or {},
-                    "size_bytes": size,
-                    "sha256": sha256,
-                    "storage_key": f"{run_directory_key(self.run_id)}/checkpoints/{path.name}",
-                    "kept_steps": [kept for kept, _ in complete_checkpoints(checkpoints)],
-                },
-            )
+        self.last_checkpoint_step = record.step
+        self._update_progress(tokens_seen=record.tokens_seen)
+        checkpoint = RunCheckpointPublic(
+            step=record.step,
+            created_at=utcnow(),
+            metrics={split: metrics.model_dump(mode="json") for split, metrics in record.metrics.items()},
+            size_bytes=size,
+            sha256=sha256,
         )
+        key = run_checkpoint_key(self.run_id, record.step)
+        self._pending.append(_CheckpointRow(checkpoint, key, record.kept_steps))
         self.add_event(
-            "checkpoint_saved",
-            f"checkpoint saved at step {step} ({size / 1e6:,.1f} MB)",
-            data={"step": step, "size_bytes": size, "sha256": sha256},
+            RunEventType.CHECKPOINT_SAVED,
+            f"checkpoint saved at step {record.step} ({size / 1e6:,.1f} MB)",
+            data={"step": record.step, "size_bytes": size, "sha256": sha256},
         )
 
     # ---- writes
 
-    def _write_pending(self, session: Session) -> list[tuple[live.MessageType, dict[str, Any]]]:
+    def _write_pending(self, session: Session) -> list[LiveMessage]:
         """Write the buffered items; returns their live messages, in order."""
-        messages: list[tuple[live.MessageType, dict[str, Any]]] = []
-        records = []
+        messages: list[LiveMessage] = []
+        metrics: list[MetricsRecord] = []
         for item in self._pending:
-            if item.kind == "metric":
-                records.append(item.data)
-                messages.append(("metric", item.data))
-            elif item.kind == "event":
-                event = lifecycle.add_event(session, self.run_id, **item.data)
-                messages.append(("event", live.event_data(event)))
-            elif item.kind == "checkpoint":
-                row = {k: v for k, v in item.data.items() if k != "kept_steps"}
-                lifecycle.record_checkpoint(session, self.run_id, **row)
-                lifecycle.forget_checkpoints(session, self.run_id, item.data["kept_steps"])
-                messages.append(
-                    ("checkpoint", {k: row[k] for k in ("step", "metrics", "size_bytes", "sha256")})
-                )
-        lifecycle.write_metrics(session, self.run_id, records)
+            match item:
+                case MetricsRecord():
+                    metrics.append(item)
+                    messages.append(item)
+                case _EventRow():
+                    event = add_event(
+                        session, self.run_id, item.type, item.message, level=item.level, data=item.data
+                    )
+                    messages.append(RunEventPublic.model_validate(event))
+                case _CheckpointRow():
+                    checkpoint = item.checkpoint
+                    lifecycle.record_checkpoint(
+                        session,
+                        self.run_id,
+                        checkpoint.step,
+                        created_at=checkpoint.created_at,
+                        metrics=checkpoint.metrics,
+                        size_bytes=checkpoint.size_bytes,
+                        sha256=checkpoint.sha256,
+                        storage_key=item.storage_key,
+                    )
+                    lifecycle.forget_checkpoints(session, self.run_id, item.kept_steps)
+                    messages.append(checkpoint)
+                case _:
+                    assert_never(item)
+        lifecycle.write_metrics(session, self.run_id, metrics)
         return messages
 
-    def status_message(self, error: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return {
-            "status": self.status.value,
-            "progress": self.progress,
-            "error": dict(error) if error else None,
-        }
+    def status_message(self, error: RunError | None = None) -> StatusMessage:
+        return StatusMessage(status=self.status, progress=self.progress, error=error)
+
+    def _stored_progress(self) -> dict[str, Any]:
+        return self.progress.model_dump(exclude_none=True)
+
+    def _stored_warnings(self) -> list[dict[str, Any]]:
+        return [w.model_dump(mode="json", exclude_none=True) for w in self.warnings]
 
     def flush(self) -> Heartbeat:
         """Write what is buffered with the heartbeat, publish it; returns the heartbeat (ownership and
@@ -345,10 +333,10 @@ class RunRecorder:
                     session,
                     self.run_id,
                     self.attempt,
-                    progress=self.progress if self._progress_changed else None,
+                    progress=self._stored_progress() if self._progress_changed else None,
                     latest=self.latest if self._state_changed else None,
                     baseline=self.baseline if self._state_changed else None,
-                    warnings=self.warnings if self._state_changed else None,
+                    warnings=self._stored_warnings() if self._state_changed else None,
                 )
                 if not beat.owned:
                     return beat
@@ -362,26 +350,31 @@ class RunRecorder:
         status_changed = self.status != previous_status
         progress_changed = self._progress_changed
         self._progress_changed = self._state_changed = False
-        for type, data in messages:
-            self.publisher.publish(type, data)
+        for message in messages:
+            self.publisher.publish(self.run_id, message)
         if status_changed or progress_changed:
-            self.publisher.publish("status", self.status_message())
+            self.publisher.publish(self.run_id, self.status_message())
         return beat
 
     def finish(
         self,
-        status: RunStatus,
+        trigger: Trigger,
+        message: str,
         *,
-        event: tuple[str, str, dict[str, Any]],
+        data: Mapping[str, Any] | None = None,
         error: Mapping[str, Any] | None = None,
         output_storage_key: str | None = None,
         retries: int = 5,
     ) -> bool:
-        """The terminal write: what is still buffered, the closing event (type, message, data) and the
-        run's final state, in one transaction (retried while the database is unreachable); then the
-        closing messages on the live stream. False when this attempt no longer owns the run."""
-        type, message, data = event
-        self.add_event(type, message, level="error" if status == RunStatus.FAILED else "info", data=data)
+        """The end of the run (``trigger`` is succeed, fail or stop): what is still buffered, the closing
+        event and the run's final state, in one transaction (retried while the database is unreachable);
+        then the closing messages on the live stream. False when this attempt no longer holds the run."""
+        status = target(trigger)
+        if status != RunStatus.SUCCEEDED:
+            self.progress = self.progress.model_copy(update={"eta_seconds": None})
+        self.add_event(
+            ENDING_EVENTS[trigger], message, level="error" if trigger == Trigger.FAIL else "info", data=data
+        )
         delay = 1.0
         for attempt in range(retries + 1):
             try:
@@ -390,10 +383,10 @@ class RunRecorder:
                         session,
                         self.run_id,
                         self.attempt,
-                        status,
+                        trigger,
                         error=error,
                         output_storage_key=output_storage_key,
-                        progress=self.progress,
+                        progress=self._stored_progress(),
                         latest=self.latest,
                         baseline=self.baseline,
                     )
@@ -409,7 +402,9 @@ class RunRecorder:
         if not owned:
             return False
         self.status = status
-        for kind, payload in messages:
-            self.publisher.publish(kind, payload)
-        self.publisher.publish("status", self.status_message(error))
+        for live_message in messages:
+            self.publisher.publish(self.run_id, live_message)
+        self.publisher.publish(
+            self.run_id, self.status_message(RunError.model_validate(error) if error else None)
+        )
         return True

@@ -1,6 +1,6 @@
 """The sweep of runs left queued: a thread in each worker's main process that, every minute, sends again
 the task of runs still queued ``REQUEUE_AFTER_SECONDS`` after their last send
-(:func:`app.runs.service.resend_stale_queued`), so that a run whose message never reached the broker, or
+(:func:`app.runs.lifecycle.resend_stale_queued`), so that a run whose message never reached the broker, or
 was lost there, still runs.
 
 It has its own database engine without a pool (nothing kept open across the pool's forks) and its own
@@ -20,9 +20,8 @@ from sqlalchemy.pool import NullPool
 
 from app.config import Settings
 from app.db import create_db_engine, create_session_factory, session_scope
-from app.queue import create_celery, enqueue_run
-from app.runs import service
-from app.runs.service import RunEnqueuer
+from app.queue import RunEnqueuer, create_celery, enqueue_run
+from app.runs import lifecycle
 
 __all__ = ["QueuedRunSweeper", "start_sweeper"]
 
@@ -51,7 +50,9 @@ class QueuedRunSweeper:
         """One sweep; a failure (database or broker unreachable) is logged and tried again next time."""
         try:
             with session_scope(self.session_factory) as session:
-                sent = service.resend_stale_queued(session, older_than=self.older_than, enqueue=self.enqueue)
+                sent = lifecycle.resend_stale_queued(
+                    session, older_than=self.older_than, enqueue=self.enqueue
+                )
         except Exception as exc:
             logger.warning("sweep of queued runs failed (%s: %s); next time again", type(exc).__name__, exc)
             return []

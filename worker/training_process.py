@@ -2,14 +2,12 @@
 ``spawn`` (CUDA does not survive ``fork``, and the task's process stays free to supervise; it is
 started through billiard, Celery's multiprocessing, which allows children of pool processes).
 
-It talks to its supervisor through a multiprocessing queue of ``(kind, payload)`` messages:
-
-- ``("record", record)``: a metrics or event record of the training library, as the sink received it;
-- ``("progress", {"step", "max_steps"})``: at most a few times a second, and at the last step;
-- ``("log", line)``: the library's human-readable lines;
-- ``("result", TrainingResult.to_dict())``: the run ended (completed, cancelled or timed out);
-- ``("failure", {"type", "message", ..., "traceback"})``: it raised; the exception mapped for the user
-  (see :mod:`worker.failures`), the traceback for the worker log only.
+It talks to its supervisor through a multiprocessing queue of :data:`ChildMessage` objects, pickled as
+they are: every :data:`~worker.pretraining.records.TrainingRecord` of the run (progress at most
+:data:`PROGRESS_INTERVAL_SECONDS` apart, and at the last step), then its end, a
+:class:`~worker.pretraining.records.TrainingResult` (completed, cancelled or timed out) or a
+:class:`~worker.failures.RunFailure` (it raised: the exception mapped for the user, the traceback for the
+worker log only).
 
 It stops cooperatively, with a checkpoint, when the supervisor sets ``stop`` or when the supervisor
 disappears (so an orphan never trains on alongside a later attempt of the same run). It ignores SIGINT,
@@ -19,23 +17,25 @@ cleaning up partial writes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from typing import Any, Protocol
 
-from worker.failures import describe_failure
+from worker.failures import RunFailure, describe_failure
 from worker.job import TrainingJob
+from worker.pretraining.records import Progress, TrainingRecord, TrainingResult
 
-__all__ = ["PROGRESS_INTERVAL_SECONDS", "run_training_job"]
+__all__ = ["PROGRESS_INTERVAL_SECONDS", "ChildMessage", "run_training_job"]
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_SECONDS = 0.25
+ChildMessage = TrainingRecord | TrainingResult | RunFailure
 
 
 class _Queue(Protocol):
@@ -46,17 +46,20 @@ class _Event(Protocol):
     def is_set(self) -> bool: ...
 
 
-def _throttled_progress(send: Callable[[tuple[str, Any]], None]) -> Callable[[int, int], None]:
-    last = 0.0
+class _ThrottledSink:
+    """Sends every record, but progress at most every PROGRESS_INTERVAL_SECONDS (and the last step)."""
 
-    def progress(step: int, max_steps: int) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if now - last >= PROGRESS_INTERVAL_SECONDS or step >= max_steps:
-            last = now
-            send(("progress", {"step": step, "max_steps": max_steps}))
+    def __init__(self, messages: _Queue) -> None:
+        self.messages = messages
+        self._last_progress = 0.0
 
-    return progress
+    def __call__(self, record: TrainingRecord) -> None:
+        if isinstance(record, Progress):
+            now = time.monotonic()
+            if now - self._last_progress < PROGRESS_INTERVAL_SECONDS and record.step < record.max_steps:
+                return
+            self._last_progress = now
+        self.messages.put(record)
 
 
 def _configure_process(job: TrainingJob) -> None:
@@ -84,9 +87,6 @@ def run_training_job(job: TrainingJob, messages: _Queue, stop: _Event) -> None:
     def should_stop() -> bool:
         return stop.is_set() or os.getppid() != supervisor
 
-    def send(message: tuple[str, Any]) -> None:
-        messages.put(message)
-
     try:
         from worker.pretraining.engine import run_pretraining
 
@@ -98,17 +98,15 @@ def run_training_job(job: TrainingJob, messages: _Queue, stop: _Event) -> None:
             eval_corpus=job.eval_corpus,
             reference_corpus=job.reference_corpus,
             cache_dir=job.cache_dir,
-            sink=lambda record: send(("record", record)),
+            sink=_ThrottledSink(messages),
             should_stop=should_stop,
             resume=True,
-            progress=_throttled_progress(send),
-            log=lambda line: send(("log", line)),
             dataloader_workers=job.dataloader_workers,
         )
     except (SystemExit, KeyboardInterrupt):
         raise
     except BaseException as exc:
-        failure = describe_failure(exc, job)
-        send(("failure", {**failure.as_error(), "traceback": traceback.format_exc()}))
+        failure: RunFailure = describe_failure(exc, job)
+        messages.put(dataclasses.replace(failure, traceback=traceback.format_exc()))
         return
-    send(("result", result.to_dict()))
+    messages.put(result)

@@ -1,8 +1,10 @@
 """Dependencies of the routes, as typed aliases: ``SessionDep``, ``CurrentTenant``, ``StorageDep``,
-``SettingsDep``.
+``SettingsDep``, and the per-process clients ``EnqueuerDep``, ``LivePublisherDep``, ``AsyncRedisDep``,
+``MetricsCacheDep``, ``StreamOptionsDep``.
 
-Everything comes from ``request.app.state`` (set by ``create_app``), so that each app (and each test)
-has its own settings, database and storage.
+Everything comes from ``request.app.state`` (built once by ``create_app`` and its lifespan), so that each
+app (and each test) has its own settings, database, storage and clients; tests override a dependency
+with ``app.dependency_overrides``.
 
 Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread,
 and that hop costs more than most requests' own work. The session is opened on the event loop (no I/O)
@@ -17,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
+import redis.asyncio
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -25,10 +28,28 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import end_session
 from app.models import Tenant
+from app.queue import RunEnqueuer
+from app.runs.live import LivePublisher
+from app.runs.metric_series import MetricBucketCache
+from app.runs.stream import StreamOptions
 from app.storage import Storage
 from app.tenants.service import Authenticator
 
-__all__ = ["CurrentTenant", "SessionDep", "SettingsDep", "StorageDep", "get_current_tenant", "get_session"]
+__all__ = [
+    "AsyncRedisDep",
+    "CurrentTenant",
+    "EnqueuerDep",
+    "LivePublisherDep",
+    "MetricsCacheDep",
+    "SessionDep",
+    "SettingsDep",
+    "StorageDep",
+    "StreamOptionsDep",
+    "get_current_tenant",
+    "get_run_enqueuer",
+    "get_session",
+    "get_stream_options",
+]
 
 
 async def get_settings_from_app(request: Request) -> Settings:
@@ -39,6 +60,33 @@ async def get_settings_from_app(request: Request) -> Settings:
 async def get_storage(request: Request) -> Storage:
     storage: Storage = request.app.state.storage
     return storage
+
+
+async def get_run_enqueuer(request: Request) -> RunEnqueuer:
+    """Sends ``bertpt.runs.execute`` through the app's Celery client."""
+    enqueue: RunEnqueuer = request.app.state.run_enqueuer
+    return enqueue
+
+
+async def get_live_publisher(request: Request) -> LivePublisher:
+    """Publishes on the runs' live streams through the app's Redis connection pool."""
+    publisher: LivePublisher = request.app.state.live_publisher
+    return publisher
+
+
+async def get_async_redis(request: Request) -> redis.asyncio.Redis:
+    """The app's asyncio Redis client (one pool per process), opened by its lifespan."""
+    client: redis.asyncio.Redis = request.app.state.async_redis
+    return client
+
+
+async def get_metrics_cache(request: Request) -> MetricBucketCache:
+    cache: MetricBucketCache = request.app.state.metrics_cache
+    return cache
+
+
+async def get_stream_options() -> StreamOptions:
+    return StreamOptions()
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
@@ -67,6 +115,11 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings_from_app)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
+EnqueuerDep = Annotated[RunEnqueuer, Depends(get_run_enqueuer)]
+LivePublisherDep = Annotated[LivePublisher, Depends(get_live_publisher)]
+AsyncRedisDep = Annotated[redis.asyncio.Redis, Depends(get_async_redis)]
+MetricsCacheDep = Annotated[MetricBucketCache, Depends(get_metrics_cache)]
+StreamOptionsDep = Annotated[StreamOptions, Depends(get_stream_options)]
 # scope="function": the commit happens when the route function returns, so a client never receives a
 # success for a transaction that then fails to commit.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

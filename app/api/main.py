@@ -1,5 +1,7 @@
-"""The FastAPI application: ``create_app()`` wires settings, database, storage, metrics, routers, and maps
-every error to one JSON body, ``{"error": {"type", "message", "param"}}``.
+"""The FastAPI application: ``create_app()`` wires settings, database, storage, the process's clients
+(Celery, one Redis pool for publishing and one asyncio Redis pool for the live streams), the metric-series
+cache, Prometheus metrics, routers, and maps every error to one JSON body,
+``{"error": {"type", "message", "param"}}``.
 
 Run it with ``uvicorn --factory app.api.main:create_app``.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio.to_thread
@@ -19,7 +22,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.metrics import MetricsMiddleware, create_registry
+from app.api.prometheus import MetricsMiddleware, create_registry
 from app.api.routes import checkpoints, corpora, health, models, runs
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory
@@ -33,6 +36,10 @@ from app.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from app.queue import create_celery, enqueue_run
+from app.runs.live import LivePublisher, create_redis
+from app.runs.metric_series import MetricBucketCache
+from app.runs.stream import StreamOptions, open_async_redis
 from app.storage import Storage, get_storage
 from app.tenants.service import Authenticator
 from worker.pretraining.hyperparameters import HyperparameterError
@@ -92,7 +99,11 @@ def create_app(
         # Requests holding a database session at once (see app.api.deps.get_session): no more than the
         # pool has connections, so no thread ever waits for one.
         app.state.db_slots = anyio.CapacityLimiter(sessions_at_once(settings))
+        # Bound to this event loop: the live streams' reads (connections are opened when first used).
+        app.state.async_redis = open_async_redis(settings.redis_url, StreamOptions())
         yield
+        await app.state.async_redis.aclose()
+        publisher_redis.close()
         if engine is not None:
             engine.dispose()
 
@@ -106,6 +117,11 @@ def create_app(
     app.state.session_factory = session_factory
     app.state.storage = storage or get_storage(settings)
     app.state.authenticator = Authenticator(settings.auth_cache_seconds)
+    app.state.run_enqueuer = partial(enqueue_run, celery=create_celery(settings))
+    # Publishing (a cancel's announcement) happens in a worker thread: the synchronous client's pool.
+    publisher_redis = create_redis(settings.redis_url, socket_timeout=2.0)
+    app.state.live_publisher = LivePublisher(publisher_redis)
+    app.state.metrics_cache = MetricBucketCache()
     registry, http_metrics = create_registry(settings, session_factory)
     app.state.metrics_registry = registry
 

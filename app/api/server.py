@@ -8,7 +8,7 @@ other sat idle). A supervisor starts them, replaces one that dies, and stops the
 
 Prometheus counters are per process; with several, each writes them to files in
 ``PROMETHEUS_MULTIPROC_DIR`` (a temporary directory unless set) and ``/metrics`` adds them up
-(:func:`app.api.metrics.create_registry`).
+(:func:`app.api.prometheus.create_registry`).
 """
 
 from __future__ import annotations

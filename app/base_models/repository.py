@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Run, RunCheckpoint, RunStatus
+from app.models import Run, RunCheckpoint
+from app.runs.states import RunStatus
 
 
 def get_run(session: Session, tenant_id: str, run_id: str) -> Run | None:

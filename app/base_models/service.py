@@ -1,84 +1,57 @@
-"""Base models: what a run may start from, listed for clients and resolved for the run submission and
-the worker.
-
-A base-model spec is one of
-- a built-in name (``minilm-l6-h384-uncased``): a checkpoint shipped as a Python package;
-- ``hf:<repo_id>``: a Hugging Face hub repository, fetched by the worker (unavailable when offline);
-- ``checkpoint:<id>``: a checkpoint the tenant uploaded;
-- ``run:<id>``: the final model of one of the tenant's succeeded runs, or ``run:<id>@<step>`` one of its
-  kept intermediate checkpoints.
+"""Base models: what a run may start from (see :mod:`app.base_models.spec` for the forms of a spec),
+listed for clients and resolved for the run submission and the worker. ``hf:`` models are fetched by the
+worker and unavailable when the workers are offline.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from sqlalchemy.orm import Session
 
 from app.base_models import repository
 from app.base_models.registry import BUILTIN_MODELS, BuiltinModel
 from app.base_models.schemas import BaseModelPublic
+from app.base_models.spec import SPEC_FORMS, BaseModelKind, BaseModelSpec, BaseModelSpecError
 from app.checkpoints import repository as checkpoints_repository
-from app.checkpoints.inspect import CheckpointError, CheckpointSummary, inspect_checkpoint_dir
 from app.checkpoints.schemas import CheckpointConfig
 from app.config import Settings, get_settings
 from app.errors import ValidationFailed
-from app.models import Run, RunStatus, Tenant
+from app.models import Run, Tenant
+from app.runs.states import RunStatus
 from app.storage import Storage, get_storage
+from app.storage.keys import run_model_key
+from worker.pretraining.model_files import BaseModelError, ModelDirSummary, inspect_model_dir
 
-__all__ = [
-    "ResolvedBaseModel",
-    "final_model_key",
-    "list_base_models",
-    "resolve_base_model",
-    "run_directory_key",
-    "run_output_key",
-]
+__all__ = ["ResolvedBaseModel", "final_model_key", "list_base_models", "resolve_base_model"]
 
 PARAM = "base_model"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}(/[\w.\-]{1,96})?$")
-_RUN_SPEC = re.compile(r"^(?P<run_id>[^@\s]+)(?:@(?P<step>\d{1,12}))?$")
 
 
 @dataclass(frozen=True)
 class ResolvedBaseModel:
-    """Where a base model's files are. ``spec`` is the normalized spec (store this one on the run);
-    ``local_path`` is set for every kind but ``hf``, whose ``hub_id`` the worker downloads."""
+    """Where a base model's files are. ``spec`` is normalized (store ``str(spec)`` on the run);
+    ``local_path`` is set for every kind but ``hf``, whose repository the worker downloads."""
 
-    spec: str
-    kind: Literal["builtin", "hf", "checkpoint", "run"]
+    spec: BaseModelSpec
     local_path: Path | None = None
-    hub_id: str | None = None
     storage_key: str | None = None  # checkpoint and run kinds: the directory in storage
-    checkpoint_id: str | None = None
-    run_id: str | None = None
-    step: int | None = None
+
+    @property
+    def kind(self) -> BaseModelKind:
+        return self.spec.kind
 
     @property
     def source(self) -> str:
         """What to hand to the training library's loader: a local directory or a hub id."""
-        return str(self.local_path) if self.local_path is not None else str(self.hub_id)
-
-
-def run_directory_key(run_id: str) -> str:
-    """The storage directory a run trains into (``checkpoints/checkpoint-<step>/``, ``model/``,
-    ``metrics.jsonl``; download archives under ``archives/``); the same for every attempt, so that a
-    later attempt resumes from the newest checkpoint."""
-    return f"runs/{run_id}"
-
-
-def run_output_key(run: Run) -> str:
-    """The storage directory of a run's training output."""
-    return run_directory_key(run.id)
+        return str(self.local_path) if self.local_path is not None else self.spec.name
 
 
 def final_model_key(run: Run) -> str:
     """The final model's directory: recorded by the worker when the run succeeded."""
-    return run.output_storage_key or f"{run_output_key(run)}/model"
+    return run.output_storage_key or run_model_key(run.id)
 
 
 def resolve_base_model(
@@ -92,18 +65,18 @@ def resolve_base_model(
     """Resolve a spec for ``tenant``; ValidationFailed (param ``base_model``) when it names nothing
     usable. Another tenant's checkpoint or run is reported exactly like a missing one."""
     settings = settings or get_settings()
-    spec = spec.strip()
-    kind, _, value = spec.partition(":")
-    if not value:
-        return _resolve_builtin(spec)
-    if kind == "hf":
-        return _resolve_hub(value, settings)
+    try:
+        parsed = BaseModelSpec.parse(spec)
+    except BaseModelSpecError as exc:
+        raise ValidationFailed(PARAM, f"{exc}. {_SPEC_HELP}") from None
+    if parsed.kind == "builtin":
+        return _resolve_builtin(parsed)
+    if parsed.kind == "hf":
+        return _resolve_hub(parsed, settings)
     storage = storage or get_storage(settings)
-    if kind == "checkpoint":
-        return _resolve_checkpoint(session, tenant, value, storage)
-    if kind == "run":
-        return _resolve_run(session, tenant, value, storage)
-    raise ValidationFailed(PARAM, f"unknown base model {spec!r}. {_SPEC_HELP}")
+    if parsed.kind == "checkpoint":
+        return _resolve_checkpoint(session, tenant, parsed, storage)
+    return _resolve_run(session, tenant, parsed, storage)
 
 
 def list_base_models(session: Session, tenant: Tenant, settings: Settings) -> list[BaseModelPublic]:
@@ -123,7 +96,7 @@ def list_base_models(session: Session, tenant: Tenant, settings: Settings) -> li
     for checkpoint in checkpoints_repository.all_for_tenant(session, tenant.id):
         models.append(
             BaseModelPublic(
-                id=f"checkpoint:{checkpoint.id}",
+                id=str(BaseModelSpec.checkpoint(checkpoint.id)),
                 kind="checkpoint",
                 name=checkpoint.name,
                 available=True,
@@ -138,7 +111,7 @@ def list_base_models(session: Session, tenant: Tenant, settings: Settings) -> li
     for run in runs:
         models.append(
             BaseModelPublic(
-                id=f"run:{run.id}",
+                id=str(BaseModelSpec.run(run.id)),
                 kind="run",
                 name=run.name,
                 description=f"the final model of run {run.id} (from {run.base_model})",
@@ -151,82 +124,67 @@ def list_base_models(session: Session, tenant: Tenant, settings: Settings) -> li
     return models
 
 
-_SPEC_HELP = (
-    "Use a built-in name (" + ", ".join(BUILTIN_MODELS) + "), hf:<repo_id>, checkpoint:<id>, run:<id> or "
-    "run:<id>@<step>; GET /v1/models lists them."
-)
+_SPEC_HELP = f"Use a built-in name ({', '.join(BUILTIN_MODELS)}), {SPEC_FORMS}; GET /v1/models lists them."
 
 
-def _resolve_builtin(name: str) -> ResolvedBaseModel:
-    model = BUILTIN_MODELS.get(name)
+def _resolve_builtin(spec: BaseModelSpec) -> ResolvedBaseModel:
+    model = BUILTIN_MODELS.get(spec.name)
     if model is None:
-        raise ValidationFailed(PARAM, f"unknown base model {name!r}. {_SPEC_HELP}")
+        raise ValidationFailed(PARAM, f"unknown base model {spec.name!r}. {_SPEC_HELP}")
     path = model.local_path()
     if path is None:
         raise ValidationFailed(
-            PARAM, f"built-in model {name!r} is not installed on this server ({model.install_hint})"
+            PARAM, f"built-in model {spec.name!r} is not installed on this server ({model.install_hint})"
         )
-    return ResolvedBaseModel(spec=name, kind="builtin", local_path=path)
+    return ResolvedBaseModel(spec=spec, local_path=path)
 
 
-def _resolve_hub(repo_id: str, settings: Settings) -> ResolvedBaseModel:
-    if not _HUB_ID.match(repo_id):
-        raise ValidationFailed(PARAM, f"{repo_id!r} is not a Hugging Face repository id (owner/name)")
+def _resolve_hub(spec: BaseModelSpec, settings: Settings) -> ResolvedBaseModel:
     if settings.hf_hub_offline:
         raise ValidationFailed(
             PARAM,
-            f"hf:{repo_id} is unavailable: the workers cannot reach the Hugging Face hub (HF_HUB_OFFLINE). "
+            f"{spec} is unavailable: the workers cannot reach the Hugging Face hub (HF_HUB_OFFLINE). "
             "Upload the checkpoint (POST /v1/checkpoints) and use checkpoint:<id> instead.",
         )
-    return ResolvedBaseModel(spec=f"hf:{repo_id}", kind="hf", hub_id=repo_id)
+    return ResolvedBaseModel(spec=spec)
 
 
 def _resolve_checkpoint(
-    session: Session, tenant: Tenant, checkpoint_id: str, storage: Storage
+    session: Session, tenant: Tenant, spec: BaseModelSpec, storage: Storage
 ) -> ResolvedBaseModel:
-    checkpoint = checkpoints_repository.get(session, tenant.id, checkpoint_id)
+    checkpoint = checkpoints_repository.get(session, tenant.id, spec.name)
     if checkpoint is None:
-        raise ValidationFailed(PARAM, f"no checkpoint with id {checkpoint_id!r}")
-    _require_files(storage, checkpoint.storage_key, f"checkpoint:{checkpoint_id}")
+        raise ValidationFailed(PARAM, f"no checkpoint with id {spec.name!r}")
+    _require_files(storage, checkpoint.storage_key, spec)
     return ResolvedBaseModel(
-        spec=f"checkpoint:{checkpoint.id}",
-        kind="checkpoint",
-        local_path=storage.local_path(checkpoint.storage_key),
-        storage_key=checkpoint.storage_key,
-        checkpoint_id=checkpoint.id,
+        spec=spec, local_path=storage.local_path(checkpoint.storage_key), storage_key=checkpoint.storage_key
     )
 
 
-def _resolve_run(session: Session, tenant: Tenant, value: str, storage: Storage) -> ResolvedBaseModel:
-    match = _RUN_SPEC.match(value)
-    if match is None:
-        raise ValidationFailed(PARAM, f"run:{value} is not a valid spec; use run:<id> or run:<id>@<step>")
-    run_id, step_text = match["run_id"], match["step"]
-    run = repository.get_run(session, tenant.id, run_id)
+def _resolve_run(
+    session: Session, tenant: Tenant, spec: BaseModelSpec, storage: Storage
+) -> ResolvedBaseModel:
+    run = repository.get_run(session, tenant.id, spec.name)
     if run is None:
-        raise ValidationFailed(PARAM, f"no run with id {run_id!r}")
-    if step_text is None:
+        raise ValidationFailed(PARAM, f"no run with id {spec.name!r}")
+    if spec.step is None:
         if run.status != RunStatus.SUCCEEDED:
             raise ValidationFailed(
                 PARAM,
-                f"run {run_id!r} is {run.status.value}: only a succeeded run has a final model (continue "
+                f"run {run.id!r} is {run.status.value}: only a succeeded run has a final model (continue "
                 "from one of its checkpoints with run:<id>@<step>)",
             )
         key = final_model_key(run)
-        spec, step = f"run:{run.id}", None
     else:
-        step = int(step_text)
-        checkpoint = repository.get_run_checkpoint(session, run.id, step)
+        checkpoint = repository.get_run_checkpoint(session, run.id, spec.step)
         if checkpoint is None:
-            raise ValidationFailed(PARAM, f"run {run_id!r} has no kept checkpoint at step {step}")
-        key, spec = checkpoint.storage_key, f"run:{run.id}@{step}"
+            raise ValidationFailed(PARAM, f"run {run.id!r} has no kept checkpoint at step {spec.step}")
+        key = checkpoint.storage_key
     _require_files(storage, key, spec)
-    return ResolvedBaseModel(
-        spec=spec, kind="run", local_path=storage.local_path(key), storage_key=key, run_id=run.id, step=step
-    )
+    return ResolvedBaseModel(spec=spec, local_path=storage.local_path(key), storage_key=key)
 
 
-def _require_files(storage: Storage, key: str, spec: str) -> None:
+def _require_files(storage: Storage, key: str, spec: BaseModelSpec) -> None:
     if not storage.exists(key):
         raise ValidationFailed(PARAM, f"the files of {spec} are missing from storage; ask the operator")
 
@@ -242,16 +200,16 @@ def _builtin_public(model: BuiltinModel) -> BaseModelPublic:
         if path is not None
         else f"{model.description} Not installed: {model.install_hint}.",
         available=summary is not None,
-        config=CheckpointConfig.model_validate(summary.config) if summary else None,
+        config=CheckpointConfig.model_validate(summary.config_summary) if summary else None,
         has_pretraining_heads=summary.has_pretraining_heads if summary else None,
         parameters=summary.parameters if summary else None,
     )
 
 
 @lru_cache(maxsize=16)
-def _summary(path: str) -> CheckpointSummary | None:
+def _summary(path: str) -> ModelDirSummary | None:
     """Built-in checkpoints do not change while the process runs: read their headers once."""
     try:
-        return inspect_checkpoint_dir(Path(path))
-    except CheckpointError:
+        return inspect_model_dir(Path(path))
+    except BaseModelError:
         return None

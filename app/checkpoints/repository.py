@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import ACTIVE_RUN_STATUSES, Checkpoint, Run
+from app.models import Checkpoint, Run
 from app.pagination import Page, fetch_page
+from app.runs.states import ACTIVE_RUN_STATUSES
 
 
 def get(

@@ -11,9 +11,9 @@ import hashlib
 
 from sqlalchemy.orm import Session
 
+from app.base_models.spec import BaseModelSpec
 from app.checkpoints import repository
-from app.checkpoints.archive import ArchiveError, ArchiveTooLarge, archive_kind, extract_checkpoint_archive
-from app.checkpoints.inspect import CheckpointError, inspect_checkpoint_dir
+from app.checkpoints.extract import ArchiveError, ArchiveTooLarge, archive_kind, extract_checkpoint_archive
 from app.config import Settings
 from app.db import on_commit, on_rollback
 from app.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
@@ -21,10 +21,11 @@ from app.ids import new_id
 from app.models import Checkpoint, Tenant
 from app.pagination import Page
 from app.storage import Storage
+from app.storage.keys import checkpoint_key
 from app.uploads import IncomingFile, clean_filename
+from worker.pretraining.model_files import BaseModelError, inspect_model_dir
 
 __all__ = [
-    "checkpoint_spec",
     "delete_checkpoint",
     "get_checkpoint",
     "list_checkpoints",
@@ -32,11 +33,6 @@ __all__ = [
 ]
 
 MAX_NAME_CHARS = 200
-
-
-def checkpoint_spec(checkpoint_id: str) -> str:
-    """The ``base_model`` value that names an uploaded checkpoint."""
-    return f"checkpoint:{checkpoint_id}"
 
 
 def upload_checkpoint(
@@ -52,7 +48,7 @@ def upload_checkpoint(
         )
     limit = settings.max_upload_bytes
     checkpoint_id = new_id("ckpt")
-    key = f"checkpoints/{checkpoint_id}"
+    key = checkpoint_key(checkpoint_id)
     with storage.scratch_dir() as scratch:
         archive = scratch / f"upload.{kind}"
         digest = hashlib.sha256()
@@ -85,15 +81,15 @@ def upload_checkpoint(
             except ArchiveError as exc:
                 raise ValidationFailed("file", f"invalid checkpoint archive: {exc}") from None
             try:
-                summary = inspect_checkpoint_dir(tree.path)
-            except CheckpointError as exc:
+                summary = inspect_model_dir(tree.path)
+            except BaseModelError as exc:
                 raise ValidationFailed("file", f"invalid checkpoint: {exc}") from None
             checkpoint = Checkpoint(
                 id=checkpoint_id,
                 tenant_id=tenant.id,
                 name=name,
                 storage_key=key,
-                config=summary.config,
+                config=summary.config_summary,
                 has_pretraining_heads=summary.has_pretraining_heads,
                 parameters=summary.parameters,
                 bytes=files.bytes,
@@ -122,7 +118,7 @@ def delete_checkpoint(session: Session, storage: Storage, tenant: Tenant, checkp
     checkpoint = repository.get(session, tenant.id, checkpoint_id, for_update=True)
     if checkpoint is None:
         raise NotFound("checkpoint", checkpoint_id)
-    runs = repository.active_runs_using(session, tenant.id, checkpoint_spec(checkpoint.id))
+    runs = repository.active_runs_using(session, tenant.id, str(BaseModelSpec.checkpoint(checkpoint.id)))
     if runs:
         raise Conflict(
             f"checkpoint {checkpoint.id!r} is the base model of active run(s) {', '.join(runs[:5])}; cancel "

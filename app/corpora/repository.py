@@ -5,8 +5,9 @@ from __future__ import annotations
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from app.models import ACTIVE_RUN_STATUSES, Corpus, Run
+from app.models import Corpus, Run
 from app.pagination import Page, fetch_page
+from app.runs.states import ACTIVE_RUN_STATUSES
 
 
 def get(session: Session, tenant_id: str, corpus_id: str, *, for_update: bool = False) -> Corpus | None:

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.pretraining.records import RunWarning
+
 
 class SentencesPerDocument(BaseModel):
     min: int
@@ -21,13 +23,6 @@ class CorpusStats(BaseModel):
     sentences_per_document: SentencesPerDocument
 
 
-class CorpusWarning(BaseModel):
-    code: str = Field(examples=["one_sentence_documents"])
-    count: int
-    message: str
-    first_line: int | None = Field(None, description="1-based line of the first occurrence.")
-
-
 class CorpusPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -39,7 +34,7 @@ class CorpusPublic(BaseModel):
     documents: int
     sentences: int
     stats: CorpusStats
-    warnings: list[CorpusWarning]
+    warnings: list[RunWarning]
     created_at: datetime
 
 

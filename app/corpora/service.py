@@ -22,6 +22,7 @@ from app.ids import new_id
 from app.models import Corpus, Tenant
 from app.pagination import Page
 from app.storage import Storage
+from app.storage.keys import corpus_key
 from app.uploads import IncomingFile, clean_filename
 from worker.pretraining.corpus import CorpusFormatError, CorpusScanner
 
@@ -50,8 +51,7 @@ def upload_corpus(
     limit = settings.max_upload_bytes
     head, chunks = _peek(upload.chunks(), len(GZIP_MAGIC))
     corpus_id = new_id("corp")
-    # Named after the content, not the client's file name: a gzip file called .txt is still gzip.
-    key = f"corpora/{corpus_id}/corpus.txt" + (".gz" if head.startswith(GZIP_MAGIC) else "")
+    key = corpus_key(corpus_id, gzip=head.startswith(GZIP_MAGIC))
     scanner = CorpusScanner(path=filename)
     with storage.open_write(key) as pending:
         try:
@@ -80,7 +80,7 @@ def upload_corpus(
             documents=stats.documents,
             sentences=stats.sentences,
             stats=stats.to_dict(),
-            warnings=[warning.to_dict() for warning in report.warnings],
+            warnings=[warning.model_dump(exclude_none=True) for warning in report.warnings],
         )
         try:
             with session.begin_nested():

@@ -3,20 +3,10 @@
 from app.models.base import Base, utcnow
 from app.models.checkpoint import Checkpoint
 from app.models.corpus import Corpus
-from app.models.run import (
-    ACTIVE_RUN_STATUSES,
-    TERMINAL_RUN_STATUSES,
-    Run,
-    RunCheckpoint,
-    RunEvent,
-    RunMetric,
-    RunStatus,
-)
+from app.models.run import Run, RunCheckpoint, RunEvent, RunMetric
 from app.models.tenant import ApiKey, Tenant
 
 __all__ = [
-    "ACTIVE_RUN_STATUSES",
-    "TERMINAL_RUN_STATUSES",
     "ApiKey",
     "Base",
     "Checkpoint",
@@ -25,7 +15,6 @@ __all__ = [
     "RunCheckpoint",
     "RunEvent",
     "RunMetric",
-    "RunStatus",
     "Tenant",
     "utcnow",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,7 +11,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
 
-__all__ = ["Base", "BigIntegerPK", "JSONType", "UTCDateTime", "utcnow"]
+__all__ = ["Base", "BigIntegerPK", "JSONType", "UTCDateTime", "json_safe", "utcnow"]
 
 # Deterministic constraint names, so that migrations can refer to them on every database.
 NAMING_CONVENTION = {
@@ -21,8 +22,32 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-# JSONB on PostgreSQL (indexable, compact); plain JSON text on SQLite for the local demo.
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None (JSON has no such numbers; PostgreSQL's JSONB and
+    browsers refuse them), recursively through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
+class JSONType(TypeDecorator[Any]):
+    """JSONB on PostgreSQL (indexable, compact), plain JSON text on SQLite for the local demo. What is
+    written goes through :func:`json_safe`, so no column ever holds a bare NaN."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else JSON())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return json_safe(value)
+
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 BigIntegerPK = BigInteger().with_variant(Integer(), "sqlite")

@@ -1,12 +1,12 @@
 """Training runs and what they produce: metric points, events and checkpoints.
 
 The API creates ``queued`` runs; the worker claims them (``queued -> preparing`` with one conditional
-UPDATE), trains, and records metrics, events and checkpoints as it goes.
+UPDATE), trains, and records metrics, events and checkpoints as it goes. Statuses and their transitions:
+:mod:`app.runs.states`.
 """
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 from typing import Any
 
@@ -24,38 +24,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, BigIntegerPK, JSONType, UTCDateTime, utcnow
+from app.runs.states import RunStatus
 
-__all__ = [
-    "ACTIVE_RUN_STATUSES",
-    "TERMINAL_RUN_STATUSES",
-    "Run",
-    "RunCheckpoint",
-    "RunEvent",
-    "RunMetric",
-    "RunStatus",
-]
+__all__ = ["Run", "RunCheckpoint", "RunEvent", "RunMetric"]
 
-
-class RunStatus(enum.StrEnum):
-    """``queued -> preparing -> running -> succeeded | failed | cancelled``; a cancel request on a
-    running run passes through ``cancelling``."""
-
-    QUEUED = "queued"
-    PREPARING = "preparing"
-    RUNNING = "running"
-    CANCELLING = "cancelling"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_RUN_STATUSES
-
-
-TERMINAL_RUN_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
-# A run in one of these may still read its corpora and base checkpoint: they cannot be deleted.
-ACTIVE_RUN_STATUSES = frozenset(set(RunStatus) - TERMINAL_RUN_STATUSES)
 
 # Stored as its value in a VARCHAR with a CHECK constraint (no PostgreSQL enum type to migrate), so that
 # plain SQL such as the worker's claim (`SET status='preparing'`) reads naturally.

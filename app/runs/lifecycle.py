@@ -1,4 +1,5 @@
-"""The worker's writes to a run: claim, progress and heartbeat, metrics, events, checkpoints, finish.
+"""The worker's writes to a run: the sweep of runs left queued, claim, progress and heartbeat, metrics,
+checkpoints, finish. Every status change is a transition of :mod:`app.runs.states`.
 
 Repository-style functions on a caller's Session; the caller's boundary (``session_scope``) commits.
 Every write after the claim is fenced by the run's ``attempt``: a supervisor whose run was taken away
@@ -15,20 +16,22 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from app.models import Run, RunCheckpoint, RunEvent, RunMetric, RunStatus, utcnow
-from app.runs.live import json_safe
+from app.models import Run, RunCheckpoint, RunMetric, utcnow
+from app.queue import RunEnqueuer
+from app.runs import repository
+from app.runs.states import WORKER_HELD_STATUSES, RunStatus, Trigger, sources, target
+from worker.pretraining.records import MetricsRecord
 
 __all__ = [
-    "OWNED_STATUSES",
+    "ENDING_TRIGGERS",
     "ClaimedRun",
     "Heartbeat",
-    "add_event",
     "claim_run",
     "finish_run",
     "forget_checkpoints",
@@ -36,11 +39,12 @@ __all__ = [
     "mark_running",
     "metric_rows",
     "record_checkpoint",
+    "resend_stale_queued",
     "write_metrics",
 ]
 
-# The statuses of a run a worker is executing; writes are refused in any other.
-OWNED_STATUSES = (RunStatus.PREPARING, RunStatus.RUNNING, RunStatus.CANCELLING)
+# What ends a run a worker holds.
+ENDING_TRIGGERS = (Trigger.SUCCEED, Trigger.FAIL, Trigger.STOP)
 _METRICS_PER_STATEMENT = 1000  # rows of one INSERT (PostgreSQL caps bind parameters at 65535)
 
 
@@ -65,17 +69,37 @@ class Heartbeat:
     status: RunStatus | None = None
 
 
+def resend_stale_queued(
+    session: Session, *, older_than: timedelta, enqueue: RunEnqueuer, limit: int = 100
+) -> list[str]:
+    """Send again the task of every run still queued ``older_than`` after its last send (its submission,
+    or this function's previous send), and return their ids.
+
+    The API sends a run's task once, after the commit; if that send failed (the broker was unreachable),
+    or the message was lost, the run would stay queued for ever. Sending again is always safe: a worker
+    claims a run with one conditional UPDATE, so a duplicate message does nothing. Rows are taken with
+    ``SKIP LOCKED`` (several workers sweep at once without sending twice) and sent before the commit: a
+    failed send leaves ``sent_at`` as it was, to be tried at the next sweep.
+    """
+    runs = repository.stale_unclaimed(session, sources(Trigger.CLAIM), utcnow() - older_than, limit=limit)
+    for run in runs:
+        enqueue(run.id)
+        run.sent_at = utcnow()
+    session.flush()
+    return [run.id for run in runs]
+
+
 def claim_run(
     session: Session, run_id: str, worker_id: str, *, now: datetime | None = None
 ) -> ClaimedRun | None:
-    """``queued -> preparing`` with ``attempt + 1``, in one conditional UPDATE; None when the run is not
-    queued (a duplicate delivery, or cancelled meanwhile) or does not exist."""
+    """The ``claim`` transition (``queued -> preparing``) with ``attempt + 1``, in one conditional UPDATE;
+    None when the run is not queued (a duplicate delivery, or cancelled meanwhile) or does not exist."""
     now = now or utcnow()
     statement = (
         update(Run)
-        .where(Run.id == run_id, Run.status == RunStatus.QUEUED, Run.cancel_requested.is_(False))
+        .where(Run.id == run_id, Run.status.in_(sources(Trigger.CLAIM)), Run.cancel_requested.is_(False))
         .values(
-            status=RunStatus.PREPARING,
+            status=target(Trigger.CLAIM),
             attempt=Run.attempt + 1,
             worker_id=worker_id,
             # A resumed run (queued again after an interruption) keeps the time it first started.
@@ -98,24 +122,25 @@ def claim_run(
     )
 
 
-def _owned(run_id: str, attempt: int) -> Any:
-    return (Run.id == run_id, Run.attempt == attempt, Run.status.in_(OWNED_STATUSES))
+def _held(run_id: str, attempt: int) -> Any:
+    return (Run.id == run_id, Run.attempt == attempt, Run.status.in_(WORKER_HELD_STATUSES))
 
 
-def _update_owned(session: Session, run_id: str, attempt: int, *conditions: Any, **values: Any) -> bool:
-    """Set ``values`` on the run if this attempt still owns it (and ``conditions`` hold); whether it did."""
+def _transition_held(session: Session, run_id: str, attempt: int, trigger: Trigger, **values: Any) -> bool:
+    """Make ``trigger``'s transition if this attempt still holds the run in one of its source statuses;
+    whether it did."""
     statement = (
         update(Run)
-        .where(*_owned(run_id, attempt), *conditions)
-        .values(**values)
+        .where(*_held(run_id, attempt), Run.status.in_(sources(trigger)))
+        .values(status=target(trigger), **values)
         .execution_options(synchronize_session=False)
     )
     return session.execute(statement).rowcount > 0  # type: ignore[attr-defined]
 
 
-def _given_json(**fields: Any) -> dict[str, Any]:
-    """The fields that were given (not None), made JSON-safe for their JSON columns."""
-    return {name: json_safe(value) for name, value in fields.items() if value is not None}
+def _given(**fields: Any) -> dict[str, Any]:
+    """The fields that were given (not None)."""
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def heartbeat(
@@ -131,11 +156,11 @@ def heartbeat(
 ) -> Heartbeat:
     """Refresh ``heartbeat_at`` (and whichever of progress, latest, baseline, warnings is given) and read
     back ``cancel_requested``: one round trip, about once a second while a run trains."""
-    given = _given_json(progress=progress, latest=latest, baseline=baseline, warnings=warnings)
+    given = _given(progress=progress, latest=latest, baseline=baseline, warnings=warnings)
     values = {"heartbeat_at": now or utcnow(), **given}
     statement = (
         update(Run)
-        .where(*_owned(run_id, attempt))
+        .where(*_held(run_id, attempt))
         .values(**values)
         .returning(Run.cancel_requested, Run.status)
         .execution_options(synchronize_session=False)
@@ -147,23 +172,16 @@ def heartbeat(
 
 
 def mark_running(session: Session, run_id: str, attempt: int) -> bool:
-    """``preparing -> running`` when training starts. False if the run is not preparing any more (a
-    cancel request already moved it to ``cancelling``, which it keeps)."""
-    return _update_owned(
-        session,
-        run_id,
-        attempt,
-        Run.status == RunStatus.PREPARING,
-        status=RunStatus.RUNNING,
-        heartbeat_at=utcnow(),
-    )
+    """The ``start_training`` transition (``preparing -> running``). False if the run is not preparing any
+    more (a cancel request already moved it to ``cancelling``, which it keeps)."""
+    return _transition_held(session, run_id, attempt, Trigger.START_TRAINING, heartbeat_at=utcnow())
 
 
 def finish_run(
     session: Session,
     run_id: str,
     attempt: int,
-    status: RunStatus,
+    trigger: Trigger,
     *,
     error: Mapping[str, Any] | None = None,
     output_storage_key: str | None = None,
@@ -172,62 +190,31 @@ def finish_run(
     baseline: Mapping[str, Any] | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """The terminal transition (succeeded, failed or cancelled), with what the run leaves behind. False
-    when this attempt no longer owns the run (nothing is written)."""
-    if not status.is_terminal:
-        raise ValueError(f"finish_run needs a terminal status, not {status.value!r}")
+    """A transition that ends the run (``succeed``, ``fail`` or ``stop``: succeeded, failed or
+    cancelled), with what the run leaves behind. False when this attempt no longer holds the run (nothing
+    is written)."""
+    if trigger not in ENDING_TRIGGERS:
+        raise ValueError(f"finish_run ends a run ({', '.join(ENDING_TRIGGERS)}), not {trigger.value!r}")
     now = now or utcnow()
-    values: dict[str, Any] = {"status": status, "finished_at": now, "heartbeat_at": now}
-    values["error"] = json_safe(dict(error)) if error is not None else None
+    values: dict[str, Any] = {"finished_at": now, "heartbeat_at": now}
+    values["error"] = dict(error) if error is not None else None
     if output_storage_key is not None:
         values["output_storage_key"] = output_storage_key
-    values.update(_given_json(progress=progress, latest=latest, baseline=baseline))
-    return _update_owned(session, run_id, attempt, **values)
+    values.update(_given(progress=progress, latest=latest, baseline=baseline))
+    return _transition_held(session, run_id, attempt, trigger, **values)
 
 
-def add_event(
-    session: Session,
-    run_id: str,
-    type: str,
-    message: str,
-    *,
-    level: str = "info",
-    data: Mapping[str, Any] | None = None,
-) -> RunEvent:
-    """A lifecycle event (``claimed``, ``preparing``, ``data_prepared``, ``training_started``,
-    ``evaluation``, ``checkpoint_saved``, ``warning``, ``cancelled``, ``failed``, ``succeeded``)."""
-    event = RunEvent(
-        run_id=run_id,
-        type=type,
-        level=level,
-        message=message,
-        data=json_safe(dict(data or {})),
-        created_at=utcnow(),
-    )
-    session.add(event)
-    session.flush()  # assigns the id, which the live stream carries
-    return event
+def metric_rows(run_id: str, record: MetricsRecord) -> list[dict[str, Any]]:
+    """The ``run_metrics`` rows of one metrics record: its finite values (a NaN or infinite value has no
+    row; the record on the live stream shows it as null)."""
+    return [
+        {"run_id": run_id, "split": record.split, "name": name, "step": record.step, "value": value}
+        for name, value in record.metrics.values().items()
+        if math.isfinite(value)
+    ]
 
 
-def metric_rows(run_id: str, record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The ``run_metrics`` rows of one metrics record: its finite numeric values (a step counter is the
-    key, not a metric; a NaN or infinite value has no row, the record on the live stream shows it as
-    null)."""
-    step = int(record["step"])
-    split = str(record["split"])
-    rows = []
-    for name, value in (record.get("metrics") or {}).items():
-        if name == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if not math.isfinite(value):
-            continue
-        rows.append(
-            {"run_id": run_id, "split": split, "name": str(name), "step": step, "value": float(value)}
-        )
-    return rows
-
-
-def write_metrics(session: Session, run_id: str, records: Iterable[Mapping[str, Any]]) -> int:
+def write_metrics(session: Session, run_id: str, records: Iterable[MetricsRecord]) -> int:
     """Insert the points of ``records`` with ``ON CONFLICT DO NOTHING`` on (run, split, name, step): a
     batch written again (a retried flush, a resumed attempt replaying steps) adds nothing. Returns the
     number of rows offered."""
@@ -250,14 +237,15 @@ def record_checkpoint(
     size_bytes: int,
     sha256: str,
     storage_key: str,
+    created_at: datetime | None = None,
 ) -> None:
     """A kept checkpoint. Written again for the same step (a resumed attempt saving it anew), the row
     takes the new files' size and digest."""
     values = {
         "run_id": run_id,
         "step": step,
-        "created_at": utcnow(),
-        "metrics": json_safe(dict(metrics)),
+        "created_at": created_at or utcnow(),
+        "metrics": dict(metrics),
         "size_bytes": size_bytes,
         "sha256": sha256,
         "storage_key": storage_key,

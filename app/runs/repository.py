@@ -9,7 +9,7 @@ and the same buckets computed in Python.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,9 +17,11 @@ from typing import Any
 from sqlalchemy import ARRAY, ColumnElement, String, bindparam, func, or_, select, text
 from sqlalchemy.orm import Session
 
-from app.models import ACTIVE_RUN_STATUSES, Corpus, Run, RunCheckpoint, RunEvent, RunMetric, RunStatus
+from app.base_models.spec import BaseModelSpec
+from app.models import Corpus, Run, RunCheckpoint, RunEvent, RunMetric
 from app.pagination import Page, fetch_page
 from app.runs.downsample import Bucket, Point, aggregate
+from app.runs.states import ACTIVE_RUN_STATUSES, RunStatus
 
 __all__ = [
     "SeriesExtent",
@@ -36,6 +38,7 @@ __all__ = [
     "metric_extents",
     "metric_points",
     "page",
+    "stale_unclaimed",
     "status_of",
 ]
 
@@ -92,8 +95,8 @@ def active_runs_based_on(session: Session, tenant_id: str, run_id: str) -> list[
         .where(
             Run.tenant_id == tenant_id,
             or_(
-                Run.base_model == f"run:{run_id}",
-                Run.base_model.startswith(f"run:{run_id}@", autoescape=True),
+                Run.base_model == str(BaseModelSpec.run(run_id)),
+                Run.base_model.startswith(BaseModelSpec.run_step_prefix(run_id), autoescape=True),
             ),
             Run.status.in_(ACTIVE_RUN_STATUSES),
         )
@@ -317,13 +320,15 @@ def _metric_extents_postgresql(
     ]
 
 
-def stale_queued(session: Session, cutoff: datetime, *, limit: int) -> list[Run]:
-    """Queued runs last sent (``sent_at``, else ``created_at``) before ``cutoff``, oldest first, locked;
-    rows another transaction holds are skipped."""
+def stale_unclaimed(
+    session: Session, statuses: Collection[RunStatus], cutoff: datetime, *, limit: int
+) -> list[Run]:
+    """Runs in ``statuses`` (waiting for a worker) last sent (``sent_at``, else ``created_at``) before
+    ``cutoff``, oldest first, locked; rows another transaction holds are skipped."""
     last_sent = func.coalesce(Run.sent_at, Run.created_at)
     statement = (
         select(Run)
-        .where(Run.status == RunStatus.QUEUED, last_sent < cutoff)
+        .where(Run.status.in_(statuses), last_sent < cutoff)
         .order_by(last_sent)
         .limit(limit)
         .with_for_update(skip_locked=True)

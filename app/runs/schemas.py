@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.models import Run, RunStatus
+from app.models import Run
+from app.runs.states import RunStatus
 
 __all__ = [
     "MetricSeries",
@@ -64,14 +65,16 @@ class RunCreate(BaseModel):
 
 
 class RunProgress(BaseModel):
+    """How far a run is: written by its worker (the runs row, the live stream), read by clients."""
+
     model_config = ConfigDict(extra="ignore")
 
-    step: int | None = None
+    step: int | None = Field(None, description="Optimizer steps done.")
     total_steps: int | None = None
     epoch: float | None = None
-    tokens_seen: int | None = None
-    tokens_per_second: float | None = None
-    eta_seconds: float | None = None
+    tokens_seen: int | None = Field(None, description="Real (non-padding) tokens trained on.")
+    tokens_per_second: float | None = Field(None, description="Of the last logged training window.")
+    eta_seconds: float | None = Field(None, description="From this attempt's pace; 0 once it succeeded.")
 
 
 class RunLatest(BaseModel):

@@ -30,7 +30,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.main import create_app
 from app.config import Settings
 from app.db import create_db_engine, upgrade_database
-from app.models import Run, RunStatus, Tenant
+from app.models import Run, Tenant
+from app.runs.states import RunStatus
 from app.storage import LocalStorage
 from app.tenants.service import create_api_key, create_tenant
 

@@ -16,7 +16,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.models import Checkpoint, RunStatus
+from app.models import Checkpoint
+from app.runs.states import RunStatus
 from app.storage import LocalStorage
 from tests.app.conftest import (
     TenantKey,
@@ -237,7 +238,7 @@ def test_delete(client: TestClient, alice: TenantKey, storage: LocalStorage, ses
 def test_truncated_archive_fails_as_a_whole(tmp_path: Path) -> None:
     """Members are extracted as the stream is read; a corrupt tail still fails the whole extraction (the
     caller's pending directory is then discarded)."""
-    from app.checkpoints.archive import ArchiveError, extract_checkpoint_archive
+    from app.checkpoints.extract import ArchiveError, extract_checkpoint_archive
 
     data = tar_gz(fake_bert_files())
     archive = tmp_path / "a.tar.gz"
@@ -249,7 +250,7 @@ def test_truncated_archive_fails_as_a_whole(tmp_path: Path) -> None:
 
 
 def test_highly_compressed_member_trips_the_unpacked_cap(tmp_path: Path) -> None:
-    from app.checkpoints.archive import ArchiveTooLarge, extract_checkpoint_archive
+    from app.checkpoints.extract import ArchiveTooLarge, extract_checkpoint_archive
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:

@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.models import Corpus, Run, RunStatus
+from app.models import Corpus, Run
+from app.runs.states import RunStatus
 from app.storage import LocalStorage
 from app.uploads import CHUNK_SIZE
 from tests.app.conftest import TenantKey, corpus_bytes, gzip_bytes, make_run, upload_corpus

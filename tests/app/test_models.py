@@ -12,7 +12,8 @@ from app.base_models.registry import BUILTIN_MODELS
 from app.base_models.service import ResolvedBaseModel, resolve_base_model
 from app.config import Settings
 from app.errors import ValidationFailed
-from app.models import RunCheckpoint, RunStatus
+from app.models import RunCheckpoint
+from app.runs.states import RunStatus
 from app.storage import LocalStorage
 from tests.app.conftest import TenantKey, fake_bert_files, make_run, tar_gz
 
@@ -82,7 +83,7 @@ def test_resolve(
         assert builtin.kind == "builtin" and (Path(builtin.source) / "config.json").is_file()
 
     hub = resolve(" hf:google-bert/bert-base-uncased ")
-    assert (hub.kind, hub.hub_id, hub.spec) == (
+    assert (hub.kind, hub.source, str(hub.spec)) == (
         "hf",
         "google-bert/bert-base-uncased",
         "hf:google-bert/bert-base-uncased",
@@ -103,9 +104,13 @@ def test_resolve(
     )
     session.commit()
     final = resolve(f"run:{run.id}")
-    assert (final.kind, final.storage_key, final.step) == ("run", f"runs/{run.id}/model", None)
+    assert (final.kind, final.storage_key, final.spec.step) == ("run", f"runs/{run.id}/model", None)
     step = resolve(f"run:{run.id}@5")
-    assert (step.storage_key, step.step, step.spec) == (f"runs/{run.id}/checkpoint-5", 5, f"run:{run.id}@5")
+    assert (step.storage_key, step.spec.step, str(step.spec)) == (
+        f"runs/{run.id}/checkpoint-5",
+        5,
+        f"run:{run.id}@5",
+    )
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.main import create_app
 from app.config import Settings
-from app.models import RunStatus
 from app.queue import RUN_TASK, celery_config, create_celery, enqueue_run
+from app.runs.states import RunStatus
 from app.storage import LocalStorage
 from tests.app.conftest import REDIS_URL, TenantKey, make_run
 

@@ -12,11 +12,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.api.routes.runs import get_live_publisher, get_run_enqueuer
+from app.api.deps import get_live_publisher, get_run_enqueuer
 from app.base_models.registry import BUILTIN_MODELS
-from app.models import Run, RunCheckpoint, RunEvent, RunMetric, RunStatus
+from app.models import Run, RunCheckpoint, RunEvent, RunMetric
 from app.runs import repository
-from app.runs.lifecycle import add_event, claim_run
+from app.runs.events import RunEventType, add_event
+from app.runs.lifecycle import claim_run
+from app.runs.live import LiveMessage, StatusMessage
+from app.runs.schemas import RunEventPublic
+from app.runs.states import RunStatus
 from app.storage import LocalStorage
 from tests.app.conftest import TenantKey, corpus_bytes, fake_bert_files, make_run, tar_gz, upload_corpus
 from tests.app.test_auth_and_errors import assert_error
@@ -65,11 +69,21 @@ def enqueued(app: FastAPI) -> list[str]:
     return sent
 
 
+class RecordingPublisher:
+    """The live stream replaced at the boundary: what would have been published, in order."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, LiveMessage]] = []
+
+    def publish(self, run_id: str, message: LiveMessage) -> None:
+        self.messages.append((run_id, message))
+
+
 @pytest.fixture
-def published(app: FastAPI) -> list[tuple[str, str, dict[str, Any]]]:
-    messages: list[tuple[str, str, dict[str, Any]]] = []
-    app.dependency_overrides[get_live_publisher] = lambda: lambda *message: messages.append(message)
-    return messages
+def published(app: FastAPI) -> list[tuple[str, LiveMessage]]:
+    publisher = RecordingPublisher()
+    app.dependency_overrides[get_live_publisher] = lambda: publisher
+    return publisher.messages
 
 
 @pytest.fixture
@@ -352,8 +366,12 @@ def test_cancel_a_queued_run_at_once(
     body = response.json()
     assert body["status"] == "cancelled" and body["finished_at"] is not None
     assert claim_run(session, run.id, "worker-1") is None  # the worker never starts it
-    assert [(run_id, kind) for run_id, kind, _ in published] == [(run.id, "event"), (run.id, "status")]
-    assert published[1][2]["status"] == "cancelled"
+    assert [(run_id, type(message)) for run_id, message in published] == [
+        (run.id, RunEventPublic),
+        (run.id, StatusMessage),
+    ]
+    status = published[1][1]
+    assert isinstance(status, StatusMessage) and status.status == RunStatus.CANCELLED
     events = client.get(f"/v1/runs/{run.id}/events", headers=alice.headers).json()["data"]
     assert [event["type"] for event in events] == ["cancelled"]
 
@@ -371,7 +389,8 @@ def test_cancel_a_running_run_asks_the_worker(
     assert (body["status"], body["cancel_requested"], body["finished_at"]) == ("cancelling", True, None)
     again = client.post(f"/v1/runs/{run.id}/cancel", headers=alice.headers).json()
     assert again == body
-    assert [message[2]["status"] for message in published if message[1] == "status"] == ["cancelling"]
+    statuses = [message.status for _, message in published if isinstance(message, StatusMessage)]
+    assert statuses == [RunStatus.CANCELLING]
 
 
 @pytest.mark.parametrize("status", [RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED])
@@ -399,7 +418,7 @@ def test_delete_only_finished_runs_and_their_files(
     add_checkpoint_row(session, done, 5)
     add_checkpoint_row(session, done, 7, key=elsewhere)
     session.add(RunMetric(run_id=done.id, split="train", name="loss", step=1, value=2.0))
-    add_event(session, done.id, "succeeded", "done")
+    add_event(session, done.id, RunEventType.SUCCEEDED, "done")
     session.commit()
     for key in (
         f"runs/{done.id}/model/config.json",
@@ -435,10 +454,11 @@ def test_delete_only_finished_runs_and_their_files(
 def test_events_are_paginated_oldest_first(client: TestClient, alice: TenantKey, session: Session) -> None:
     run = make_run(session, alice.tenant, status=RunStatus.RUNNING)
     other = make_run(session, alice.tenant)
-    for index in range(5):
+    types = list(RunEventType)[:5]
+    for index, type in enumerate(types):
         level = "warning" if index == 3 else "info"
-        add_event(session, run.id, f"step_{index}", f"event {index}", level=level, data={"index": index})
-        add_event(session, other.id, "noise", "another run's")
+        add_event(session, run.id, type, f"event {index}", level=level, data={"index": index})
+        add_event(session, other.id, RunEventType.WARNING, "another run's")
     session.commit()
 
     seen, cursor = [], None
@@ -449,7 +469,7 @@ def test_events_are_paginated_oldest_first(client: TestClient, alice: TenantKey,
         cursor = page["next_cursor"]
         if cursor is None:
             break
-    assert [event["type"] for event in seen] == [f"step_{i}" for i in range(5)]
+    assert [event["type"] for event in seen] == [type.value for type in types]
     assert [event["id"] for event in seen] == sorted(event["id"] for event in seen)
     assert seen[3]["level"] == "warning" and seen[3]["data"] == {"index": 3}
     assert set(seen[0]) == {"id", "created_at", "level", "type", "message", "data"}

@@ -15,12 +15,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from app.models import Run, RunStatus
-from app.runs.archives import archive_members, is_training_state
+from app.models import Run
+from app.runs.download_archive import archive_members
+from app.runs.states import RunStatus
 from app.storage import LocalStorage
 from tests.app.conftest import TenantKey, fake_bert_files, make_run
 from tests.app.test_auth_and_errors import assert_error
 from tests.app.test_runs import add_checkpoint_row
+from worker.pretraining.layout import is_training_state
 
 CREATED_AT = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
 TRAINING_STATE = {

@@ -15,7 +15,7 @@ from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
 from app.db import create_db_engine
-from app.models import Base, Run, RunMetric, RunStatus, Tenant
+from app.models import Base, Run, RunMetric, Tenant
 from app.runs import repository
 from app.runs.downsample import (
     Point,
@@ -26,7 +26,8 @@ from app.runs.downsample import (
     max_buckets,
     points_from_buckets,
 )
-from app.runs.service import MetricBucketCache, MetricsQuery, get_metrics
+from app.runs.metric_series import MetricBucketCache, MetricsQuery, get_metrics
+from app.runs.states import RunStatus
 from tests.app.conftest import TenantKey, make_run
 from tests.app.test_auth_and_errors import assert_error
 
@@ -112,7 +113,7 @@ def test_sql_buckets_and_extents_match_the_python_ones(session: Session, alice: 
     points = [(step, float(rng.randint(0, 9))) for step in sorted(rng.sample(range(5, 20_000), 4000))]
     insert_points(session, run.id, "train", "loss", points)
     insert_points(session, run.id, "eval", "loss", noisy(range(0, 20_000, 500)))
-    insert_points(session, run.id, "train", "mlm_loss", noisy(range(10, 100)))
+    insert_points(session, run.id, "train", "masked_lm_loss", noisy(range(10, 100)))
     for width in (1, 16, 256):
         assert repository.metric_buckets(
             session, run.id, "train", "loss", width=width, since_step=0, until_step=20_000
@@ -128,7 +129,7 @@ def test_sql_buckets_and_extents_match_the_python_ones(session: Session, alice: 
     assert [(e.split, e.name) for e in extents] == [
         ("eval", "loss"),
         ("train", "loss"),
-        ("train", "mlm_loss"),
+        ("train", "masked_lm_loss"),
     ]
     assert extents[1].first == points[0] and extents[1].last == points[-1]
     ranged = repository.metric_extents(
@@ -152,7 +153,7 @@ def metrics_run(session: Session, alice: TenantKey) -> tuple[str, list[Point]]:
     loss = noisy(range(1, 5001), seed=1)
     loss[2999] = (3000, 42.0)
     insert_points(session, run.id, "train", "loss", loss)
-    insert_points(session, run.id, "train", "mlm_loss", noisy(range(1, 5001), seed=2))
+    insert_points(session, run.id, "train", "masked_lm_loss", noisy(range(1, 5001), seed=2))
     insert_points(session, run.id, "train", "learning_rate", [(s, s * 1e-8) for s in range(1, 5001)])
     insert_points(session, run.id, "eval", "loss", noisy(range(0, 5001, 100), seed=3))
     insert_points(session, run.id, "reference", "loss", [(0, 2.0), (5000, 2.1)])
@@ -173,7 +174,7 @@ def test_all_series_downsampled_with_spikes_kept(
     run_id, loss = metrics_run
     series = get_series(client, alice, run_id, max_points=200)
     assert list(series) == [("eval", "loss"), ("reference", "loss"), ("train", "learning_rate"),
-                            ("train", "loss"), ("train", "mlm_loss")]  # fmt: skip
+                            ("train", "loss"), ("train", "masked_lm_loss")]  # fmt: skip
     for points in series.values():
         assert_well_formed([tuple(p) for p in points], 200)
     assert [3000, 42.0] in series[("train", "loss")]
@@ -187,9 +188,9 @@ def test_all_series_downsampled_with_spikes_kept(
 
 def test_filters(client: TestClient, alice: TenantKey, metrics_run: tuple[str, list[Point]]) -> None:
     run_id, loss = metrics_run
-    assert list(get_series(client, alice, run_id, names="loss,mlm_loss", split="train")) == [
+    assert list(get_series(client, alice, run_id, names="loss,masked_lm_loss", split="train")) == [
         ("train", "loss"),
-        ("train", "mlm_loss"),
+        ("train", "masked_lm_loss"),
     ]
     repeated = client.get(
         f"/v1/runs/{run_id}/metrics?names=loss&names=learning_rate&split=eval", headers=alice.headers

@@ -9,8 +9,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import RunStatus, utcnow
-from app.runs.service import resend_stale_queued
+from app.models import utcnow
+from app.runs.lifecycle import resend_stale_queued
+from app.runs.states import RunStatus
 from tests.app.conftest import TenantKey, make_run
 from worker.sweeper import QueuedRunSweeper
 

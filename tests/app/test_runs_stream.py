@@ -15,10 +15,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from app.api.routes.runs import get_stream_options
-from app.models import RunStatus
+from app.api.deps import get_stream_options
 from app.runs.live import stream_key
-from app.runs.stream import StreamOptions, open_async_redis, run_events
+from app.runs.states import RunStatus
+from app.runs.stream import StreamOptions, follow_run, open_async_redis
 from tests.app.conftest import REDIS_URL, TenantKey, make_run
 from tests.app.test_auth_and_errors import assert_error
 
@@ -164,7 +164,7 @@ def test_following_stops_when_the_database_says_the_run_ended(streams: LiveStrea
         client = open_async_redis(REDIS_URL, StreamOptions(block_ms=50))
         try:
             options = StreamOptions(block_ms=50)
-            events = run_events(
+            events = follow_run(
                 client, run_id, after=None, terminal=False, is_terminal=is_terminal, options=options
             )
             return [str(event.id) async for event in events]

@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.deps import get_run_enqueuer
 from app.api.main import create_app
-from app.api.routes.runs import get_run_enqueuer
 from app.config import Settings
 from app.db import create_db_engine, create_session_factory, session_scope
-from app.models import RunStatus
+from app.runs.states import RunStatus
 from app.tenants.service import create_api_key, create_tenant
 from tests.app.conftest import (  # noqa: F401 - fixtures
     REDIS_URL,

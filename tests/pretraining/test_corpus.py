@@ -16,10 +16,10 @@ from worker.pretraining.corpus import (
     CorpusReader,
     CorpusReport,
     CorpusScanner,
-    CorpusWarning,
     iter_documents,
     scan_corpus,
 )
+from worker.pretraining.records import RunWarning
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -407,7 +407,7 @@ def test_feed_after_finish_is_a_bug() -> None:
 # -- warnings ------------------------------------------------------------------------------------------
 
 
-def warnings_by_code(report: CorpusReport) -> dict[str, CorpusWarning]:
+def warnings_by_code(report: CorpusReport) -> dict[str, RunWarning]:
     return {w.code: w for w in report.warnings}
 
 
@@ -424,7 +424,7 @@ def test_one_sentence_and_duplicate_documents() -> None:
     assert set(warnings) == {"one_sentence_documents", "duplicate_documents"}
     assert (warnings["one_sentence_documents"].count, warnings["one_sentence_documents"].first_line) == (2, 4)
     assert (warnings["duplicate_documents"].count, warnings["duplicate_documents"].first_line) == (3, 6)
-    assert warnings["duplicate_documents"].to_dict() == {
+    assert warnings["duplicate_documents"].model_dump(exclude_none=True) == {
         "code": "duplicate_documents",
         "count": 3,
         "message": warnings["duplicate_documents"].message,

@@ -12,18 +12,26 @@ import pytest
 import torch
 
 from worker.pretraining import engine
-from worker.pretraining.checkpoints import CHECKPOINT_MANIFEST, MODEL_MANIFEST, ResumeError
-from worker.pretraining.engine import (
-    LengthGroupedSampler,
-    PretrainingTrainer,
-    TrainingError,
-    resolve_precision,
-    run_pretraining,
-    training_arguments,
-)
+from worker.pretraining.base_model import load_base_model
+from worker.pretraining.engine import TrainingError, resolve_precision, run_pretraining
 from worker.pretraining.hyperparameters import Hyperparameters
-from worker.pretraining.metrics import EVAL_METRICS, TRAIN_METRICS, read_jsonl
-from worker.pretraining.model import load_base_model
+from worker.pretraining.layout import CHECKPOINT_MANIFEST, MODEL_MANIFEST
+from worker.pretraining.records import (
+    CheckpointSaved,
+    EvalMetrics,
+    LogLine,
+    MetricsRecord,
+    Progress,
+    TrainingFailed,
+    TrainingFinished,
+    TrainingRecord,
+    TrainingStarted,
+    TrainMetrics,
+)
+from worker.pretraining.run_checkpoints import ResumeError
+from worker.pretraining.sampler import LengthGroupedSampler
+from worker.pretraining.sinks import read_jsonl
+from worker.pretraining.trainer import PretrainingTrainer, training_arguments
 
 TINY_RUN: dict[str, Any] = {
     "batch_size": 8,
@@ -65,8 +73,12 @@ def reference_corpus(tmp_path_factory: pytest.TempPathFactory, docstring_documen
     return _write_corpus(tmp_path_factory.mktemp("reference") / "ref.txt", docstring_documents[400:440])
 
 
-def _train(records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    return {r["step"]: r["metrics"] for r in records if r.get("type") == "metrics" and r["split"] == "train"}
+def _split(records: list[TrainingRecord], split: str) -> dict[int, Any]:
+    return {r.step: r.metrics for r in records if isinstance(r, MetricsRecord) and r.split == split}
+
+
+def _train(records: list[TrainingRecord]) -> dict[int, TrainMetrics]:
+    return _split(records, "train")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,8 +94,7 @@ def full_run(
     cache_dir: Path,
 ) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("full") / "run"
-    records: list[dict[str, Any]] = []
-    progress: list[tuple[int, int]] = []
+    records: list[TrainingRecord] = []
     result = run_pretraining(
         tiny_bert_dir,
         small_corpus,
@@ -92,8 +103,8 @@ def full_run(
         reference_corpus=reference_corpus,
         cache_dir=cache_dir,
         sink=records.append,
-        progress=lambda step, total: progress.append((step, total)),
     )
+    progress = [(r.step, r.max_steps) for r in records if isinstance(r, Progress)]
     return {"result": result, "records": records, "progress": progress, "out": out}
 
 
@@ -101,11 +112,9 @@ def test_loss_falls_and_run_completes(full_run: dict[str, Any]) -> None:
     result = full_run["result"]
     assert result.status == "completed" and result.steps == result.max_steps == 40
     baseline, final = result.baseline_metrics["eval"], result.final_metrics["eval"]
-    assert final["masked_lm_loss"] < baseline["masked_lm_loss"] - 0.3
+    assert final.masked_lm_loss < baseline.masked_lm_loss - 0.3
     train = _train(full_run["records"])
-    assert np.mean([train[s]["loss"] for s in range(36, 41)]) < np.mean(
-        [train[s]["loss"] for s in range(1, 6)]
-    )
+    assert np.mean([train[s].loss for s in range(36, 41)]) < np.mean([train[s].loss for s in range(1, 6)])
     assert full_run["progress"][0] == (0, 40) and full_run["progress"][-1] == (40, 40)
 
 
@@ -114,22 +123,21 @@ def test_records_carry_every_metric(full_run: dict[str, Any]) -> None:
     train = _train(records)
     assert sorted(train) == list(range(1, 41))
     for step, metrics in train.items():
-        assert set(TRAIN_METRICS) <= set(metrics), step
-        assert metrics["step"] == step and all(metrics[k] is not None for k in TRAIN_METRICS)
-    assert train[40]["samples_seen"] == 40 * 8 and train[40]["tokens_per_second"] > 0
+        assert set(metrics.values()) == set(TrainMetrics.model_fields), step  # NSP on: every metric
+    assert train[40].samples_seen == 40 * 8 and train[40].tokens_per_second > 0
     for split in ("eval", "reference"):
-        evals = {
-            r["step"]: r["metrics"] for r in records if r.get("type") == "metrics" and r["split"] == split
-        }
+        evals = _split(records, split)
         assert sorted(evals) == [0, 10, 20, 30, 40], split
         for metrics in evals.values():
-            assert set(metrics) == set(EVAL_METRICS)
-            assert metrics["perplexity"] == pytest.approx(math.exp(metrics["masked_lm_loss"]))
-    events = [r["event"] for r in records if r.get("type") == "event"]
-    assert events[0] == "started" and events[-1] == "finished"
-    assert events.count("checkpoint") == 4
-    # The run's own log holds the same records.
-    assert read_jsonl(full_run["out"] / "metrics.jsonl") == json.loads(json.dumps(records))
+            assert set(metrics.values()) == set(EvalMetrics.model_fields)
+            assert metrics.perplexity == pytest.approx(math.exp(metrics.masked_lm_loss))
+    events = [r for r in records if not isinstance(r, (MetricsRecord, Progress, LogLine))]
+    assert isinstance(events[0], TrainingStarted) and isinstance(events[-1], TrainingFinished)
+    assert [r.step for r in events if isinstance(r, CheckpointSaved)] == [10, 20, 30, 40]
+    assert events[0].data.splits["train"].instances == events[0].train_instances > 0
+    # The run's own log holds the same records, progress and log lines aside.
+    logged = [r for r in records if not isinstance(r, (Progress, LogLine))]
+    assert read_jsonl(full_run["out"] / "metrics.jsonl") == logged
 
 
 def test_tensorboard_has_every_metric(full_run: dict[str, Any]) -> None:
@@ -139,8 +147,8 @@ def test_tensorboard_has_every_metric(full_run: dict[str, Any]) -> None:
     accumulator = EventAccumulator(str(events_dir))
     accumulator.Reload()
     tags = set(accumulator.Tags()["scalars"])
-    expected = {f"train/{m}" for m in TRAIN_METRICS if m != "step"}
-    expected |= {f"{split}/{m}" for split in ("eval", "reference") for m in EVAL_METRICS}
+    expected = {f"train/{m}" for m in TrainMetrics.model_fields}
+    expected |= {f"{split}/{m}" for split in ("eval", "reference") for m in EvalMetrics.model_fields}
     assert expected <= tags
     assert [e.step for e in accumulator.Scalars("eval/masked_lm_loss")] == [0, 10, 20, 30, 40]
 
@@ -186,7 +194,7 @@ def test_output_is_a_loadable_hf_directory(full_run: dict[str, Any], tiny_bert_d
     ):
         assert key in manifest, key
     assert manifest["steps"] == 40 and manifest["base_model"] == str(tiny_bert_dir)
-    assert manifest["final_metrics"] == full_run["result"].final_metrics
+    assert manifest["final_metrics"] == full_run["result"].model_dump(mode="json")["final_metrics"]
     pretraining: Any = BertForPreTraining.from_pretrained(model_dir)
     mlm: Any = BertForMaskedLM.from_pretrained(model_dir)
     classifier: Any = BertForSequenceClassification.from_pretrained(model_dir, num_labels=3)
@@ -205,7 +213,7 @@ def test_output_is_a_loadable_hf_directory(full_run: dict[str, Any], tiny_bert_d
 def test_completed_run_is_returned_not_retrained(
     full_run: dict[str, Any], tiny_bert_dir: Path, small_corpus: Path, reference_corpus: Path, cache_dir: Path
 ) -> None:
-    records: list[dict[str, Any]] = []
+    records: list[TrainingRecord] = []
     again = run_pretraining(
         tiny_bert_dir,
         small_corpus,
@@ -216,7 +224,7 @@ def test_completed_run_is_returned_not_retrained(
         sink=records.append,
     )
     assert again.status == "completed" and again.final_metrics == full_run["result"].final_metrics
-    assert records == []
+    assert [r for r in records if not isinstance(r, LogLine)] == []
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,11 +235,10 @@ def test_resume_gives_the_uninterrupted_run(
     tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path
 ) -> None:
     h = hp(max_steps=30, batch_size=16, eval_every_steps=0, checkpoint_every_steps=0)
-    straight: list[dict[str, Any]] = []
+    straight: list[TrainingRecord] = []
     run_pretraining(tiny_bert_dir, tiny_corpus, tmp_path / "a", h, cache_dir=cache_dir, sink=straight.append)
 
-    first: list[dict[str, Any]] = []
-    seen: list[int] = []
+    first: list[TrainingRecord] = []
     stopped = run_pretraining(
         tiny_bert_dir,
         tiny_corpus,
@@ -239,18 +246,19 @@ def test_resume_gives_the_uninterrupted_run(
         h,
         cache_dir=cache_dir,
         sink=first.append,
-        progress=lambda step, total: seen.append(step),
-        should_stop=lambda: seen[-1] >= 12,
+        should_stop=lambda: [r.step for r in first if isinstance(r, Progress)][-1] >= 12,
     )
     assert stopped.status == "cancelled" and stopped.steps == 12 and stopped.model_path is None
     assert stopped.checkpoint_path == tmp_path / "b" / "checkpoints" / "checkpoint-12"
     # Debris of a crash: an unpublished checkpoint and one without its manifest; both ignored.
     (tmp_path / "b" / "checkpoints" / "tmp-checkpoint-20-dead").mkdir()
     (tmp_path / "b" / "checkpoints" / "checkpoint-25").mkdir()
-    second: list[dict[str, Any]] = []
+    second: list[TrainingRecord] = []
     resumed = run_pretraining(
         tiny_bert_dir, tiny_corpus, tmp_path / "b", h, cache_dir=cache_dir, sink=second.append
     )
+    (started,) = [r for r in second if isinstance(r, TrainingStarted)]
+    assert started.step == started.resumed_from_step == 12
     assert resumed.status == "completed" and resumed.resumed_from == stopped.checkpoint_path
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == [
         "checkpoint-12",
@@ -259,13 +267,13 @@ def test_resume_gives_the_uninterrupted_run(
 
     a, b = _train(straight), {**_train(first), **_train(second)}
     assert sorted(b) == sorted(a) == list(range(1, 31))
-    assert max(a[s]["epoch"] for s in a) > 1.0, "the run should cross epoch boundaries"
+    assert max(a[s].epoch for s in a) > 1.0, "the run should cross epoch boundaries"
     for step in range(1, 31):
-        assert b[step]["learning_rate"] == a[step]["learning_rate"], step
-        assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-4, abs=1e-5), step
-        assert b[step]["samples_seen"] == a[step]["samples_seen"], step
+        assert b[step].learning_rate == a[step].learning_rate, step
+        assert b[step].loss == pytest.approx(a[step].loss, rel=1e-4, abs=1e-5), step
+        assert b[step].samples_seen == a[step].samples_seen, step
     assert resumed.baseline_metrics == stopped.baseline_metrics  # the baseline survives the resume
-    assert resumed.final_metrics["eval"]["masked_lm_loss"] == pytest.approx(
+    assert resumed.final_metrics["eval"].masked_lm_loss == pytest.approx(
         json.loads((tmp_path / "a" / "result.json").read_text())["final_metrics"]["eval"]["masked_lm_loss"],
         rel=1e-4,
     )
@@ -332,15 +340,15 @@ def test_crash_during_export_is_finished_without_an_extra_step(
         raise OSError("disk full")
 
     monkeypatch.setattr(engine, "export_model", broken_export)
-    first: list[dict[str, Any]] = []
+    first: list[TrainingRecord] = []
     with pytest.raises(OSError, match="disk full"):
         run_pretraining(tiny_bert_dir, tiny_corpus, out, h, cache_dir=cache_dir, sink=first.append)
-    assert first[-1]["event"] == "failed" and "disk full" in first[-1]["error"]
+    assert isinstance(first[-1], TrainingFailed) and "disk full" in first[-1].error
     assert (out / "checkpoints" / "checkpoint-3" / CHECKPOINT_MANIFEST).is_file() and not (
         out / "model"
     ).exists()
     monkeypatch.undo()
-    second: list[dict[str, Any]] = []
+    second: list[TrainingRecord] = []
     result = run_pretraining(tiny_bert_dir, tiny_corpus, out, h, cache_dir=cache_dir, sink=second.append)
     assert result.status == "completed" and result.steps == 3 and _train(second) == {}
     assert result.final_metrics_step == 3 and result.samples_seen == 3 * 8
@@ -362,7 +370,7 @@ def test_max_runtime_stops_evaluated_and_exported(
     assert result.status == "timed_out" and result.steps == 1
     assert result.model_path is not None and (result.model_path / "model.safetensors").is_file()
     assert result.checkpoint_path is not None and result.checkpoint_path.name == "checkpoint-1"
-    assert set(result.final_metrics["eval"]) == set(EVAL_METRICS)
+    assert set(result.final_metrics["eval"].values()) == set(EvalMetrics.model_fields)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,7 +380,7 @@ def test_max_runtime_stops_evaluated_and_exported(
 def test_static_masks_no_nsp_accumulation_bf16(
     tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path
 ) -> None:
-    records: list[dict[str, Any]] = []
+    records: list[TrainingRecord] = []
     result = run_pretraining(
         tiny_bert_dir,
         tiny_corpus,
@@ -390,10 +398,14 @@ def test_static_masks_no_nsp_accumulation_bf16(
     )
     assert result.status == "completed"
     train = _train(records)
-    assert "nsp_loss" not in train[3] and "mlm_loss" in train[3]
-    assert train[3]["samples_seen"] == 3 * 2 * 8
-    assert set(result.final_metrics["eval"]) == {"masked_lm_loss", "masked_lm_accuracy", "perplexity"}
-    assert math.isfinite(train[3]["loss"])
+    assert train[3].next_sentence_loss is None and train[3].masked_lm_loss is not None
+    assert train[3].samples_seen == 3 * 2 * 8
+    assert set(result.final_metrics["eval"].values()) == {
+        "masked_lm_loss",
+        "masked_lm_accuracy",
+        "perplexity",
+    }
+    assert math.isfinite(train[3].loss)
     # bf16 autocast ran on the CPU; the saved weights stay fp32.
     assert result.model_path is not None
     assert json.loads((result.model_path / MODEL_MANIFEST).read_text())["precision"] == "bf16"
@@ -412,9 +424,9 @@ def test_minilm_trains_a_few_steps(
     )
     assert result.status == "completed" and result.steps == 3
     (warning,) = result.warnings
-    assert warning["code"] == "newly_initialized_parameters"
-    assert all(p.startswith("cls.") for p in warning["parameters"])
-    assert 0.2 <= result.baseline_metrics["eval"]["next_sentence_accuracy"] <= 0.8
+    assert warning.code == "newly_initialized_parameters" and warning.parameters
+    assert all(p.startswith("cls.") for p in warning.parameters)
+    assert 0.2 <= (result.baseline_metrics["eval"].next_sentence_accuracy or 0) <= 0.8
     assert result.model_path is not None and (result.model_path / "model.safetensors").is_file()
 
 

@@ -12,14 +12,11 @@ import pytest
 import torch
 
 from tests.pretraining.conftest import save_checkpoint, tiny_config
+from worker.pretraining.base_model import NEWLY_INITIALIZED, load_base_model
 from worker.pretraining.collator import PretrainingCollator
+from worker.pretraining.loss import pretraining_loss
 from worker.pretraining.masking import MaskingConfig, TokenMasker
-from worker.pretraining.model import (
-    NEWLY_INITIALIZED,
-    BaseModelError,
-    load_base_model,
-    pretraining_loss,
-)
+from worker.pretraining.model_files import BaseModelError
 
 
 def _instances(tokenizer: Any, n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -83,9 +80,9 @@ def test_bare_encoder_reports_new_heads_and_keeps_encoder(tiny_encoder_dir: Path
         "cls.seq_relationship.bias",
     }
     (warning,) = loaded.warnings
-    assert warning["code"] == NEWLY_INITIALIZED
-    assert set(warning["parameters"]) == new
-    assert "50%" in warning["message"]
+    assert warning.code == NEWLY_INITIALIZED
+    assert set(warning.parameters or []) == new
+    assert "50%" in warning.message
     # The un-prefixed encoder weights were mapped onto bert.*: compare with the file itself.
     saved = load_file(str(tiny_encoder_dir / "model.safetensors"))
     state = loaded.model.state_dict()
@@ -183,9 +180,11 @@ def test_gathered_loss_equals_stock_loss(tiny_bert_dir: Path, tokenizer: Any) ->
         )
     assert abs(ours.loss.item() - stock.loss.item()) < 1e-5
     assert abs(mlm_only.loss.item() - stock_mlm.item()) < 1e-5
-    assert mlm_only.nsp_loss is None
-    assert int(ours.mlm_count) == int((batch["labels"] != -100).sum())
-    assert ours.nsp_count is not None and int(ours.nsp_count) == batch["input_ids"].shape[0]
+    assert mlm_only.next_sentence_loss is None
+    assert int(ours.masked_lm_count) == int((batch["labels"] != -100).sum())
+    assert (
+        ours.next_sentence_count is not None and int(ours.next_sentence_count) == batch["input_ids"].shape[0]
+    )
 
 
 def test_micro_batch_losses_sum_to_the_whole_batch_loss(tiny_bert_dir: Path, tokenizer: Any) -> None:
@@ -198,7 +197,8 @@ def test_micro_batch_losses_sum_to_the_whole_batch_loss(tiny_bert_dir: Path, tok
     with torch.no_grad():
         whole = pretraining_loss(model, batch).loss
         parts = sum(
-            pretraining_loss(model, half, mlm_normalizer=mlm_total, nsp_normalizer=10).loss for half in halves
+            pretraining_loss(model, half, masked_lm_normalizer=mlm_total, next_sentence_normalizer=10).loss
+            for half in halves
         )
     assert abs(float(whole) - float(parts)) < 1e-5
 
@@ -210,4 +210,4 @@ def test_loss_gradients_reach_tied_embeddings_and_heads(tiny_encoder_dir: Path, 
     assert model.bert.embeddings.word_embeddings.weight.grad is not None
     assert model.cls.seq_relationship.weight.grad is not None
     assert model.cls.predictions.transform.dense.weight.grad is not None
-    assert 0 <= int(out.mlm_correct) <= int(out.mlm_count)
+    assert 0 <= int(out.masked_lm_correct) <= int(out.masked_lm_count)

@@ -19,15 +19,16 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.checkpoints.inspect import inspect_checkpoint_dir
 from app.config import Settings
 from app.db import create_session_factory, session_scope
 from app.ids import new_id
-from app.models import Checkpoint, Corpus, Run, RunStatus, Tenant
+from app.models import Checkpoint, Corpus, Run, Tenant
 from app.runs.live import create_redis, stream_key
+from app.runs.states import RunStatus
 from app.storage import LocalStorage
 from tests.app.conftest import REDIS_URL, database_url, engine, tiny_pretraining_checkpoint  # noqa: F401
 from worker.context import WorkerContext
+from worker.pretraining.model_files import inspect_model_dir
 
 # A run of a few steps of the tiny BERT: seconds on a CPU.
 TINY_HYPERPARAMETERS: dict[str, Any] = {
@@ -132,7 +133,7 @@ class Factory:
         with self.storage.open_tree(key) as tree:
             for file in directory.iterdir():
                 shutil.copy(file, tree.path / file.name)
-            summary = inspect_checkpoint_dir(tree.path)
+            summary = inspect_model_dir(tree.path)
             tree.commit()
         with session_scope(self.session_factory) as session:
             session.add(
@@ -141,7 +142,7 @@ class Factory:
                     tenant_id=self.tenant_id,
                     name="tiny",
                     storage_key=key,
-                    config=summary.config,
+                    config=summary.config_summary,
                     has_pretraining_heads=summary.has_pretraining_heads,
                     parameters=summary.parameters,
                     bytes=self.storage.size(key),

@@ -10,8 +10,10 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from app.db import session_scope
-from app.models import Run, RunCheckpoint, RunEvent, RunStatus
+from app.models import Run, RunCheckpoint, RunEvent
 from app.runs import live
+from app.runs.schemas import RunProgress
+from app.runs.states import RunStatus
 from tests.worker.conftest import TINY_HYPERPARAMETERS, Factory
 from worker.context import WorkerContext
 from worker.executor import execute_run
@@ -23,7 +25,9 @@ def _events(factory: Factory, run_id: str) -> list[RunEvent]:
 
 
 def _stream(factory: Factory, run_id: str) -> list[tuple[str, dict]]:
-    return [(type, data) for _, type, data in live.read_since(factory.redis, run_id, "0-0", count=10_000)]
+    return [
+        (entry.type, entry.json()) for entry in live.read_since(factory.redis, run_id, "0-0", count=10_000)
+    ]
 
 
 def test_a_duplicate_delivery_does_nothing(factory: Factory, worker_context: WorkerContext) -> None:
@@ -52,7 +56,7 @@ def test_a_missing_input_fails_the_run_before_training(
     assert [event.type for event in _events(factory, run_id)] == ["claimed", "failed"]
     assert _stream(factory, run_id)[-1] == (
         "status",
-        {"status": "failed", "progress": {}, "error": run.error},
+        {"status": "failed", "progress": RunProgress().model_dump(), "error": run.error},
     )
 
 

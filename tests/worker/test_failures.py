@@ -8,7 +8,7 @@ from worker.failures import describe_failure, describe_process_death
 from worker.job import TrainingJob
 from worker.pretraining.corpus import CorpusFormatError
 from worker.pretraining.hyperparameters import HyperparameterError
-from worker.pretraining.model import BaseModelError
+from worker.pretraining.model_files import BaseModelError
 
 JOB = TrainingJob(
     run_id="run_abc",

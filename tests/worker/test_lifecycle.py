@@ -11,23 +11,51 @@ from sqlalchemy.orm import Session
 
 from app.db import create_db_engine, create_session_factory, session_scope, upgrade_database
 from app.ids import new_id
-from app.models import Run, RunCheckpoint, RunEvent, RunMetric, RunStatus, Tenant
+from app.models import Run, RunCheckpoint, RunEvent, RunMetric, Tenant
 from app.runs import lifecycle
+from app.runs.events import RunEventType, add_event
+from app.runs.states import RunStatus, Trigger
 from tests.worker.conftest import Factory
+from worker.pretraining.records import EvalMetrics, MetricsRecord, TrainMetrics
+
+
+def _train(step: int, loss: float, grad_norm: float | None) -> MetricsRecord:
+    metrics = TrainMetrics(
+        loss=loss,
+        learning_rate=1e-4 * step,
+        grad_norm=grad_norm,
+        tokens_per_second=50.0,
+        samples_seen=8 * step,
+        epoch=0.5,
+    )
+    return MetricsRecord(split="train", step=step, metrics=metrics)
+
 
 RECORDS = [
-    {
-        "split": "train",
-        "step": 1,
-        "metrics": {"loss": 7.5, "learning_rate": 1e-4, "grad_norm": None, "step": 1},
-    },
-    {
-        "split": "train",
-        "step": 2,
-        "metrics": {"loss": 7.1, "learning_rate": 2e-4, "grad_norm": 3.0, "step": 2},
-    },
-    {"split": "eval", "step": 2, "metrics": {"masked_lm_loss": 7.0, "perplexity": float("inf")}},
+    _train(1, 7.5, None),
+    _train(2, float("nan"), 3.0),
+    MetricsRecord(
+        split="eval",
+        step=2,
+        metrics=EvalMetrics(masked_lm_loss=7.0, masked_lm_accuracy=0.1, perplexity=float("inf")),
+    ),
 ]
+# The points of RECORDS: only finite numbers (no row for a None, a NaN or an infinity).
+_EVERY_STEP = {"tokens_per_second": 50.0, "epoch": 0.5}
+RECORDED_POINTS = {
+    **{
+        ("train", name, 1): value
+        for name, value in {**_EVERY_STEP, "loss": 7.5, "learning_rate": 1e-4}.items()
+    },
+    **{
+        ("train", name, 2): value
+        for name, value in {**_EVERY_STEP, "learning_rate": 2e-4, "grad_norm": 3.0}.items()
+    },
+    ("train", "samples_seen", 1): 8,
+    ("train", "samples_seen", 2): 16,
+    ("eval", "masked_lm_loss", 2): 7.0,
+    ("eval", "masked_lm_accuracy", 2): 0.1,
+}
 
 
 def _claim(factory: Factory, run_id: str, worker_id: str) -> lifecycle.ClaimedRun | None:
@@ -78,10 +106,8 @@ def test_writes_are_fenced_by_the_attempt(factory: Factory) -> None:
         assert beat == lifecycle.Heartbeat(owned=True, cancel_requested=False, status=RunStatus.RUNNING)
         # A stale supervisor (an older attempt) changes nothing.
         assert not lifecycle.heartbeat(session, run_id, claimed.attempt - 1, progress={"step": 99}).owned
-        assert not lifecycle.finish_run(session, run_id, claimed.attempt - 1, RunStatus.FAILED)
-        assert lifecycle.finish_run(
-            session, run_id, claimed.attempt, RunStatus.SUCCEEDED, output_storage_key="k"
-        )
+        assert not lifecycle.finish_run(session, run_id, claimed.attempt - 1, Trigger.FAIL)
+        assert lifecycle.finish_run(session, run_id, claimed.attempt, Trigger.SUCCEED, output_storage_key="k")
     run = factory.get_run(run_id)
     assert run.status == RunStatus.SUCCEEDED and run.progress["step"] == 3 and run.output_storage_key == "k"
     assert run.finished_at is not None
@@ -103,15 +129,7 @@ def test_metric_batches_written_twice_do_not_duplicate(factory: Factory) -> None
         with session_scope(factory.session_factory) as session:
             lifecycle.write_metrics(session, run_id, RECORDS)
     points = _points(factory.session_factory, run_id)
-    # Only finite numbers are points; "step" is the key, not a metric.
-    assert points == {
-        ("train", "loss", 1): 7.5,
-        ("train", "learning_rate", 1): 1e-4,
-        ("train", "loss", 2): 7.1,
-        ("train", "learning_rate", 2): 2e-4,
-        ("train", "grad_norm", 2): 3.0,
-        ("eval", "masked_lm_loss", 2): 7.0,
-    }
+    assert points == RECORDED_POINTS
 
 
 def test_checkpoint_rows_follow_rotation_and_events_get_ids(factory: Factory) -> None:
@@ -128,7 +146,8 @@ def test_checkpoint_rows_follow_rotation_and_events_get_ids(factory: Factory) ->
                 storage_key=f"runs/{run_id}/c-{step}",
             )
         assert lifecycle.forget_checkpoints(session, run_id, [20, 30]) == [10]
-        event = lifecycle.add_event(session, run_id, "evaluation", "eval", data={"loss": float("inf")})
+        event = add_event(session, run_id, RunEventType.EVALUATION, "eval", data={"loss": float("inf")})
+        session.expire(event)  # read back what the database holds: JSON has no infinity
         assert event.id is not None and event.data == {"loss": None}
     with session_scope(factory.session_factory) as session:  # the same step saved again: updated
         lifecycle.record_checkpoint(
@@ -163,6 +182,6 @@ def test_claim_and_idempotent_metrics_on_sqlite(tmp_path: Path) -> None:
         for _ in range(2):
             with session_scope(session_factory) as session:
                 lifecycle.write_metrics(session, "run_1", RECORDS)
-        assert len(_points(session_factory, "run_1")) == 6
+        assert _points(session_factory, "run_1") == RECORDED_POINTS
     finally:
         engine.dispose()

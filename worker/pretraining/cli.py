@@ -83,6 +83,7 @@ def prepare_command(
 ) -> None:
     """Validate CORPUS (one sentence per line, a blank line between documents; .txt or .txt.gz) and
     build NSP/MLM training instances; prints one JSON object of statistics."""
+    from worker.pretraining.model_files import BaseModelError
     from worker.pretraining.prepare import PreparationError, prepare_corpus
 
     started = time.perf_counter()
@@ -101,6 +102,6 @@ def prepare_command(
         )
     except CorpusFormatError as exc:
         fail(str(exc))
-    except (PreparationError, OSError) as exc:
+    except (PreparationError, BaseModelError, OSError) as exc:
         fail(str(exc))
     click.echo(json.dumps(preparation_report(prepared, time.perf_counter() - started), indent=2))

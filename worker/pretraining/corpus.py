@@ -8,8 +8,8 @@ contribute no "is next" pairs.
 
 Everything here is push-based and bounded in memory so that the web API can validate an upload chunk by
 chunk while it streams in, and the data preparation can consume documents (``on_document``) in the same
-single pass that computes the statistics. Only the standard library is used: the API must not pay for
-importing torch or numpy.
+single pass that computes the statistics. Only the standard library (and pydantic, for the warning type
+shared with the rest of the run's reports) is used: the API must not pay for importing torch or numpy.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from worker.pretraining.records import RunWarning
+
 __all__ = [
     "CorpusFormatError",
     "CorpusReader",
     "CorpusReport",
     "CorpusScanner",
     "CorpusStats",
-    "CorpusWarning",
     "iter_documents",
     "scan_corpus",
 ]
@@ -109,19 +110,6 @@ class CorpusFormatError(ValueError):
 
 
 @dataclass
-class CorpusWarning:
-    """Something that makes the corpus worse for pre-training but does not prevent it."""
-
-    code: str
-    count: int
-    message: str
-    first_line: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
 class CorpusStats:
     """Sizes of the corpus. ``bytes`` and ``sha256`` are of the raw input as given (compressed for gzip);
     ``characters`` counts sentence text after stripping surrounding whitespace."""
@@ -140,10 +128,13 @@ class CorpusStats:
 @dataclass
 class CorpusReport:
     stats: CorpusStats
-    warnings: list[CorpusWarning] = field(default_factory=list)
+    warnings: list[RunWarning] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stats": self.stats.to_dict(), "warnings": [w.to_dict() for w in self.warnings]}
+        return {
+            "stats": self.stats.to_dict(),
+            "warnings": [w.model_dump(exclude_none=True) for w in self.warnings],
+        }
 
 
 class CorpusScanner:
@@ -461,12 +452,12 @@ class CorpusScanner:
             sentences_per_document=_distribution(self._sentence_counts),
         )
 
-    def _warnings(self) -> list[CorpusWarning]:
-        warnings: list[CorpusWarning] = []
+    def _warnings(self) -> list[RunWarning]:
+        warnings: list[RunWarning] = []
         documents, single = self._documents, self._one_sentence
         if documents >= _BLANK_LINE_MIN_DOCUMENTS and single > _BLANK_LINE_SHARE * documents:
             warnings.append(
-                CorpusWarning(
+                RunWarning(
                     code="blank_line_after_every_sentence",
                     count=single,
                     message=(
@@ -480,7 +471,7 @@ class CorpusScanner:
             )
         if single:
             warnings.append(
-                CorpusWarning(
+                RunWarning(
                     code="one_sentence_documents",
                     count=single,
                     message=(
@@ -493,7 +484,7 @@ class CorpusScanner:
             )
         if self._duplicates:
             warnings.append(
-                CorpusWarning(
+                RunWarning(
                     code="duplicate_documents",
                     count=self._duplicates,
                     message=(

@@ -36,6 +36,8 @@ from worker.pretraining.dataset import PreparedSplit
 from worker.pretraining.hyperparameters import PreparationConfig
 from worker.pretraining.instances import InstancePlan, TokenizedDocuments, materialize, plan_instances
 from worker.pretraining.masking import MaskingConfig, TokenMasker
+from worker.pretraining.records import PreparedDataSummary, SplitSummary
+from worker.pretraining.tokenizer import load_tokenizer
 
 __all__ = [
     "FORMAT_VERSION",
@@ -43,7 +45,6 @@ __all__ = [
     "PreparedData",
     "cache_key",
     "file_sha256",
-    "load_tokenizer",
     "prepare_corpus",
     "prepare_eval_corpus",
     "tokenizer_fingerprint",
@@ -79,21 +80,20 @@ class PreparedData:
     def eval(self) -> PreparedSplit | None:
         return PreparedSplit(self.path, "eval") if self.manifest["splits"].get("eval") else None
 
+    def summary(self) -> PreparedDataSummary:
+        """What the run reports of its data (the ``started`` record)."""
+        return PreparedDataSummary(
+            data_key=self.key,
+            corpus=self.manifest["corpus"],
+            eval_corpus=self.manifest.get("eval_corpus"),
+            splits=self.manifest["splits"],
+            preparation_seconds=self.manifest.get("seconds"),
+        )
+
 
 def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def load_tokenizer(tokenizer: Any) -> Any:
-    """A fast tokenizer from a directory (or hub id), or the tokenizer object itself."""
-    if isinstance(tokenizer, (str, Path)):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
-    if not getattr(tokenizer, "is_fast", False):
-        raise PreparationError("a fast (Rust) tokenizer is required; the checkpoint has no tokenizer.json")
-    return tokenizer
 
 
 def _backend(tokenizer: Any) -> Any:
@@ -298,20 +298,22 @@ class _SplitWriter:
             counts[k] = len(positions)
         return np.concatenate(all_positions), np.concatenate(all_replacements), counts
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, *, documents: int, static_masks: bool) -> SplitSummary:
         n = max(self.instances, 1)
         tokens = max(self.tokens, 1)
-        return {
-            "instances": self.instances,
-            "tokens": self.tokens,
-            "shards": self.shards,
-            "is_next_share": round(self.is_next / n, 4),
-            "mean_length": round(self.tokens / n, 2),
-            "short_target_share": round(self.short_targets / n, 4),
-            "truncated_pairs": self.truncated,
-            "masked_share": round(self.predicted / tokens, 4),
-            "unk_rate": round(self.unk / tokens, 6),
-        }
+        return SplitSummary(
+            documents=documents,
+            static_masks=static_masks,
+            instances=self.instances,
+            tokens=self.tokens,
+            shards=self.shards,
+            is_next_share=round(self.is_next / n, 4),
+            mean_length=round(self.tokens / n, 2),
+            short_target_share=round(self.short_targets / n, 4),
+            truncated_pairs=self.truncated,
+            masked_share=round(self.predicted / tokens, 4),
+            unk_rate=round(self.unk / tokens, 6),
+        )
 
 
 def _expected_predictions(lengths: np.ndarray, config: MaskingConfig) -> np.ndarray:
@@ -332,7 +334,7 @@ def _write_split(
     static: bool,
     passes: int,
     seed_tag: int,
-) -> dict[str, Any]:
+) -> SplitSummary:
     masking_config = MaskingConfig.from_hyperparameters(config)
     writer = _SplitWriter(
         directory=directory,
@@ -361,10 +363,7 @@ def _write_split(
                 writer.write(docs, buffered)
                 buffered = InstancePlan.empty()
     writer.write(docs, buffered)
-    summary = writer.summary()
-    summary["documents"] = len(document_ids)
-    summary["static_masks"] = static
-    return summary
+    return writer.summary(documents=len(document_ids), static_masks=static)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -400,7 +399,7 @@ def _corpus_summary(tokenized: _TokenizedCorpus) -> dict[str, Any]:
     tokens = len(tokenized.documents.token_ids)
     return {
         **tokenized.report.stats.to_dict(),
-        "warnings": [w.to_dict() for w in tokenized.report.warnings],
+        "warnings": [w.model_dump(exclude_none=True) for w in tokenized.report.warnings],
         "tokens": tokens,
         "wordpieces_per_word": round(tokens / max(tokenized.words, 1), 4),
         "empty_sentences_dropped": tokenized.empty_sentences,
@@ -515,7 +514,7 @@ def prepare_corpus(
             "config": config.model_dump(mode="json"),
             "corpus": _corpus_summary(tokenized),
             "eval_corpus": _corpus_summary(eval_tokenized) if eval_tokenized else None,
-            "splits": splits,
+            "splits": {name: split.model_dump() for name, split in splits.items()},
             "seconds": round(time.perf_counter() - started, 3),
         }
 
@@ -554,7 +553,7 @@ def prepare_eval_corpus(
             "tokenizer_fingerprint": fingerprint,
             "config": config.model_dump(mode="json"),
             "corpus": _corpus_summary(tokenized),
-            "splits": {"eval": split},
+            "splits": {"eval": split.model_dump()},
             "seconds": round(time.perf_counter() - started, 3),
         }
 

@@ -1,4 +1,4 @@
-"""Checkpoint directories: atomic publication, rotation, discovery, and the resume check.
+"""A run's checkpoint directories: atomic publication, rotation, discovery, and the resume check.
 
 A checkpoint is written into ``tmp-checkpoint-<step>-<random>`` and only renamed to
 ``checkpoint-<step>`` once every file, the manifest last, is on disk (files and directory fsynced).
@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from worker.pretraining.layout import CHECKPOINT_MANIFEST, TMP_PREFIX, TRAINER_STATE, checkpoint_step
+
 __all__ = [
-    "CHECKPOINT_MANIFEST",
-    "MODEL_MANIFEST",
     "RESUME_INSENSITIVE",
     "ResumeError",
     "complete_checkpoints",
@@ -30,13 +29,6 @@ __all__ = [
     "rotate_checkpoints",
     "write_json",
 ]
-
-CHECKPOINT_PREFIX = "checkpoint-"
-TMP_PREFIX = "tmp-"
-CHECKPOINT_MANIFEST = "bertpt_checkpoint.json"
-MODEL_MANIFEST = "bertpt_manifest.json"
-TRAINER_STATE = "trainer_state.json"
-_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 # Hyperparameters that may change between an interrupted run and its resume: they do not change what
 # is trained (when and how often things are logged, evaluated or saved, the time budget, execution
@@ -138,9 +130,9 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for entry in root.iterdir():
-        match = _CHECKPOINT_NAME.match(entry.name)
-        if match and (entry / CHECKPOINT_MANIFEST).is_file() and (entry / TRAINER_STATE).is_file():
-            found.append((int(match.group(1)), entry))
+        step = checkpoint_step(entry.name)
+        if step is not None and (entry / CHECKPOINT_MANIFEST).is_file() and (entry / TRAINER_STATE).is_file():
+            found.append((step, entry))
     return sorted(found)
 
 
@@ -160,7 +152,7 @@ def remove_incomplete(root: Path) -> list[Path]:
         if not entry.is_dir():
             continue
         if entry.name.startswith(TMP_PREFIX) or (
-            _CHECKPOINT_NAME.match(entry.name) and entry not in complete
+            checkpoint_step(entry.name) is not None and entry not in complete
         ):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)

@@ -17,8 +17,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from worker.pretraining import records
 from worker.pretraining.cli_options import schema_options, schema_overrides
 from worker.pretraining.hyperparameters import HyperparameterError, Hyperparameters, load_hyperparameters
+from worker.pretraining.records import TrainingRecord, TrainingResult
 
 __all__ = ["summary_table", "train_command"]
 
@@ -36,7 +38,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def summary_table(result: Any) -> Table:
+def summary_table(result: TrainingResult) -> Table:
     """Baseline vs final evaluation metrics, per split."""
     table = Table(title=f"bertpt train: {result.status} after {result.steps}/{result.max_steps} steps")
     table.add_column("split")
@@ -46,8 +48,8 @@ def summary_table(result: Any) -> Table:
     table.add_column("change", justify="right")
     splits = sorted(set(result.baseline_metrics) | set(result.final_metrics))
     for split in splits:
-        baseline = result.baseline_metrics.get(split, {})
-        final = result.final_metrics.get(split, {})
+        baseline = result.baseline_metrics[split].values() if split in result.baseline_metrics else {}
+        final = result.final_metrics[split].values() if split in result.final_metrics else {}
         for metric in sorted(set(baseline) | set(final)):
             before, after = baseline.get(metric), final.get(metric)
             change = after - before if isinstance(before, float) and isinstance(after, float) else None
@@ -58,7 +60,7 @@ def summary_table(result: Any) -> Table:
 
 
 class _Display:
-    """Progress bar fed by the run's progress callback and metric records."""
+    """Progress bar fed by the run's records."""
 
     def __init__(self, console: Console):
         self.console = console
@@ -86,27 +88,27 @@ class _Display:
     def log(self, message: str) -> None:
         self.console.print(message, style="dim", markup=False, highlight=False)
 
-    def on_progress(self, step: int, total: int) -> None:
-        if self.task is None:
-            self.task = self.progress.add_task("train", total=total, completed=step, loss="-", speed="-")
-        self.progress.update(self.task, completed=step, total=total)
-
-    def on_record(self, record: dict[str, Any]) -> None:
-        if record.get("type") != "metrics":
-            if record.get("event") == "checkpoint":
-                self.log(f"checkpoint written: {record.get('path')}")
-            return
-        metrics = record["metrics"]
-        if record["split"] == "train":
-            if self.task is not None:
-                self.progress.update(
-                    self.task, loss=f"{metrics['loss']:.4f}", speed=f"{metrics['tokens_per_second']:,.0f}"
+    def on_record(self, record: TrainingRecord) -> None:
+        if isinstance(record, records.Progress):
+            if self.task is None:
+                self.task = self.progress.add_task(
+                    "train", total=record.max_steps, completed=record.step, loss="-", speed="-"
                 )
-            return
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
-        self.console.print(
-            f"{record['split']} @ step {record['step']}: {shown}", markup=False, highlight=False
-        )
+            self.progress.update(self.task, completed=record.step, total=record.max_steps)
+        elif isinstance(record, records.LogLine):
+            self.log(record.message)
+        elif isinstance(record, records.CheckpointSaved):
+            self.log(f"checkpoint written: {record.path}")
+        elif isinstance(record, records.MetricsRecord):
+            metrics = record.metrics
+            if isinstance(metrics, records.TrainMetrics):
+                if self.task is not None:
+                    self.progress.update(
+                        self.task, loss=f"{metrics.loss:.4f}", speed=f"{metrics.tokens_per_second:,.0f}"
+                    )
+                return
+            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.values().items())
+            self.console.print(f"{record.split} @ step {record.step}: {shown}", markup=False, highlight=False)
 
 
 def _stop_on_interrupt() -> tuple[Any, Any]:
@@ -171,11 +173,11 @@ def train_command(
     **options: Any,
 ) -> None:
     """Continue pre-training a BERT checkpoint (masked LM + next-sentence prediction) on a corpus."""
-    from worker.pretraining.checkpoints import ResumeError
     from worker.pretraining.corpus import CorpusFormatError
     from worker.pretraining.engine import TrainingError, run_pretraining
-    from worker.pretraining.model import BaseModelError
+    from worker.pretraining.model_files import BaseModelError
     from worker.pretraining.prepare import PreparationError
+    from worker.pretraining.run_checkpoints import ResumeError
 
     console = Console(soft_wrap=True)
     try:
@@ -198,8 +200,6 @@ def train_command(
                 sink=display.on_record,
                 should_stop=should_stop,
                 resume=resume,
-                progress=display.on_progress,
-                log=display.log,
             )
     except (BaseModelError, ResumeError, TrainingError, PreparationError, CorpusFormatError) as exc:
         click.echo(f"error: {exc}", err=True)
@@ -209,7 +209,7 @@ def train_command(
 
     console.print(summary_table(result))
     for warning in result.warnings:
-        console.print(f"warning: {warning['message']}", style="yellow", markup=False, highlight=False)
+        console.print(f"warning: {warning.message}", style="yellow", markup=False, highlight=False)
     if result.model_path is not None:
         console.print(f"model: {result.model_path}")
     if result.checkpoint_path is not None and result.status != "completed":

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
+from app.api.multipart import MultipartUpload, multipart_request_body
 from app.api.schemas import PageAfter, PageLimit, error_responses
-from app.api.uploads import MultipartUpload, multipart_request_body
 from app.checkpoints import service
 from app.checkpoints.schemas import CheckpointPublic, CheckpointsPublic
 from app.models import Checkpoint

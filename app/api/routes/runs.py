@@ -3,27 +3,31 @@ model as downloads."""
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import AsyncIterator, Callable
-from functools import partial
-from typing import Annotated, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-import anyio
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
-from app.api.deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
-from app.api.schemas import ErrorDetail, ErrorResponse, PageAfter, PageLimit, error_responses, json_response
-from app.errors import BadRequest, ValidationFailed
-from app.models import RunStatus
+from app.api.deps import (
+    AsyncRedisDep,
+    CurrentTenant,
+    EnqueuerDep,
+    LivePublisherDep,
+    MetricsCacheDep,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    StreamOptionsDep,
+)
+from app.api.downloads import file_download
+from app.api.schemas import ErrorResponse, PageAfter, PageLimit, error_responses, json_response
+from app.errors import ValidationFailed
 from app.pagination import DEFAULT_LIMIT
-from app.queue import create_celery, enqueue_run
-from app.runs import live, service
-from app.runs.archives import StoredArchive
+from app.runs import downloads, metric_series, service, submission
+from app.runs.download_archive import StoredArchive
 from app.runs.downsample import MIN_POINTS
 from app.runs.schemas import (
     MetricSplit,
@@ -35,7 +39,8 @@ from app.runs.schemas import (
     RunPublic,
     RunsPublic,
 )
-from app.runs.stream import StreamOptions, open_async_redis, parse_last_event_id, run_events
+from app.runs.states import RunStatus
+from app.runs.stream import follow_run, parse_last_event_id
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=error_responses(401))
 
@@ -51,54 +56,6 @@ IncludeTrainingState = Annotated[
         "trainer_state.json.",
     ),
 ]
-
-# -- dependencies (overridable in tests) -------------------------------------------------------------------
-
-T = TypeVar("T")
-_state_guard = threading.Lock()
-
-
-def _app_singleton(request: Request, name: str, build: Callable[[], T]) -> T:
-    """An object built once per app and kept on ``app.state`` (each app has its own settings)."""
-    value = getattr(request.app.state, name, None)
-    if value is None:
-        with _state_guard:
-            value = getattr(request.app.state, name, None)
-            if value is None:
-                value = build()
-                setattr(request.app.state, name, value)
-    return value
-
-
-async def get_run_enqueuer(request: Request) -> service.RunEnqueuer:
-    """Sends ``bertpt.runs.execute`` through a Celery client configured from this app's settings."""
-    celery = _app_singleton(request, "runs_celery", lambda: create_celery(request.app.state.settings))
-    return partial(enqueue_run, celery=celery)
-
-
-async def get_live_publisher(settings: SettingsDep) -> service.LivePublisher:
-    def publish(run_id: str, type: live.MessageType, data: dict[str, Any]) -> None:
-        client = live.create_redis(settings.redis_url, socket_timeout=2.0)
-        try:
-            live.publish(client, run_id, type, data)
-        finally:
-            client.close()
-
-    return publish
-
-
-async def get_metrics_cache(request: Request) -> service.MetricBucketCache:
-    return _app_singleton(request, "runs_metrics_cache", service.MetricBucketCache)
-
-
-async def get_stream_options() -> StreamOptions:
-    return StreamOptions()
-
-
-EnqueuerDep = Annotated[service.RunEnqueuer, Depends(get_run_enqueuer)]
-PublisherDep = Annotated[service.LivePublisher, Depends(get_live_publisher)]
-MetricsCacheDep = Annotated[service.MetricBucketCache, Depends(get_metrics_cache)]
-StreamOptionsDep = Annotated[StreamOptions, Depends(get_stream_options)]
 
 
 # -- runs --------------------------------------------------------------------------------------------------
@@ -133,7 +90,7 @@ def create_run(
         Header(alias="Idempotency-Key", description="Any unique string (a UUID): makes retrying safe."),
     ] = None,
 ) -> RunPublic:
-    result = service.create_run(
+    result = submission.create_run(
         session, storage, settings, tenant, body, idempotency_key=idempotency_key, enqueue=enqueue
     )
     response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
@@ -175,8 +132,10 @@ def get_run(run_id: RunId, session: SessionDep, tenant: CurrentTenant) -> Respon
     "finished run is returned unchanged.",
     responses=error_responses(404),
 )
-def cancel_run(run_id: RunId, session: SessionDep, tenant: CurrentTenant, publish: PublisherDep) -> RunPublic:
-    return RunPublic.from_run(service.cancel_run(session, tenant, run_id, publish=publish))
+def cancel_run(
+    run_id: RunId, session: SessionDep, tenant: CurrentTenant, publisher: LivePublisherDep
+) -> RunPublic:
+    return RunPublic.from_run(service.cancel_run(session, tenant, run_id, publisher=publisher))
 
 
 @router.delete(
@@ -210,7 +169,9 @@ def get_metrics(
     cache: MetricsCacheDep,
     names: Annotated[
         list[str] | None,
-        Query(description="Only these metrics (repeat it, or separate with commas), e.g. loss,mlm_loss."),
+        Query(
+            description="Only these metrics (repeat it, or separate with commas), e.g. loss,masked_lm_loss."
+        ),
     ] = None,
     split: Annotated[MetricSplit | None, Query(description="Only this split.")] = None,
     since_step: Annotated[int | None, Query(ge=0, description="First step (inclusive).")] = None,
@@ -220,10 +181,10 @@ def get_metrics(
     wanted = _split_list(names)
     if len(wanted) > MAX_METRIC_NAMES or any(len(name) > 64 for name in wanted):
         raise ValidationFailed("names", f"at most {MAX_METRIC_NAMES} names of at most 64 characters")
-    query = service.MetricsQuery(
+    query = metric_series.MetricsQuery(
         names=wanted or None, split=split, since_step=since_step, until_step=until_step, max_points=max_points
     )
-    return json_response(service.get_metrics(session, tenant, run_id, query, cache=cache))
+    return json_response(metric_series.get_metrics(session, tenant, run_id, query, cache=cache))
 
 
 @router.get(
@@ -258,7 +219,7 @@ def stream_run(
     request: Request,
     session: SessionDep,
     tenant: CurrentTenant,
-    settings: SettingsDep,
+    client: AsyncRedisDep,
     options: StreamOptionsDep,
     last_event_id: Annotated[str | None, Query(description="Resume after this event id.")] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -275,15 +236,11 @@ def stream_run(
         return await run_in_threadpool(service.run_is_terminal, session_factory, found_run_id)
 
     async def events() -> AsyncIterator[ServerSentEvent]:
-        client = open_async_redis(settings.redis_url, options)
-        try:
-            async for event in run_events(
-                client, found_run_id, after=after, terminal=terminal, is_terminal=is_terminal, options=options
-            ):
-                yield event
-        finally:
-            with anyio.CancelScope(shield=True):  # also when the client went away and the task is cancelled
-                await client.aclose()
+        entries = follow_run(
+            client, found_run_id, after=after, terminal=terminal, is_terminal=is_terminal, options=options
+        )
+        async for entry in entries:
+            yield ServerSentEvent(data=entry.data, event=entry.type, id=entry.id)
 
     return EventSourceResponse(events(), ping=options.ping_seconds)
 
@@ -327,7 +284,7 @@ def download_checkpoint(
     storage: StorageDep,
     include_training_state: IncludeTrainingState = False,
 ) -> Response:
-    archive = service.checkpoint_archive(
+    archive = downloads.checkpoint_archive(
         session, storage, tenant, run_id, step, include_training_state=include_training_state
     )
     return _archive_response(request, archive)
@@ -350,50 +307,16 @@ def download_model(
     storage: StorageDep,
     include_training_state: IncludeTrainingState = False,
 ) -> Response:
-    archive = service.model_archive(
+    archive = downloads.model_archive(
         session, storage, tenant, run_id, include_training_state=include_training_state
     )
     return _archive_response(request, archive)
 
 
 def _archive_response(request: Request, archive: StoredArchive) -> Response:
-    etag = f'"{archive.sha256}"'
-    headers = {"ETag": etag, "X-Content-SHA256": archive.sha256}
-    if _etag_matches(request.headers.get("if-none-match"), etag):
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    stat_result = os.stat(archive.path)
-    range_header = request.headers.get("range")
-    if range_header is not None:
-        # Check it the way FileResponse will serve it, to answer a bad one with our error body.
-        try:
-            FileResponse._parse_range_header(range_header, stat_result.st_size)
-        except MalformedRangeHeader as exc:
-            raise BadRequest(f"invalid Range header: {exc.content}", param="Range") from None
-        except RangeNotSatisfiable:
-            detail = ErrorDetail(
-                type="range_not_satisfiable",
-                message=f"the range is outside the {stat_result.st_size}-byte archive",
-                param="Range",
-            )
-            return JSONResponse(
-                ErrorResponse(error=detail).model_dump(),
-                status_code=status.HTTP_416_RANGE_NOT_SATISFIABLE,
-                headers={"Content-Range": f"bytes */{stat_result.st_size}"},
-            )
-    return FileResponse(
-        archive.path,
-        media_type="application/gzip",
-        filename=archive.filename,
-        headers=headers,
-        stat_result=stat_result,
+    return file_download(
+        request, archive.path, filename=archive.filename, sha256=archive.sha256, media_type="application/gzip"
     )
-
-
-def _etag_matches(if_none_match: str | None, etag: str) -> bool:
-    if if_none_match is None:
-        return False
-    candidates = [candidate.strip().removeprefix("W/") for candidate in if_none_match.split(",")]
-    return "*" in candidates or etag in candidates
 
 
 # -- helpers -------------------------------------------------------------------------------------------------

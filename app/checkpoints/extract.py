@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
-from app.checkpoints.inspect import CONVERT_HINT, PICKLE_SUFFIXES
+from worker.pretraining.model_files import ARCHIVE_FILES, CONVERT_HINT, PICKLE_SUFFIXES, is_model_file
 
 __all__ = [
-    "ALLOWED_FILES",
     "ArchiveError",
     "ArchiveTooLarge",
     "ExtractedFiles",
@@ -33,21 +32,6 @@ __all__ = [
 
 ArchiveKind = Literal["tar.gz", "zip"]
 
-ALLOWED_FILES = frozenset(
-    {
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-        "model.safetensors.index.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "vocab.txt",
-        "special_tokens_map.json",
-        "added_tokens.json",
-        "README.md",
-    }
-)
-_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 # Left behind by macOS archivers and git checkouts: skipped silently.
 _JUNK_DIRS = ("__MACOSX",)
 _JUNK_FILES = (".DS_Store", ".gitattributes")
@@ -198,10 +182,10 @@ class _Extractor:
             raise ArchiveError(
                 f"{name!r} is a pickle file. {CONVERT_HINT} Leave pickle files out of the archive."
             )
-        if name not in ALLOWED_FILES and not _SHARD.match(name):
+        if not is_model_file(name):
             raise ArchiveError(
                 f"unexpected file {name!r} in the archive; a checkpoint may hold only: "
-                f"{', '.join(sorted(ALLOWED_FILES))} and model-NNNNN-of-NNNNN.safetensors shards"
+                f"{', '.join(sorted(ARCHIVE_FILES))} and model-NNNNN-of-NNNNN.safetensors shards"
             )
         if name in self.result.names:
             raise ArchiveError(f"{name!r} appears twice in the archive")

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings
-from app.models import Run, RunStatus
+from app.models import Run
+from app.runs.states import RunStatus
 
 __all__ = ["HttpMetrics", "MetricsMiddleware", "create_registry"]
 

@@ -7,7 +7,8 @@ each with the mtime of the directory's manifest, uid/gid 0, no user names, fixed
 header without a name or time of its own; the same directory gives the same bytes and the same digest.
 
 Optimizer, scheduler, scaler and RNG state and the Trainer's state (what resuming needs, not what
-``from_pretrained`` needs, often twice the size of the weights) are left out unless asked for.
+``from_pretrained`` needs, often twice the size of the weights: ``layout.TRAINING_STATE_PATTERNS``) are
+left out unless asked for.
 
 The cached name carries a fingerprint of the files it was built from (names, sizes, modification
 times), so a directory written again (a resumed run saving the same step anew) gets a new archive.
@@ -15,7 +16,6 @@ times), so a directory written again (a resumed run saving the same step anew) g
 
 from __future__ import annotations
 
-import fnmatch
 import gzip
 import hashlib
 import json
@@ -29,28 +29,17 @@ from datetime import datetime
 from pathlib import Path
 
 from app.storage import PendingObject, Storage
-from worker.pretraining.checkpoints import CHECKPOINT_MANIFEST, MODEL_MANIFEST
+from worker.pretraining.layout import CHECKPOINT_MANIFEST, MODEL_MANIFEST, is_training_state
 
 __all__ = [
-    "TRAINING_STATE_PATTERNS",
     "ArchiveSource",
     "StoredArchive",
     "archive_members",
     "archive_mtime",
     "ensure_archive",
-    "is_training_state",
     "write_archive",
 ]
 
-# Files of a checkpoint that only resuming needs (transformers' Trainer names).
-TRAINING_STATE_PATTERNS = (
-    "optimizer.pt",
-    "scheduler.pt",
-    "scaler.pt",
-    "rng_state*.pth",
-    "trainer_state.json",
-    "training_args.bin",
-)
 # Bump when the archive layout changes, so that cached archives of the old layout are not served.
 _FORMAT = "1"
 # Weights are floats that barely compress: the fastest level loses almost nothing and builds several
@@ -77,10 +66,6 @@ class StoredArchive:
     sha256: str
     size: int
     filename: str  # the name offered to the client
-
-
-def is_training_state(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in TRAINING_STATE_PATTERNS)
 
 
 def archive_members(directory: Path, *, include_training_state: bool) -> list[tuple[str, Path]]:

@@ -1,0 +1,66 @@
+"""Every storage key bertpt writes, named once. Keys are derived from row ids, never from user input.
+
+corpora/<corpus id>/corpus.txt[.gz]   an uploaded corpus, as uploaded
+checkpoints/<checkpoint id>/          an uploaded base checkpoint, extracted (save_pretrained files)
+prepared/<cache key>/                 prepared data, shared by the runs that agree on corpus, tokenizer
+                                      and preparation parameters (worker.pretraining.prepare)
+runs/<run id>/                        a run's directory, the same for every attempt, laid out by the
+                                      training library's RunLayout: model/, checkpoints/checkpoint-<step>,
+                                      tensorboard/, metrics.jsonl, result.json
+runs/<run id>/archives/               download archives of the run's model and checkpoints, built on
+                                      first request (app.runs.download_archive)
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from worker.pretraining.layout import RunLayout
+
+__all__ = [
+    "PREPARED_DATA",
+    "checkpoint_key",
+    "corpus_key",
+    "run_archives_key",
+    "run_checkpoint_key",
+    "run_directory_key",
+    "run_layout",
+    "run_model_key",
+]
+
+CORPORA = "corpora"
+CHECKPOINTS = "checkpoints"
+RUNS = "runs"
+PREPARED_DATA = "prepared"
+ARCHIVES = "archives"
+
+
+def corpus_key(corpus_id: str, *, gzip: bool) -> str:
+    """Named after the content, not the client's file name: a gzip file called .txt is still gzip."""
+    return f"{CORPORA}/{corpus_id}/corpus.txt" + (".gz" if gzip else "")
+
+
+def checkpoint_key(checkpoint_id: str) -> str:
+    return f"{CHECKPOINTS}/{checkpoint_id}"
+
+
+def run_layout(run_id: str) -> RunLayout[PurePosixPath]:
+    """The run's directory as the training library lays it out, in storage keys."""
+    return RunLayout(PurePosixPath(RUNS, run_id))
+
+
+def run_directory_key(run_id: str) -> str:
+    return run_layout(run_id).root.as_posix()
+
+
+def run_model_key(run_id: str) -> str:
+    """Where the training writes the final model (a succeeded run records it as output_storage_key)."""
+    return run_layout(run_id).model.as_posix()
+
+
+def run_checkpoint_key(run_id: str, step: int) -> str:
+    return run_layout(run_id).checkpoint(step).as_posix()
+
+
+def run_archives_key(run_id: str) -> str:
+    return f"{run_directory_key(run_id)}/{ARCHIVES}"

@@ -1,0 +1,281 @@
+"""The files of a Hugging Face BERT model directory, and the one check of them, without torch.
+
+Both the API's checkpoint upload and the training library's loader call :func:`inspect_model_dir`: a
+directory bertpt can train holds a ``config.json`` with ``model_type: "bert"``, safetensors weights
+(``model.safetensors``, or an index and its shards) whose word-embedding matrix has ``vocab_size`` rows,
+and tokenizer files. Pickle weights are refused (they can run code when loaded) with the one-liner that
+converts them. Only the safetensors headers are read, never the weights.
+
+A safetensors file starts with an 8-byte little-endian header length N, then N bytes of JSON mapping each
+tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets into the data after the
+header), plus an optional ``__metadata__`` entry (https://github.com/huggingface/safetensors, "Format").
+
+This module imports the standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ARCHIVE_FILES",
+    "CONVERT_HINT",
+    "HUB_FILES",
+    "HUB_ID",
+    "PICKLE_SUFFIXES",
+    "SAFE_WEIGHTS",
+    "SAFE_WEIGHTS_INDEX",
+    "BaseModelError",
+    "ModelDirSummary",
+    "TensorInfo",
+    "inspect_model_dir",
+    "is_model_file",
+    "max_position_embeddings",
+    "read_config",
+    "read_safetensors_header",
+    "summarize_config",
+    "weight_files",
+]
+
+CONFIG = "config.json"
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_WEIGHTS_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+_TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_SHARD_NAME = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+# Every file of an uploaded checkpoint archive: a save_pretrained directory of a BERT model and its
+# tokenizer (plus shards matching model-NNNNN-of-NNNNN.safetensors, see is_model_file).
+ARCHIVE_FILES = frozenset(
+    {CONFIG, "generation_config.json", SAFE_WEIGHTS, SAFE_WEIGHTS_INDEX, *TOKENIZER_FILES, *_TOKENIZER_EXTRAS}
+    | {"README.md"}
+)
+# What the loader fetches of a hub repository (huggingface_hub allow_patterns): no pickles, no other
+# frameworks' weights.
+HUB_FILES = [CONFIG, "*.safetensors", SAFE_WEIGHTS_INDEX, *TOKENIZER_FILES, *_TOKENIZER_EXTRAS]
+# A hub repository id, ``name`` or ``owner/name``: letters, digits, ``-``, ``_`` and ``.``, at most 96
+# characters each (the hub's own limits).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}(/[\w.\-]{1,96})?$")
+
+CONVERT_HINT = (
+    "Pickle files can run arbitrary code when loaded, so bertpt only reads safetensors. Convert the "
+    "checkpoint once, in an environment you trust: `model = BertForPreTraining.from_pretrained(DIR, "
+    "use_safetensors=False)` (transformers' torch.load path) then `model.save_pretrained(NEW_DIR)` "
+    "(safetensors by default) and copy the tokenizer files next to it."
+)
+# The two heads of BertForPreTraining: masked-LM (its transform; the decoder is tied to the embeddings)
+# and next-sentence prediction.
+MLM_HEAD_PREFIX = "cls.predictions.transform."
+NSP_HEAD_PREFIX = "cls.seq_relationship."
+WORD_EMBEDDINGS_SUFFIX = "embeddings.word_embeddings.weight"
+
+_MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
+_DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "I16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "U32": 4,
+    "I32": 4,
+    "F32": 4,
+    "U64": 8,
+    "I64": 8,
+    "F64": 8,
+}
+
+
+class BaseModelError(ValueError):
+    """The base checkpoint cannot be used: not BERT, pickle-only weights, inconsistent vocabulary,
+    unreachable hub, ... The message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class ModelDirSummary:
+    config: dict[str, Any]  # the whole config.json
+    parameters: int
+    has_pretraining_heads: bool
+    weight_files: list[str] = field(default_factory=list)
+
+    @property
+    def config_summary(self) -> dict[str, Any]:
+        return summarize_config(self.config)
+
+    @property
+    def max_position_embeddings(self) -> int | None:
+        return max_position_embeddings(self.config)
+
+
+def max_position_embeddings(config: dict[str, Any]) -> int | None:
+    """The longest sequence the model takes (config.json ``max_position_embeddings``), None if unstated."""
+    positions = config.get("max_position_embeddings")
+    return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def is_model_file(name: str) -> bool:
+    """Whether ``name`` is a file of a BERT save_pretrained directory that bertpt accepts."""
+    return name in ARCHIVE_FILES or bool(_SHARD_NAME.match(name))
+
+
+def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """Tensor names, dtypes and shapes of a safetensors file; BaseModelError if it is not well formed."""
+    label = path.name
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as stream:
+            prefix = stream.read(8)
+            if len(prefix) < 8:
+                raise BaseModelError(f"{label}: too short to be a safetensors file")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > _MAX_HEADER_BYTES or 8 + length > size:
+                raise BaseModelError(f"{label}: not a safetensors file (bad header length)")
+            raw = stream.read(length)
+    except OSError as exc:
+        raise BaseModelError(f"{label}: cannot be read ({exc})") from exc
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BaseModelError(f"{label}: not a safetensors file (the header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise BaseModelError(f"{label}: not a safetensors file (the header is not a JSON object)")
+    data_bytes = size - 8 - length
+    return {
+        name: _tensor_info(label, name, entry, data_bytes)
+        for name, entry in header.items()
+        if name != "__metadata__"
+    }
+
+
+def _tensor_info(label: str, name: str, entry: Any, data_bytes: int) -> TensorInfo:
+    bad = BaseModelError(f"{label}: tensor {name!r} has a malformed header entry; the file is corrupt")
+    if not isinstance(entry, dict):
+        raise bad
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if (
+        not isinstance(dtype, str)
+        or not isinstance(shape, list)
+        or not all(isinstance(d, int) and d >= 0 for d in shape)
+        or not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) for o in offsets)
+    ):
+        raise bad
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_bytes:
+        raise BaseModelError(f"{label}: tensor {name!r} lies outside the file; the file is truncated")
+    info = TensorInfo(dtype=dtype, shape=tuple(shape))
+    item = _DTYPE_BYTES.get(dtype)
+    if item is not None and info.numel * item != end - begin:
+        raise bad
+    return info
+
+
+def summarize_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The fields of config.json that describe a BERT model's size and shape."""
+    return {
+        "model_type": config.get("model_type"),
+        "hidden_size": config.get("hidden_size"),
+        "layers": config.get("num_hidden_layers"),
+        "heads": config.get("num_attention_heads"),
+        "vocab_size": config.get("vocab_size"),
+        "max_position_embeddings": config.get("max_position_embeddings"),
+        "architectures": config.get("architectures") or [],
+    }
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    """config.json of a BERT model directory; BaseModelError when missing, unreadable or not BERT."""
+    path = directory / CONFIG
+    if not path.is_file():
+        raise BaseModelError(f"no {CONFIG}: this is not a Hugging Face model directory")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BaseModelError(f"{CONFIG} is unreadable ({exc})") from None
+    if not isinstance(config, dict):
+        raise BaseModelError(f"{CONFIG} is not a JSON object")
+    model_type = config.get("model_type")
+    if model_type != "bert":
+        raise BaseModelError(
+            f"model_type {model_type!r} is not supported: bertpt continues the pre-training of BERT "
+            "checkpoints (config.json model_type 'bert', masked-LM + next-sentence prediction) only"
+        )
+    return config
+
+
+def weight_files(directory: Path) -> list[str]:
+    """The safetensors files of ``directory`` (one file, or the shards its index names), by name;
+    BaseModelError when there are none (naming the pickle files found, with the conversion hint)."""
+    if (directory / SAFE_WEIGHTS).is_file():
+        return [SAFE_WEIGHTS]
+    index_path = directory / SAFE_WEIGHTS_INDEX
+    if index_path.is_file():
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+            shards = sorted(set(index["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise BaseModelError(f"{SAFE_WEIGHTS_INDEX} is unreadable or has no weight_map") from None
+        if not shards or not all(isinstance(s, str) and _SHARD_NAME.match(s) for s in shards):
+            raise BaseModelError(f"{SAFE_WEIGHTS_INDEX} names unexpected weight files")
+        missing = [s for s in shards if not (directory / s).is_file()]
+        if missing:
+            raise BaseModelError(f"{SAFE_WEIGHTS_INDEX} lists missing shard(s): {', '.join(missing)}")
+        return shards
+    pickles = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise BaseModelError(f"only pickle weights found ({', '.join(pickles[:3])}). {CONVERT_HINT}")
+    raise BaseModelError(f"no {SAFE_WEIGHTS} (or {SAFE_WEIGHTS_INDEX} with its shards) found")
+
+
+def inspect_model_dir(directory: Path) -> ModelDirSummary:
+    """Check that ``directory`` holds a BERT checkpoint bertpt can train (see the module docstring) and
+    describe it. Raises BaseModelError saying what is wrong and what to do."""
+    config = read_config(directory)
+    files = weight_files(directory)
+    tensors: dict[str, TensorInfo] = {}
+    for name in files:
+        tensors.update(read_safetensors_header(directory / name))
+    embeddings = next((info for key, info in tensors.items() if key.endswith(WORD_EMBEDDINGS_SUFFIX)), None)
+    if embeddings is None:
+        raise BaseModelError(f"the weights have no {WORD_EMBEDDINGS_SUFFIX}: not a BERT checkpoint")
+    vocab_size = config.get("vocab_size")
+    rows = embeddings.shape[0] if embeddings.shape else None
+    if rows != vocab_size:
+        raise BaseModelError(
+            f"{CONFIG} says vocab_size={vocab_size} but the word-embedding matrix has {rows} rows; fix "
+            f"vocab_size in {CONFIG} (it must equal the embedding rows)"
+        )
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise BaseModelError(
+            "no tokenizer: add the tokenizer files (tokenizer.json and/or vocab.txt, with "
+            "tokenizer_config.json), e.g. with `tokenizer.save_pretrained(DIR)`"
+        )
+    has_heads = any(k.startswith(MLM_HEAD_PREFIX) for k in tensors) and any(
+        k.startswith(NSP_HEAD_PREFIX) for k in tensors
+    )
+    return ModelDirSummary(
+        config=config,
+        parameters=sum(info.numel for info in tensors.values()),
+        has_pretraining_heads=has_heads,
+        weight_files=files,
+    )

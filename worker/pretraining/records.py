@@ -1,0 +1,295 @@
+"""What a training run reports, as types: the one vocabulary from the training library to the service.
+
+``run_pretraining`` hands every record to one sink (a plain callable, see :mod:`worker.pretraining.sinks`):
+
+- :class:`MetricsRecord`: the metrics of one split at one step; ``train`` carries :class:`TrainMetrics`
+  every ``logging_every_steps``, ``eval`` and ``reference`` carry :class:`EvalMetrics` at every evaluation;
+- the events :class:`TrainingStarted`, :class:`CheckpointSaved`, :class:`TrainingFinished` and
+  :class:`TrainingFailed`;
+- :class:`Progress` (every optimizer step) and :class:`LogLine` (what a person would like to read);
+
+and returns a :class:`TrainingResult`. The service passes these very objects on (they pickle): from the
+training process to its supervisor, into SQL rows and onto the live stream, so a field added here reaches
+every hop, and a new record type is a case the supervisor's ``match`` must handle (``assert_never``
+makes the type checker say so).
+
+Metric names are BERT's (google-research/bert's ``run_pretraining.py``): ``masked_lm_*`` and
+``next_sentence_*``, on every split. This module imports pydantic only: the API reads these types too.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+__all__ = [
+    "LEGACY_METRIC_NAMES",
+    "CheckpointSaved",
+    "EvalMetrics",
+    "EvalSplit",
+    "LogLine",
+    "MetricSplit",
+    "MetricsRecord",
+    "ModelManifest",
+    "PreparedDataSummary",
+    "Progress",
+    "RunWarning",
+    "SplitSummary",
+    "TrainMetrics",
+    "TrainingEvent",
+    "TrainingFailed",
+    "TrainingFinished",
+    "TrainingOutcome",
+    "TrainingRecord",
+    "TrainingResult",
+    "TrainingStarted",
+    "TrainingStatus",
+    "parse_record",
+]
+
+MetricSplit = Literal["train", "eval", "reference"]
+EvalSplit = Literal["eval", "reference"]
+# How a training ended: all of its steps, stopped by should_stop() (a cancel), or by max_runtime_seconds.
+TrainingStatus = Literal["completed", "cancelled", "timed_out"]
+
+# The names bertpt used before it took BERT's (CHANGELOG 0.2.0); files and rows written then are read
+# with the new names.
+LEGACY_METRIC_NAMES = {
+    "mlm_loss": "masked_lm_loss",
+    "mlm_accuracy": "masked_lm_accuracy",
+    "nsp_loss": "next_sentence_loss",
+    "nsp_accuracy": "next_sentence_accuracy",
+}
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+
+
+class _Metrics(_Record):
+    @model_validator(mode="before")
+    @classmethod
+    def _current_names(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            renamed = {LEGACY_METRIC_NAMES.get(name, name): value for name, value in data.items()}
+            renamed.pop("step", None)  # bertpt 0.1 repeated the step among the metrics
+            return renamed
+        return data
+
+    def values(self) -> dict[str, float]:
+        """The metrics that have a value, by name (what becomes a point of a curve)."""
+        return {name: value for name, value in self if value is not None}
+
+
+class TrainMetrics(_Metrics):
+    """A training window (the steps since the previous logging step). Losses are token-weighted means over
+    the window (masked-LM over predicted tokens, NSP over sequences); ``loss`` is Trainer's, their sum."""
+
+    loss: float
+    masked_lm_loss: float | None = None  # None: no token was predicted in the window
+    masked_lm_accuracy: float | None = None
+    next_sentence_loss: float | None = None  # None: the run does not train NSP
+    next_sentence_accuracy: float | None = None
+    learning_rate: float
+    grad_norm: float | None = None  # None: Trainer did not report it (no clipping step yet)
+    tokens_per_second: float  # real (non-padding) tokens per second of training, evaluations excluded
+    samples_seen: int  # sequences trained on, from the start of the run (all attempts)
+    epoch: float
+
+
+class EvalMetrics(_Metrics):
+    """One evaluation of a whole split with its fixed masks. ``perplexity`` = exp(masked_lm_loss)."""
+
+    masked_lm_loss: float
+    masked_lm_accuracy: float
+    perplexity: float
+    next_sentence_loss: float | None = None
+    next_sentence_accuracy: float | None = None
+
+
+class MetricsRecord(_Record):
+    """The metrics of ``split`` at optimizer step ``step``: :class:`TrainMetrics` for ``train``,
+    :class:`EvalMetrics` for ``eval`` (held-out domain text) and ``reference`` (general text)."""
+
+    kind: Literal["metrics"] = "metrics"
+    split: MetricSplit
+    step: int
+    metrics: TrainMetrics | EvalMetrics
+
+    @model_validator(mode="after")
+    def _metrics_of_split(self) -> MetricsRecord:
+        if (self.split == "train") != isinstance(self.metrics, TrainMetrics):
+            raise ValueError(f"the {self.split} split carries {type(self.metrics).__name__}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# What the data and the base model tell the user
+
+
+class RunWarning(_Record):
+    """Something that makes the run worse but does not stop it (a corpus problem, newly initialized
+    heads). ``count`` and ``first_line`` locate corpus problems; ``parameters`` lists newly initialized
+    parameters."""
+
+    code: str = Field(examples=["one_sentence_documents"])
+    message: str
+    count: int | None = Field(None, description="How many times the corpus shows the problem.")
+    first_line: int | None = Field(None, description="1-based line of the first occurrence in the corpus.")
+    parameters: list[str] | None = Field(None, description="Parameters newly initialized (not in the base).")
+
+
+class SplitSummary(_Record):
+    """The instances of one prepared split, drawn from ``documents`` documents."""
+
+    documents: int
+    static_masks: bool
+    instances: int
+    tokens: int
+    shards: list[str]
+    is_next_share: float
+    mean_length: float
+    short_target_share: float
+    truncated_pairs: int
+    masked_share: float
+    unk_rate: float
+
+
+class PreparedDataSummary(_Record):
+    """What preparing the data produced: the cache entry, the corpus statistics, the splits."""
+
+    data_key: str
+    corpus: dict[str, Any]  # worker.pretraining.prepare's corpus summary (statistics and warnings)
+    eval_corpus: dict[str, Any] | None = None
+    splits: dict[str, SplitSummary]
+    preparation_seconds: float | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Events
+
+
+class TrainingStarted(_Record):
+    """Training starts (or resumes at ``step``): data prepared, model loaded, about to take step 1."""
+
+    kind: Literal["started"] = "started"
+    step: int
+    max_steps: int
+    resumed_from_step: int | None
+    train_instances: int
+    eval_splits: dict[str, int]  # eval split -> instances
+    precision: Literal["fp32", "bf16", "fp16"]
+    device: str
+    data: PreparedDataSummary
+    warnings: list[RunWarning]
+
+
+class CheckpointSaved(_Record):
+    """A complete checkpoint was published at ``path`` (``checkpoint-<step>``); ``kept_steps`` are the
+    checkpoints left after rotation, this one included."""
+
+    kind: Literal["checkpoint"] = "checkpoint"
+    step: int
+    path: Path
+    metrics: dict[MetricSplit, TrainMetrics | EvalMetrics]  # the latest of each split
+    tokens_seen: int
+    kept_steps: list[int]
+
+
+class TrainingFinished(_Record):
+    kind: Literal["finished"] = "finished"
+    step: int
+    status: TrainingStatus
+    model_path: Path | None
+
+
+class TrainingFailed(_Record):
+    """The training raised; ``error`` is ``<type>: <message>`` (the exception itself propagates)."""
+
+    kind: Literal["failed"] = "failed"
+    step: int
+    error: str
+
+
+class Progress(_Record):
+    kind: Literal["progress"] = "progress"
+    step: int
+    max_steps: int
+
+
+class LogLine(_Record):
+    kind: Literal["log"] = "log"
+    message: str
+
+
+TrainingEvent = TrainingStarted | CheckpointSaved | TrainingFinished | TrainingFailed
+TrainingRecord = MetricsRecord | TrainingEvent | Progress | LogLine
+
+_RECORD: TypeAdapter[TrainingRecord] = TypeAdapter(Annotated[TrainingRecord, Field(discriminator="kind")])
+
+
+def parse_record(text: str | bytes) -> TrainingRecord:
+    """A record from its JSON (a line of ``metrics.jsonl``)."""
+    return _RECORD.validate_json(text)
+
+
+# --------------------------------------------------------------------------------------------------
+# The end of a run
+
+
+class TrainingOutcome(_Record):
+    """What a run ended with: shared by :class:`TrainingResult` and the model's :class:`ModelManifest`."""
+
+    status: TrainingStatus
+    steps: int
+    max_steps: int
+    baseline_metrics: dict[EvalSplit, EvalMetrics]  # step 0: the base checkpoint, untouched
+    final_metrics: dict[EvalSplit, EvalMetrics]
+    final_metrics_step: int | None
+    train_metrics: TrainMetrics | None
+    warnings: list[RunWarning]
+    runtime_seconds: float
+    samples_seen: int
+    tokens_seen: int
+    data_key: str
+
+    @field_validator("train_metrics", mode="before")
+    @classmethod
+    def _nothing_logged(cls, value: Any) -> Any:
+        return value or None  # bertpt 0.1 wrote {} when no training step was logged
+
+    def outcome_fields(self) -> dict[str, Any]:
+        """The fields of :class:`TrainingOutcome` (a result and a manifest are built from them)."""
+        return {name: getattr(self, name) for name in TrainingOutcome.model_fields}
+
+
+class TrainingResult(TrainingOutcome):
+    """What ``run_pretraining`` returns (and writes to ``result.json``)."""
+
+    kind: Literal["result"] = "result"
+    run_dir: Path
+    model_path: Path | None  # None when cancelled
+    checkpoint_path: Path | None  # the newest complete checkpoint
+    resumed_from: Path | None = None
+
+
+class ModelManifest(TrainingOutcome):
+    """``bertpt_manifest.json`` beside the final model's weights."""
+
+    model_config = ConfigDict(extra="ignore")  # written by other versions too
+
+    format: int
+    run: dict[str, Any]  # the run's identity: hyperparameters, corpus and base digests, data keys
+    hyperparameters: dict[str, Any]
+    corpus_sha256: str
+    base_model: str
+    precision: str
+    versions: dict[str, str]
+    created_at: datetime

@@ -1,0 +1,500 @@
+"""``PretrainingTrainer``: transformers' ``Trainer`` for BERT pre-training batches.
+
+What the stock ``Trainer`` provides and is used as is: AdamW with weight decay off for biases and
+LayerNorms, the linear warmup/decay schedule, gradient accumulation and clipping, mixed precision through
+accelerate (autocast + grad scaler), and checkpoint contents (model, optimizer, scheduler, scaler, RNG
+states, trainer state) with the resume logic around them (restore, skip the batches already seen).
+What it changes: the loss (MLM head at the predicted positions only, token-weighted over a whole
+accumulated step), the sampler (length-grouped, reproducible per (seed, epoch)), the evaluation (whole
+eval splits with fixed masks, no predictions kept), the logs (typed records to a sink) and checkpoint
+publication (temporary directory + rename, rotation by step). The Trainer internals it relies on are
+listed and checked in :mod:`worker.pretraining.trainer_api`.
+Single device: the loss calls the model's submodules directly, so DDP/FSDP wrappers are not supported.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, field_validator
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
+
+from worker.pretraining.hyperparameters import Hyperparameters
+from worker.pretraining.layout import CHECKPOINT_MANIFEST, TRAINER_STATE, checkpoint_name
+from worker.pretraining.loss import LossTotals, pretraining_loss
+from worker.pretraining.masking import IGNORE_INDEX
+from worker.pretraining.records import (
+    CheckpointSaved,
+    EvalMetrics,
+    EvalSplit,
+    MetricsRecord,
+    Progress,
+    TrainingRecord,
+    TrainingStatus,
+    TrainMetrics,
+)
+from worker.pretraining.run_checkpoints import (
+    complete_checkpoints,
+    publish_directory,
+    rotate_checkpoints,
+    temporary_sibling,
+    write_json,
+)
+from worker.pretraining.sampler import LengthGroupedSampler, longest_first
+from worker.pretraining.sinks import RecordSink
+from worker.pretraining.tokenizer import quiet_transformers
+from worker.pretraining.trainer_api import require_trainer_api
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "PretrainingTrainer",
+    "RunState",
+    "StopCheck",
+    "steps_per_epoch",
+    "total_steps",
+    "training_arguments",
+]
+
+StopCheck = Callable[[], bool]
+CHECKPOINT_FORMAT = 1  # of bertpt_checkpoint.json
+
+
+def steps_per_epoch(num_instances: int, batch_size: int, gradient_accumulation_steps: int) -> int:
+    """Optimizer steps in one pass, counted like Trainer (a short last accumulation still steps)."""
+    batches = math.ceil(num_instances / batch_size)
+    return max(1, math.ceil(batches / gradient_accumulation_steps))
+
+
+def total_steps(h: Hyperparameters, num_instances: int) -> int:
+    if h.max_steps is not None:
+        return h.max_steps
+    per_epoch = steps_per_epoch(num_instances, h.batch_size, h.gradient_accumulation_steps)
+    return max(1, math.ceil(h.epochs * per_epoch))
+
+
+class RunState(BaseModel):
+    """What a run carries across checkpoints besides Trainer's own state (the ``state`` of every
+    checkpoint manifest)."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=False)
+
+    samples_seen: int = 0
+    tokens_seen: int = 0
+    runtime_seconds: float = 0.0  # training time of earlier attempts
+    baseline: dict[EvalSplit, EvalMetrics] = {}
+    last_eval: dict[EvalSplit, EvalMetrics] = {}
+    last_eval_step: int | None = None
+    last_train: TrainMetrics | None = None
+
+    @field_validator("last_train", mode="before")
+    @classmethod
+    def _nothing_yet(cls, value: Any) -> Any:
+        return value or None  # manifests of bertpt 0.1 wrote {} before the first logging step
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> RunState:
+        return cls.model_validate(manifest.get("state") or {})
+
+
+# --------------------------------------------------------------------------------------------------
+# The Trainer
+
+
+class _FlowCallback(TrainerCallback):
+    """Decides evaluation, checkpoints and stopping at the end of every optimizer step, and keeps the
+    collator's epoch in step with the training loop."""
+
+    def __init__(self, trainer: PretrainingTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer._on_train_begin()
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        collator = self.trainer.data_collator
+        if hasattr(collator, "epoch"):
+            collator.epoch = math.floor(state.epoch or 0)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return self.trainer._on_step_end(state, control)
+
+
+class PretrainingTrainer(Trainer):
+    """``Trainer`` for BERT pre-training batches (see the module docstring for what it changes).
+
+    Extra arguments: ``nsp`` (train and report the NSP head), ``eval_splits`` (name -> dataset, e.g.
+    ``{"eval": ..., "reference": ...}``) with their ``eval_collator`` (static masks), ``sink`` for the
+    records (metrics, checkpoints, progress), ``should_stop`` (polled every step), ``deadline`` (a
+    ``clock()`` time to stop at), ``eval_every_steps`` / ``checkpoint_every_steps`` /
+    ``keep_checkpoints``, ``run_info`` (written into every checkpoint manifest) and ``run_state``.
+    """
+
+    # compute_loss normalizes by the predicted tokens / sequences of the whole accumulated step.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        *args: Any,
+        nsp: bool = True,
+        eval_splits: Mapping[EvalSplit, Any] | None = None,
+        eval_collator: Callable[..., Any] | None = None,
+        sink: RecordSink | None = None,
+        should_stop: StopCheck | None = None,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        eval_every_steps: int = 0,
+        checkpoint_every_steps: int = 0,
+        keep_checkpoints: int = 2,
+        run_info: Mapping[str, Any] | None = None,
+        run_state: RunState | None = None,
+        updates_per_epoch: int | None = None,
+        **kwargs: Any,
+    ):
+        self.nsp = nsp
+        self.eval_splits = dict(eval_splits or {})
+        self.eval_collator = eval_collator
+        self.sink = sink
+        self.should_stop = should_stop
+        self.deadline = deadline
+        self.clock = clock
+        self.eval_every_steps = eval_every_steps
+        self.checkpoint_every_steps = checkpoint_every_steps
+        self.keep_checkpoints = keep_checkpoints
+        self.run_info = dict(run_info or {})
+        self.run_state = run_state or RunState()
+        self.updates_per_epoch = updates_per_epoch
+        self.stop_status: TrainingStatus | None = None
+        self.last_checkpoint: Path | None = None
+        self._attempt_started = time.perf_counter()
+        self._window = LossTotals()
+        self._window_started = time.perf_counter()
+        self._paused = 0.0
+        self._tokens_seen: torch.Tensor | None = None
+        self._normalizers: tuple[Any, Any] = (None, None)
+        require_trainer_api()
+        super().__init__(*args, **kwargs)
+        for noisy in (PrinterCallback, ProgressCallback):
+            self.remove_callback(noisy)
+        self.add_callback(_FlowCallback(self))
+
+    # ---- records
+
+    def emit(self, record: TrainingRecord) -> None:
+        if self.sink is not None:
+            self.sink(record)
+
+    def _emit_progress(self) -> None:
+        self.emit(Progress(step=self.state.global_step, max_steps=self.state.max_steps))
+
+    # ---- data
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = getattr(dataset, "lengths", None)
+        if lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return LengthGroupedSampler(lengths, self._train_batch_size, seed=seed)
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list[Any], None]:
+        """Fetch the micro-batches of one optimizer step and count their predicted tokens and
+        sequences (kept on the device: no sync), the normalizers of the step's loss."""
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        if batches:
+            predicted = sum((b["masked_lm_labels"] != IGNORE_INDEX).sum() for b in batches)
+            sequences = sum(int(b["next_sentence_label"].shape[0]) for b in batches)
+            self._normalizers = (predicted.to(self.args.device).clamp(min=1), max(sequences, 1))
+        return batches, None
+
+    # ---- loss
+
+    def autocast_smart_context_manager(self, cache_enabled: bool | None = True) -> Any:
+        # The loss calls the model's submodules, not the forward accelerate wrapped in autocast.
+        return self.accelerator.autocast()
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        core = self.accelerator.unwrap_model(model)
+        training = core.training
+        predicted, sequences = self._normalizers if training else (None, None)
+        out = pretraining_loss(
+            core, inputs, nsp=self.nsp, masked_lm_normalizer=predicted, next_sentence_normalizer=sequences
+        )
+        if training:
+            tokens = inputs["attention_mask"].sum()
+            self._window.add(out, tokens=tokens, samples=int(inputs["input_ids"].shape[0]))
+            self._tokens_seen = tokens if self._tokens_seen is None else self._tokens_seen + tokens
+            self.run_state.samples_seen += int(inputs["input_ids"].shape[0])
+        return (out.loss, out) if return_outputs else out.loss
+
+    def _take_tokens_seen(self) -> int:
+        if self._tokens_seen is not None:
+            self.run_state.tokens_seen += int(self._tokens_seen.item())
+            self._tokens_seen = None
+        return self.run_state.tokens_seen
+
+    # ---- flow
+
+    def _on_train_begin(self) -> None:
+        self._window.reset()
+        self._window_started = time.perf_counter()
+        self._paused = 0.0
+        self._emit_progress()
+
+    def _on_step_end(self, state: Any, control: Any) -> Any:
+        step = state.global_step
+        final = step >= state.max_steps
+        self._emit_progress()
+        if self.eval_splits and (final or (self.eval_every_steps and step % self.eval_every_steps == 0)):
+            control.should_evaluate = True
+        if final or (self.checkpoint_every_steps and step % self.checkpoint_every_steps == 0):
+            control.should_save = True
+        if final:
+            control.should_log = True
+            return control
+        reason: TrainingStatus | None = None
+        if self.should_stop is not None and self.should_stop():
+            reason = "cancelled"
+        elif self.deadline is not None and self.clock() >= self.deadline:
+            reason = "timed_out"
+        if reason is not None:
+            self.stop_status = reason
+            control.should_training_stop = True
+            control.should_save = True
+            control.should_log = True
+            control.should_evaluate = False
+        return control
+
+    # ---- logging
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and "learning_rate" in logs:  # a training log of _maybe_log_save_evaluate
+            metrics = self._train_metrics(logs)
+            self.run_state.last_train = metrics
+            self.emit(MetricsRecord(split="train", step=self.state.global_step, metrics=metrics))
+            logs.update({k: v for k, v in metrics.values().items() if k not in logs})
+        super().log(logs, start_time)
+
+    def _train_metrics(self, logs: Mapping[str, float]) -> TrainMetrics:
+        now = time.perf_counter()
+        elapsed = max(now - self._window_started - self._paused, 1e-9)
+        tokens = self._window.values().get("tokens", 0.0)
+        terms = self._window.train_terms()
+        self._window.reset()
+        self._window_started, self._paused = now, 0.0
+        grad_norm = logs.get("grad_norm")
+        return TrainMetrics(
+            loss=float(logs["loss"]),
+            **terms,
+            learning_rate=float(logs["learning_rate"]),
+            grad_norm=None if grad_norm is None else float(grad_norm),
+            tokens_per_second=tokens / elapsed,
+            samples_seen=self.run_state.samples_seen,
+            epoch=float(self.state.epoch or 0.0),
+        )
+
+    # ---- evaluation
+
+    def evaluate(
+        self,
+        eval_dataset: Any = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """Evaluate every eval split; returns ``{<split>_<metric>: value}`` and emits one record per split."""
+        started = time.perf_counter()
+        step = self.state.global_step
+        # Trainer's own callers pass a dataset with the prefix "eval".
+        splits: Mapping[Any, Any] = (
+            self.eval_splits if eval_dataset is None else {metric_key_prefix: eval_dataset}
+        )
+        results: dict[EvalSplit, EvalMetrics] = {}
+        for name, dataset in splits.items():
+            metrics = self.evaluate_split(dataset)
+            if metrics is None:  # cancelled while evaluating
+                break
+            results[name] = metrics
+            self.emit(MetricsRecord(split=name, step=step, metrics=metrics))
+        if results and eval_dataset is None:
+            self.run_state.last_eval = results
+            self.run_state.last_eval_step = step
+            if not self.run_state.baseline and step == 0:
+                self.run_state.baseline = results
+        flat = {
+            f"{name}_{key}": value
+            for name, metrics in results.items()
+            for key, value in metrics.values().items()
+        }
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, flat)
+        self._paused += time.perf_counter() - started
+        return flat
+
+    def evaluate_split(self, dataset: Any) -> EvalMetrics | None:
+        """Token-weighted MLM and NSP metrics over a whole split (None if cancelled meanwhile)."""
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        loader = DataLoader(
+            dataset,
+            batch_size=self.args.eval_batch_size,
+            sampler=longest_first(dataset),
+            collate_fn=self.eval_collator or self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            # Its own generator: evaluating never moves the global RNG, so it cannot change training.
+            generator=torch.Generator().manual_seed(0),
+        )
+        totals = LossTotals()
+        try:
+            with torch.no_grad(), self.autocast_smart_context_manager():
+                for i, batch in enumerate(loader):
+                    if self.should_stop is not None and i % 16 == 15 and self.should_stop():
+                        self.stop_status = "cancelled"
+                        self.control.should_training_stop = True
+                        self.control.should_save = self.state.global_step > 0
+                        return None
+                    out = pretraining_loss(model, self._prepare_inputs(batch), nsp=self.nsp)
+                    totals.add(out)
+        finally:
+            model.train(was_training)
+        return totals.eval_metrics()
+
+    # ---- checkpoints
+
+    def latest_metrics(self) -> dict[Any, TrainMetrics | EvalMetrics]:
+        """The latest metrics of every split: the last training window and the last evaluation."""
+        train = {"train": self.run_state.last_train} if self.run_state.last_train is not None else {}
+        return {**train, **self.run_state.last_eval}
+
+    def checkpoint_manifest(self) -> dict[str, Any]:
+        step = self.state.global_step
+        self._take_tokens_seen()
+        state = self.run_state.model_dump(mode="json")
+        state["runtime_seconds"] = self.run_state.runtime_seconds + self.attempt_seconds()
+        per_epoch = self.updates_per_epoch or self.state.max_steps or 1
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "max_steps": self.state.max_steps,
+            "epoch": self.state.epoch,
+            "data_position": {
+                "epoch": int(step // per_epoch),
+                "optimizer_steps_into_epoch": int(step % per_epoch),
+            },
+            "run": self.run_info,
+            "metrics": {
+                split: metrics.model_dump(mode="json") for split, metrics in self.latest_metrics().items()
+            },
+            "state": state,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+
+    def attempt_seconds(self) -> float:
+        return time.perf_counter() - self._attempt_started
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """Trainer's checkpoint contents, written into a temporary directory and published by a rename
+        once complete (the manifest is written last); then the oldest checkpoints beyond
+        ``keep_checkpoints`` are removed."""
+        started = time.perf_counter()
+        root = Path(str(self.args.output_dir))
+        final = root / checkpoint_name(self.state.global_step)
+        tmp = temporary_sibling(final)
+        self.store_flos()
+        with quiet_transformers():
+            self.save_model(str(tmp), _internal_call=True)
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(str(tmp))
+            self._save_scaler(str(tmp))
+            self._save_rng_state(str(tmp))
+        saved: dict[str, Any] = self.state.stateful_callbacks  # type: ignore[assignment]  # a dict by then
+        for cb in [*self.callback_handler.callbacks, self.control]:
+            if isinstance(cb, ExportableState):  # as Trainer._save_checkpoint does
+                name = cb.__class__.__name__
+                if isinstance(saved.get(name), list):
+                    saved[name].append(cb.state())
+                else:
+                    saved[name] = cb.state()
+        self.state.save_to_json(str(tmp / TRAINER_STATE))
+        write_json(tmp / CHECKPOINT_MANIFEST, self.checkpoint_manifest())
+        publish_directory(tmp, final)
+        self.last_checkpoint = final
+        rotate_checkpoints(root, self.keep_checkpoints)
+        self.emit(
+            CheckpointSaved(
+                step=self.state.global_step,
+                path=final,
+                metrics=self.latest_metrics(),
+                tokens_seen=self.run_state.tokens_seen,
+                kept_steps=[step for step, _ in complete_checkpoints(root)],
+            )
+        )
+        self._paused += time.perf_counter() - started
+
+
+def training_arguments(
+    h: Hyperparameters,
+    output_dir: Path,
+    *,
+    max_steps: int,
+    precision: str,
+    cuda: bool,
+    dataloader_workers: int,
+    evaluate_at_start: bool,
+) -> TrainingArguments:
+    """TrainingArguments for a run: evaluation and saving are driven by PretrainingTrainer's flow
+    callback, so Trainer's own strategies are off."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=h.batch_size,
+        per_device_eval_batch_size=h.batch_size * 2,
+        gradient_accumulation_steps=h.gradient_accumulation_steps,
+        learning_rate=h.learning_rate,
+        weight_decay=h.weight_decay,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-6,  # BERT's
+        max_grad_norm=h.max_grad_norm,
+        lr_scheduler_type="linear",
+        warmup_steps=math.ceil(max_steps * h.warmup_ratio),
+        max_steps=max_steps,
+        optim="adamw_torch_fused",  # fused kernels on the CPU too (torch >= 2.4)
+        seed=h.seed,
+        data_seed=h.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not cuda,
+        logging_strategy="steps",
+        logging_steps=h.logging_every_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,
+        eval_strategy="no",
+        eval_on_start=evaluate_at_start,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=dataloader_workers,
+        dataloader_pin_memory=cuda,
+        dataloader_drop_last=False,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="no",
+        log_level="passive",
+    )
