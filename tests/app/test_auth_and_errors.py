@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from types import SimpleNamespace
-from typing import Any
 
 import anyio
 import pytest
@@ -21,7 +20,7 @@ from app.errors import Unauthorized
 from app.models import ApiKey
 from app.storage import LocalStorage
 from app.tenants.service import Authenticator, create_api_key, revoke_api_key
-from tests.app.conftest import TenantKey
+from tests.support import TenantKey, assert_error
 from worker.pretraining.hyperparameters import load_hyperparameters
 
 PROTECTED = [
@@ -35,17 +34,6 @@ PROTECTED = [
     ("DELETE", "/v1/checkpoints/ckpt_x"),
     ("GET", "/v1/models"),
 ]
-
-
-def assert_error(response: Any, status: int, error_type: str, param: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"type", "message", "param"}
-    assert body["error"]["type"] == error_type
-    assert body["error"]["message"]
-    assert body["error"]["param"] == param
-    return body["error"]
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)

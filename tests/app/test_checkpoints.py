@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from safetensors.torch import load_file
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -19,15 +20,15 @@ from app.config import Settings
 from app.models import Checkpoint
 from app.runs.states import RunStatus
 from app.storage import LocalStorage
-from tests.app.conftest import (
+from tests.support import (
     TenantKey,
+    assert_error,
     directory_files,
     fake_bert_files,
     make_run,
     tar_gz,
     zip_bytes,
 )
-from tests.app.test_auth_and_errors import assert_error
 
 
 def upload(
@@ -50,13 +51,14 @@ def test_upload_a_real_checkpoint(
     client: TestClient,
     alice: TenantKey,
     storage: LocalStorage,
-    tiny_pretraining_checkpoint: tuple[Path, int],
-    tiny_encoder_checkpoint: tuple[Path, int],
+    tiny_bert_dir: Path,
+    tiny_encoder_dir: Path,
     heads: bool,
     filename: str,
     folder: str | None,
 ) -> None:
-    directory, parameters = tiny_pretraining_checkpoint if heads else tiny_encoder_checkpoint
+    directory = tiny_bert_dir if heads else tiny_encoder_dir
+    parameters = sum(t.numel() for t in load_file(directory / "model.safetensors").values())
     files = directory_files(directory, folder=folder)
     archive = zip_bytes(files) if filename.endswith(".zip") else tar_gz(files)
     response = upload(client, alice, archive, filename)

@@ -14,8 +14,7 @@ from app.models import Corpus, Run
 from app.runs.states import RunStatus
 from app.storage import LocalStorage
 from app.uploads import CHUNK_SIZE
-from tests.app.conftest import TenantKey, corpus_bytes, gzip_bytes, make_run, upload_corpus
-from tests.app.test_auth_and_errors import assert_error
+from tests.support import TenantKey, assert_error, corpus_bytes, gzip_bytes, make_run, upload_corpus
 from worker.pretraining.corpus import CorpusScanner
 
 

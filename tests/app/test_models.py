@@ -15,7 +15,7 @@ from app.errors import ValidationFailed
 from app.models import RunCheckpoint
 from app.runs.states import RunStatus
 from app.storage import LocalStorage
-from tests.app.conftest import TenantKey, fake_bert_files, make_run, tar_gz
+from tests.support import TenantKey, fake_bert_files, make_run, tar_gz
 
 MINILM = "minilm-l6-h384-uncased"
 

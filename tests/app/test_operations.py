@@ -15,7 +15,7 @@ from app.config import Settings
 from app.queue import RUN_TASK, celery_config, create_celery, enqueue_run
 from app.runs.states import RunStatus
 from app.storage import LocalStorage
-from tests.app.conftest import REDIS_URL, TenantKey, make_run
+from tests.support import REDIS_URL, TenantKey, make_run
 
 
 def test_healthz_needs_nothing(client: TestClient) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import get_live_publisher, get_run_enqueuer
 from app.base_models.registry import BUILTIN_MODELS
-from app.models import Run, RunCheckpoint, RunEvent, RunMetric
+from app.models import Run, RunEvent, RunMetric
 from app.runs import repository
 from app.runs.events import RunEventType, add_event
 from app.runs.lifecycle import claim_run
@@ -22,8 +22,16 @@ from app.runs.live import LiveMessage, StatusMessage
 from app.runs.schemas import RunEventPublic
 from app.runs.states import RunStatus
 from app.storage import LocalStorage
-from tests.app.conftest import TenantKey, corpus_bytes, fake_bert_files, make_run, tar_gz, upload_corpus
-from tests.app.test_auth_and_errors import assert_error
+from tests.support import (
+    TenantKey,
+    add_checkpoint_row,
+    assert_error,
+    corpus_bytes,
+    fake_bert_files,
+    make_run,
+    tar_gz,
+    upload_corpus,
+)
 from worker.pretraining.hyperparameters import Hyperparameters
 
 MINILM = "minilm-l6-h384-uncased"
@@ -42,20 +50,6 @@ def new_corpus(client: TestClient, who: TenantKey, tag: str = "") -> str:
     response = upload_corpus(client, who, corpus_bytes(tag=tag or who.tenant.name))
     assert response.status_code in (200, 201), response.text
     return str(response.json()["id"])
-
-
-def add_checkpoint_row(session: Session, run: Run, step: int, key: str | None = None) -> RunCheckpoint:
-    checkpoint = RunCheckpoint(
-        run_id=run.id,
-        step=step,
-        metrics={"eval": {"loss": 2.5}},
-        size_bytes=123,
-        sha256="ab" * 32,
-        storage_key=key or f"runs/{run.id}/checkpoints/checkpoint-{step}",
-    )
-    session.add(checkpoint)
-    session.commit()
-    return checkpoint
 
 
 # -- fixtures --------------------------------------------------------------------------------------------

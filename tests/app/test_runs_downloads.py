@@ -19,9 +19,7 @@ from app.models import Run
 from app.runs.download_archive import archive_members
 from app.runs.states import RunStatus
 from app.storage import LocalStorage
-from tests.app.conftest import TenantKey, fake_bert_files, make_run
-from tests.app.test_auth_and_errors import assert_error
-from tests.app.test_runs import add_checkpoint_row
+from tests.support import TenantKey, add_checkpoint_row, assert_error, fake_bert_files, make_run
 from worker.pretraining.layout import is_training_state
 
 CREATED_AT = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)

@@ -28,8 +28,7 @@ from app.runs.downsample import (
 )
 from app.runs.metric_series import MetricBucketCache, MetricsQuery, get_metrics
 from app.runs.states import RunStatus
-from tests.app.conftest import TenantKey, make_run
-from tests.app.test_auth_and_errors import assert_error
+from tests.support import TenantKey, assert_error, make_run
 
 # -- pure functions --------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.models import utcnow
 from app.runs.lifecycle import resend_stale_queued
 from app.runs.states import RunStatus
-from tests.app.conftest import TenantKey, make_run
+from tests.support import TenantKey, make_run
 from worker.sweeper import QueuedRunSweeper
 
 TEN_MINUTES = timedelta(minutes=10)

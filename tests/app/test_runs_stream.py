@@ -19,8 +19,7 @@ from app.api.deps import get_stream_options
 from app.runs.live import stream_key
 from app.runs.states import RunStatus
 from app.runs.stream import StreamOptions, follow_run, open_async_redis
-from tests.app.conftest import REDIS_URL, TenantKey, make_run
-from tests.app.test_auth_and_errors import assert_error
+from tests.support import REDIS_URL, TenantKey, assert_error, make_run
 
 
 class LiveStreams:

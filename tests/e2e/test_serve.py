@@ -24,7 +24,7 @@ from uvicorn.config import STARTUP_FAILURE
 from app.api.server import MAX_EARLY_DEATHS, Supervisor
 from app.db import create_db_engine, create_session_factory, session_scope
 from app.tenants.service import create_api_key, create_tenant
-from tests.app.conftest import REDIS_URL, database_url  # noqa: F401 - fixture
+from tests.support import REDIS_URL
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVE = "from worker.service_cli import serve_command; serve_command()"
@@ -85,7 +85,7 @@ class Server:
 
 
 @pytest.fixture
-def api_key(database_url: str) -> str:  # noqa: F811
+def api_key(database_url: str) -> str:
     engine = create_db_engine(database_url)
     with session_scope(create_session_factory(engine)) as session:
         key = create_api_key(session, create_tenant(session, f"serve-{os.getpid()}-{time.time_ns()}")).key
@@ -94,7 +94,7 @@ def api_key(database_url: str) -> str:  # noqa: F811
 
 
 @pytest.fixture
-def server(database_url: str, tmp_path: Path) -> Iterator[Server]:  # noqa: F811
+def server(database_url: str, tmp_path: Path) -> Iterator[Server]:
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     env = {

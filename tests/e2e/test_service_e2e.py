@@ -29,14 +29,9 @@ from app.config import Settings
 from app.db import create_db_engine, create_session_factory, session_scope
 from app.runs.states import RunStatus
 from app.tenants.service import create_api_key, create_tenant
-from tests.app.conftest import (  # noqa: F401 - fixtures
-    REDIS_URL,
-    database_url,
-    directory_files,
-    tar_gz,
-    tiny_pretraining_checkpoint,
-)
-from tests.worker.conftest import TINY_HYPERPARAMETERS
+from tests.support import REDIS_URL, TINY_HYPERPARAMETERS, directory_files, tar_gz
+
+pytestmark = pytest.mark.slow  # trains a tiny BERT: `pytest -m "not slow"` skips it
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_READY_SECONDS = 60
@@ -92,7 +87,7 @@ class Worker:
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:  # noqa: F811
+def settings(database_url: str, tmp_path: Path) -> Settings:
     return Settings(
         env="test",
         database_url=database_url,
@@ -158,12 +153,12 @@ def test_a_run_from_upload_to_downloaded_model(
     worker: Worker,
     api_key: str,
     small_corpus: Path,
-    tiny_pretraining_checkpoint: tuple[Path, int],  # noqa: F811
+    tiny_bert_dir: Path,
     tmp_path: Path,
 ) -> None:
     headers = {"Authorization": f"Bearer {api_key}"}
     with TestClient(create_app(settings)) as client:
-        run_id = _submit(client, headers, small_corpus, tiny_pretraining_checkpoint[0])
+        run_id = _submit(client, headers, small_corpus, tiny_bert_dir)
         run = _wait_for(client, headers, run_id, lambda run: run["status"] in TERMINAL, worker)
         assert run.get("status") == "succeeded", f"{run}\n--- worker log ---\n{worker.log()[-6000:]}"
 
@@ -223,14 +218,14 @@ def test_a_run_whose_message_was_lost_still_runs(
     worker: Worker,
     api_key: str,
     small_corpus: Path,
-    tiny_pretraining_checkpoint: tuple[Path, int],  # noqa: F811
+    tiny_bert_dir: Path,
 ) -> None:
     """The API's send after the commit never reaches the broker: the worker's sweep sends it again."""
     headers = {"Authorization": f"Bearer {api_key}"}
     app = create_app(settings)
     app.dependency_overrides[get_run_enqueuer] = lambda: lambda _run_id: None  # the message is lost
     with TestClient(app) as client:
-        run_id = _submit(client, headers, small_corpus, tiny_pretraining_checkpoint[0])
+        run_id = _submit(client, headers, small_corpus, tiny_bert_dir)
         run = _wait_for(client, headers, run_id, lambda run: run["status"] != "queued", worker)
         assert run["status"] in ("preparing", "running", *TERMINAL), run
         assert f"sent the task of 1 run(s) again, still queued 0:00:0{REQUEUE_AFTER_SECONDS}" in worker.log()

@@ -33,6 +33,8 @@ from worker.pretraining.sampler import LengthGroupedSampler
 from worker.pretraining.sinks import read_jsonl
 from worker.pretraining.trainer import PretrainingTrainer, training_arguments
 
+pytestmark = pytest.mark.slow  # trains a tiny BERT: `pytest -m "not slow"` skips it
+
 TINY_RUN: dict[str, Any] = {
     "batch_size": 8,
     "max_seq_length": 64,

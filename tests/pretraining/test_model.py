@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.pretraining.conftest import save_checkpoint, tiny_config
+from tests.support import save_checkpoint, tiny_config
 from worker.pretraining.base_model import NEWLY_INITIALIZED, load_base_model
 from worker.pretraining.collator import PretrainingCollator
 from worker.pretraining.loss import pretraining_loss

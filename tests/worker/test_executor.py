@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select, update
 
 from app.db import session_scope
@@ -14,9 +15,11 @@ from app.models import Run, RunCheckpoint, RunEvent
 from app.runs import live
 from app.runs.schemas import RunProgress
 from app.runs.states import RunStatus
-from tests.worker.conftest import TINY_HYPERPARAMETERS, Factory
+from tests.support import TINY_HYPERPARAMETERS, Factory
 from worker.context import WorkerContext
 from worker.executor import execute_run
+
+pytestmark = pytest.mark.slow  # trains a tiny BERT: `pytest -m "not slow"` skips it
 
 
 def _events(factory: Factory, run_id: str) -> list[RunEvent]:
@@ -61,10 +64,10 @@ def test_a_missing_input_fails_the_run_before_training(
 
 
 def test_a_bad_corpus_fails_with_its_line_and_no_traceback(
-    factory: Factory, worker_context: WorkerContext, tiny_pretraining_checkpoint: tuple[Path, int]
+    factory: Factory, worker_context: WorkerContext, tiny_bert_dir: Path
 ) -> None:
     corpus_id = factory.corpus(b"First sentence here.\nSecond one here.\n\nThird \xff bad.\nMore text.\n")
-    checkpoint_id = factory.checkpoint(tiny_pretraining_checkpoint[0])
+    checkpoint_id = factory.checkpoint(tiny_bert_dir)
     run_id = factory.run(corpus_id=corpus_id, base_model=f"checkpoint:{checkpoint_id}")
 
     assert execute_run(run_id, context=worker_context) == RunStatus.FAILED
@@ -85,10 +88,10 @@ def test_a_bad_corpus_fails_with_its_line_and_no_traceback(
 def test_cancelling_a_running_training_stops_it_with_a_checkpoint(
     factory: Factory,
     worker_context: WorkerContext,
-    tiny_pretraining_checkpoint: tuple[Path, int],
+    tiny_bert_dir: Path,
     tiny_corpus_bytes: bytes,
 ) -> None:
-    checkpoint_id = factory.checkpoint(tiny_pretraining_checkpoint[0])
+    checkpoint_id = factory.checkpoint(tiny_bert_dir)
     run_id = factory.run(
         corpus_id=factory.corpus(tiny_corpus_bytes),
         base_model=f"checkpoint:{checkpoint_id}",
@@ -139,9 +142,9 @@ def test_cancelling_a_running_training_stops_it_with_a_checkpoint(
 
 
 def test_cancelling_while_preparing_ends_the_training_process(
-    factory: Factory, worker_context: WorkerContext, tiny_pretraining_checkpoint: tuple[Path, int]
+    factory: Factory, worker_context: WorkerContext, tiny_bert_dir: Path
 ) -> None:
-    checkpoint_id = factory.checkpoint(tiny_pretraining_checkpoint[0])
+    checkpoint_id = factory.checkpoint(tiny_bert_dir)
     run_id = factory.run(
         corpus_id=factory.corpus(b"a b c.\nd e f.\n"), base_model=f"checkpoint:{checkpoint_id}"
     )
@@ -168,12 +171,12 @@ def test_cancelling_while_preparing_ends_the_training_process(
 def test_a_training_process_killed_without_a_word_fails_the_run_clearly(
     factory: Factory,
     worker_context: WorkerContext,
-    tiny_pretraining_checkpoint: tuple[Path, int],
+    tiny_bert_dir: Path,
     tiny_corpus_bytes: bytes,
 ) -> None:
     import psutil
 
-    checkpoint_id = factory.checkpoint(tiny_pretraining_checkpoint[0])
+    checkpoint_id = factory.checkpoint(tiny_bert_dir)
     run_id = factory.run(
         corpus_id=factory.corpus(tiny_corpus_bytes),
         base_model=f"checkpoint:{checkpoint_id}",

@@ -15,7 +15,7 @@ from app.models import Run, RunCheckpoint, RunEvent, RunMetric, Tenant
 from app.runs import lifecycle
 from app.runs.events import RunEventType, add_event
 from app.runs.states import RunStatus, Trigger
-from tests.worker.conftest import Factory
+from tests.support import Factory
 from worker.pretraining.records import EvalMetrics, MetricsRecord, TrainMetrics
 
 

@@ -18,7 +18,7 @@ from app.runs import lifecycle
 from app.runs.live import LiveMessage, StatusMessage
 from app.runs.schemas import RunCheckpointPublic, RunEventPublic
 from app.runs.states import RunStatus, Trigger
-from tests.worker.conftest import Factory
+from tests.support import Factory
 from worker.pretraining.layout import RunLayout
 from worker.pretraining.records import (
     CheckpointSaved,

@@ -23,7 +23,7 @@ from app.runs.states import (
     target,
     transition,
 )
-from tests.app.conftest import TenantKey, make_run
+from tests.support import TenantKey, make_run
 
 ATTEMPT = 3
 

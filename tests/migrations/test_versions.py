@@ -1,0 +1,93 @@
+"""Data migrations, from an empty database: 0003 renames the training split's metrics to BERT's names in
+the stored points and the JSON that holds metrics, and its downgrade gives the old names back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+from alembic import command
+from sqlalchemy import text
+
+from app.db import alembic_config, create_db_engine, upgrade_database
+
+OLD_TRAIN = {
+    "loss": 7.0,
+    "mlm_loss": 6.5,
+    "mlm_accuracy": 0.1,
+    "nsp_loss": 0.5,
+    "nsp_accuracy": 0.7,
+    "step": 3,
+}
+NEW_TRAIN = {
+    "loss": 7.0,
+    "masked_lm_loss": 6.5,
+    "masked_lm_accuracy": 0.1,
+    "next_sentence_loss": 0.5,
+    "next_sentence_accuracy": 0.7,
+    "step": 3,
+}
+EVAL = {"masked_lm_loss": 6.0, "perplexity": 403.4, "step": 3}
+
+
+def _state(engine) -> tuple[set[tuple[str, str]], dict, dict]:  # type: ignore[no-untyped-def]
+    with engine.connect() as connection:
+        points = {
+            (split, name) for split, name in connection.execute(text("SELECT split, name FROM run_metrics"))
+        }
+        latest = connection.execute(text("SELECT latest FROM runs")).scalar_one()
+        metrics = connection.execute(text("SELECT metrics FROM run_checkpoints")).scalar_one()
+    return points, latest, metrics
+
+
+RUN = (
+    "INSERT INTO runs (id, tenant_id, name, status, base_model, hyperparameters, metadata, created_at, "
+    "progress, latest, baseline, warnings, attempt, cancel_requested) VALUES ('run_1', 'ten_1', 'r', "
+    "'running', 'x', '{}', '{}', now(), '{}', :latest, '{}', '[]', 1, false)"
+)
+CHECKPOINT = (
+    "INSERT INTO run_checkpoints (run_id, step, created_at, metrics, size_bytes, sha256, storage_key) "
+    "VALUES ('run_1', 3, now(), :metrics, 1, 'x', 'k')"
+)
+
+
+def _seed_0002(engine) -> None:  # type: ignore[no-untyped-def]
+    """What bertpt 0.1 stored for a run that logged training metrics and kept a checkpoint."""
+    by_split = json.dumps({"train": OLD_TRAIN, "eval": EVAL})
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('ten_1', 't', now())"))
+        connection.execute(text(RUN), {"latest": by_split})
+        for split, name in [("train", "mlm_loss"), ("train", "nsp_accuracy"), ("train", "loss")]:
+            connection.execute(
+                text("INSERT INTO run_metrics VALUES ('run_1', :split, :name, 3, 1.0)"),
+                {"split": split, "name": name},
+            )
+        connection.execute(text("INSERT INTO run_metrics VALUES ('run_1', 'eval', 'masked_lm_loss', 3, 1.0)"))
+        connection.execute(text(CHECKPOINT), {"metrics": by_split})
+
+
+def test_0003_renames_the_training_metrics_and_back(
+    empty_database: Callable[[], AbstractContextManager[str]],
+) -> None:
+    with empty_database() as url:
+        upgrade_database(url, "0002")
+        engine = create_db_engine(url)
+        try:
+            _seed_0002(engine)
+            upgrade_database(url, "0003")
+            points, latest, metrics = _state(engine)
+            assert points == {
+                ("train", "masked_lm_loss"),
+                ("train", "next_sentence_accuracy"),
+                ("train", "loss"),
+                ("eval", "masked_lm_loss"),
+            }
+            assert latest == metrics == {"train": NEW_TRAIN, "eval": EVAL}
+
+            command.downgrade(alembic_config(url), "0002")
+            points, latest, metrics = _state(engine)
+            assert ("train", "mlm_loss") in points and ("eval", "masked_lm_loss") in points
+            assert latest == metrics == {"train": OLD_TRAIN, "eval": EVAL}
+        finally:
+            engine.dispose()

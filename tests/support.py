@@ -1,0 +1,327 @@
+"""What several test modules build with: plain functions and constants (fixtures live in the conftest.py
+files). Nothing here touches a service unless handed a session or a client."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import secrets
+import shutil
+import tarfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from app.db import session_scope
+from app.ids import new_id
+from app.models import Checkpoint, Corpus, Run, RunCheckpoint, Tenant
+from app.runs.states import RunStatus
+from app.storage import LocalStorage
+from app.storage.keys import checkpoint_key, corpus_key, run_checkpoint_key
+from worker.pretraining.model_files import inspect_model_dir
+
+POSTGRES_URL = os.environ.get(
+    "BERTPT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("BERTPT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+# A run of a few steps of the tiny BERT: seconds on a CPU.
+TINY_HYPERPARAMETERS: dict[str, Any] = {
+    "max_steps": 6,
+    "batch_size": 8,
+    "max_seq_length": 64,
+    "max_predictions_per_seq": 10,
+    "learning_rate": 1e-3,
+    "logging_every_steps": 1,
+    "eval_every_steps": 0,
+    "checkpoint_every_steps": 0,
+    "eval_documents": 6,
+    "seed": 3,
+}
+
+# -- tiny BERTs ------------------------------------------------------------------------------------------
+
+TINY = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+    "type_vocab_size": 2,
+}
+
+
+def tiny_config(tokenizer: Any, **overrides: Any) -> Any:
+    from transformers import BertConfig
+
+    values: dict[str, Any] = {**TINY, "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    values.update(overrides)
+    return BertConfig(**values)
+
+
+def save_checkpoint(model: Any, tokenizer: Any, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+# -- the API -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TenantKey:
+    tenant: Tenant
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def assert_error(response: Any, status: int, error_type: str, param: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"type", "message", "param"}
+    assert body["error"]["type"] == error_type
+    assert body["error"]["message"]
+    assert body["error"]["param"] == param
+    return body["error"]
+
+
+def corpus_bytes(documents: int = 3, sentences: int = 3, *, tag: str = "") -> bytes:
+    """A valid corpus: ``documents`` documents of ``sentences`` distinct sentences each."""
+    docs = [
+        "\n".join(f"Document {d}{tag} says thing number {s} about enzymes." for s in range(sentences))
+        for d in range(documents)
+    ]
+    return ("\n\n".join(docs) + "\n").encode()
+
+
+def upload_corpus(
+    client: TestClient, who: TenantKey, content: bytes, filename: str = "corpus.txt", name: str | None = None
+) -> Any:
+    data = {"name": name} if name is not None else None
+    return client.post("/v1/corpora", files={"file": (filename, content)}, data=data, headers=who.headers)
+
+
+def make_run(session: Session, tenant: Tenant, **values: Any) -> Run:
+    """A run row inserted directly (the run routes are not needed to test what depends on runs)."""
+    run = Run(
+        id=values.pop("id", f"run_{secrets.token_urlsafe(18)}"),
+        tenant_id=tenant.id,
+        name=values.pop("name", "a run"),
+        status=values.pop("status", RunStatus.QUEUED),
+        base_model=values.pop("base_model", "minilm-l6-h384-uncased"),
+        hyperparameters=values.pop("hyperparameters", {}),
+        **values,
+    )
+    session.add(run)
+    session.commit()
+    return run
+
+
+def add_checkpoint_row(session: Session, run: Run, step: int, key: str | None = None) -> RunCheckpoint:
+    checkpoint = RunCheckpoint(
+        run_id=run.id,
+        step=step,
+        metrics={"eval": {"loss": 2.5}},
+        size_bytes=123,
+        sha256="ab" * 32,
+        storage_key=key or run_checkpoint_key(run.id, step),
+    )
+    session.add(checkpoint)
+    session.commit()
+    return checkpoint
+
+
+# -- archives and checkpoint files ---------------------------------------------------------------------
+
+
+def tar_gz(files: dict[str, bytes], *, extra: list[tarfile.TarInfo] | None = None) -> bytes:
+    """A .tar.gz of ``files`` (member name -> content), plus raw ``extra`` members (links...)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+        for info in extra or []:
+            tar.addfile(info)
+    return buffer.getvalue()
+
+
+def zip_bytes(files: dict[str, bytes], *, symlinks: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, content in files.items():
+            zf.writestr(name, content)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o120777 << 16) | 0x20
+            zf.writestr(info, target)
+    return buffer.getvalue()
+
+
+def directory_files(directory: Path, *, folder: str | None = None) -> dict[str, bytes]:
+    """The files of a directory as archive members, at the top level or under ``folder/``."""
+    prefix = f"{folder}/" if folder else ""
+    return {prefix + path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
+
+
+def gzip_bytes(content: bytes) -> bytes:
+    return gzip.compress(content, mtime=0)
+
+
+def safetensors_bytes(shapes: dict[str, tuple[int, ...]], *, dtype: str = "F32") -> bytes:
+    """A well-formed safetensors file of zero tensors with these names and shapes (no torch needed)."""
+    import json
+    import math
+    import struct
+
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, shape in shapes.items():
+        size = math.prod(shape) * 4
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + bytes(offset)
+
+
+def fake_bert_files(
+    *, vocab_size: int = 10, heads: bool = True, model_type: str = "bert"
+) -> dict[str, bytes]:
+    """The files of a minimal BERT checkpoint directory with made-up weights."""
+    import json
+
+    prefix = "bert." if heads else ""
+    shapes: dict[str, tuple[int, ...]] = {
+        f"{prefix}embeddings.word_embeddings.weight": (vocab_size, 4),
+        f"{prefix}encoder.layer.0.attention.self.query.weight": (4, 4),
+    }
+    if heads:
+        shapes |= {
+            "cls.predictions.transform.dense.weight": (4, 4),
+            "cls.predictions.bias": (vocab_size,),
+            "cls.seq_relationship.weight": (2, 4),
+        }
+    config = {
+        "model_type": model_type,
+        "vocab_size": vocab_size,
+        "hidden_size": 4,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 1,
+        "max_position_embeddings": 16,
+        "architectures": ["BertForPreTraining"],
+    }
+    vocab = "\n".join(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(vocab_size - 5)]
+    )
+    return {
+        "config.json": json.dumps(config).encode(),
+        "model.safetensors": safetensors_bytes(shapes),
+        "vocab.txt": vocab.encode(),
+        "tokenizer_config.json": b'{"do_lower_case": true}',
+    }
+
+
+# -- committed rows, for what opens its own sessions (the worker) ---------------------------------------
+
+
+class Factory:
+    """Committed rows for one test, all under one new tenant."""
+
+    def __init__(
+        self, session_factory: Callable[[], Session], storage: LocalStorage, redis_client: redis.Redis
+    ):
+        self.session_factory = session_factory
+        self.storage = storage
+        self.redis = redis_client
+        self.run_ids: list[str] = []
+        with session_scope(session_factory) as session:
+            tenant = Tenant(id=new_id("ten"), name=f"worker-test-{secrets.token_hex(6)}")
+            session.add(tenant)
+        self.tenant_id = tenant.id
+
+    def corpus(self, content: bytes) -> str:
+        corpus_id = new_id("corp")
+        key = corpus_key(corpus_id, gzip=False)
+        with self.storage.open_write(key) as pending:
+            pending.write(content)
+            pending.commit()
+        with session_scope(self.session_factory) as session:
+            session.add(
+                Corpus(
+                    id=corpus_id,
+                    tenant_id=self.tenant_id,
+                    name="corpus",
+                    filename="corpus.txt",
+                    storage_key=key,
+                    bytes=len(content),
+                    sha256=hashlib.sha256(content).hexdigest(),
+                    documents=0,
+                    sentences=0,
+                    stats={},
+                    warnings=[],
+                )
+            )
+        return corpus_id
+
+    def checkpoint(self, directory: Path) -> str:
+        """An uploaded checkpoint (``checkpoint:<id>``) holding the files of ``directory``."""
+        checkpoint_id = new_id("ckpt")
+        key = checkpoint_key(checkpoint_id)
+        with self.storage.open_tree(key) as tree:
+            for file in directory.iterdir():
+                shutil.copy(file, tree.path / file.name)
+            summary = inspect_model_dir(tree.path)
+            tree.commit()
+        with session_scope(self.session_factory) as session:
+            session.add(
+                Checkpoint(
+                    id=checkpoint_id,
+                    tenant_id=self.tenant_id,
+                    name="tiny",
+                    storage_key=key,
+                    config=summary.config_summary,
+                    has_pretraining_heads=summary.has_pretraining_heads,
+                    parameters=summary.parameters,
+                    bytes=self.storage.size(key),
+                    sha256="0" * 64,
+                )
+            )
+        return checkpoint_id
+
+    def run(self, *, corpus_id: str, base_model: str, **values: Any) -> str:
+        run_id = new_id("run")
+        with session_scope(self.session_factory) as session:
+            session.add(
+                Run(
+                    id=run_id,
+                    tenant_id=self.tenant_id,
+                    name="a run",
+                    base_model=base_model,
+                    corpus_id=corpus_id,
+                    status=values.pop("status", RunStatus.QUEUED),
+                    hyperparameters=values.pop("hyperparameters", TINY_HYPERPARAMETERS),
+                    **values,
+                )
+            )
+        self.run_ids.append(run_id)
+        return run_id
+
+    def get_run(self, run_id: str) -> Run:
+        with self.session_factory() as session:
+            run = session.get(Run, run_id)
+            assert run is not None
+            return run
