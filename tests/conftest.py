@@ -1,5 +1,7 @@
 """Fixtures every part of the suite shares: text and a real WordPiece tokenizer built locally, the tiny BERT
-checkpoints (one builder), a PostgreSQL database migrated by Alembic, Redis, and a storage directory.
+checkpoints (one builder), a PostgreSQL database migrated by Alembic, Redis, a storage directory, and the
+rows of a test: in a transaction rolled back at its end (``session``, tenants with API keys) or committed
+under a fresh tenant (``factory``, for what opens its own sessions: the worker, the run lifecycle).
 
 PostgreSQL is expected at 127.0.0.1:5432 and Redis at 127.0.0.1:6379 (``make services`` starts them);
 override them with ``BERTPT_TEST_POSTGRES_URL`` (a URL of the maintenance database) and
@@ -17,13 +19,15 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import create_db_engine, upgrade_database
-from app.runs.live import create_redis
+from app.db import create_db_engine, create_session_factory, upgrade_database
+from app.runs.live import create_redis, stream_key
 from app.storage import LocalStorage
-from tests.support import POSTGRES_URL, REDIS_URL, save_checkpoint, tiny_config
+from app.tenants.service import create_api_key, create_tenant
+from tests.support import POSTGRES_URL, REDIS_URL, Factory, TenantKey, save_checkpoint, tiny_config
 from worker.pretraining.samples import iter_docstring_documents, write_sample_corpus
 
 # -- text and tokenizer -----------------------------------------------------------------------------------
@@ -183,3 +187,71 @@ def redis_client() -> Iterator[redis.Redis]:
 @pytest.fixture
 def storage(tmp_path: Path) -> LocalStorage:
     return LocalStorage(tmp_path / "storage")
+
+
+# -- a test's rows: rolled back at its end ------------------------------------------------------------------
+
+
+@pytest.fixture
+def connection(engine: Engine) -> Iterator[Connection]:
+    """One connection in one transaction, rolled back after the test: every session of the test (the
+    app's included) joins it with savepoints, so their commits never reach the database."""
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        yield connection
+        transaction.rollback()
+
+
+@pytest.fixture
+def session_factory(connection: Connection) -> sessionmaker[Session]:
+    return sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+
+
+@pytest.fixture
+def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    with session_factory() as session:
+        yield session
+
+
+@pytest.fixture
+def make_tenant(session: Session) -> Any:
+    """``make_tenant(name=None) -> TenantKey``: a committed tenant with one API key."""
+
+    def make(name: str | None = None) -> TenantKey:
+        tenant = create_tenant(session, name or f"tenant-{secrets.token_hex(4)}")
+        issued = create_api_key(session, tenant)
+        session.commit()
+        return TenantKey(tenant=tenant, key=issued.key)
+
+    return make
+
+
+@pytest.fixture
+def alice(make_tenant: Any) -> TenantKey:
+    return make_tenant("alice")
+
+
+@pytest.fixture
+def bob(make_tenant: Any) -> TenantKey:
+    return make_tenant("bob")
+
+
+# -- a test's rows: committed, under a fresh tenant (tests.support.Factory) ----------------------------------
+
+
+@pytest.fixture
+def committed_factory(engine: Engine) -> sessionmaker[Session]:
+    return create_session_factory(engine)
+
+
+@pytest.fixture
+def factory(
+    committed_factory: sessionmaker[Session], storage: LocalStorage, redis_client: redis.Redis
+) -> Iterator[Factory]:
+    """Committed rows, all under one new tenant, so tests sharing the database never see each other's rows;
+    the rows and the live streams of its runs are deleted at the end."""
+    made = Factory(committed_factory, storage, redis_client)
+    yield made
+    if made.run_ids:
+        redis_client.delete(*(stream_key(run_id) for run_id in made.run_ids))
+    made.delete_rows()

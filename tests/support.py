@@ -7,25 +7,29 @@ import gzip
 import hashlib
 import io
 import os
+import random
 import secrets
 import shutil
 import tarfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
 from fastapi.testclient import TestClient
+from sqlalchemy import delete, insert
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
 from app.ids import new_id
-from app.models import Checkpoint, Corpus, Run, RunCheckpoint, Tenant
+from app.models import Checkpoint, Corpus, Run, RunCheckpoint, RunMetric, Tenant
+from app.runs.downsample import Point
 from app.runs.states import RunStatus
 from app.storage import LocalStorage
 from app.storage.keys import checkpoint_key, corpus_key, run_checkpoint_key
+from worker.pretraining.hyperparameters import Hyperparameters
 from worker.pretraining.model_files import inspect_model_dir
 
 POSTGRES_URL = os.environ.get(
@@ -72,6 +76,35 @@ def save_checkpoint(model: Any, tokenizer: Any, directory: Path) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+# -- runs of the training library ------------------------------------------------------------------------
+
+# A run of the engine on the tiny BERT: every step logged, evaluations and checkpoints every 10 steps.
+TINY_RUN: dict[str, Any] = {
+    "batch_size": 8,
+    "max_seq_length": 64,
+    "max_predictions_per_seq": 10,
+    "learning_rate": 1e-3,
+    "warmup_ratio": 0.1,
+    "logging_every_steps": 1,
+    "eval_every_steps": 10,
+    "checkpoint_every_steps": 10,
+    "keep_checkpoints": 2,
+    "eval_documents": 6,
+    "seed": 7,
+}
+
+
+def tiny_run_hyperparameters(**overrides: Any) -> Hyperparameters:
+    """:data:`TINY_RUN` with ``overrides``."""
+    return Hyperparameters(**{**TINY_RUN, **overrides})
+
+
+def write_documents(path: Path, documents: list[list[str]]) -> Path:
+    """A corpus file in BERT format: one sentence a line, a blank line after each document."""
+    path.write_text("".join("\n".join(doc) + "\n\n" for doc in documents), encoding="utf-8")
+    return path
 
 
 # -- the API -------------------------------------------------------------------------------------------
@@ -142,6 +175,31 @@ def add_checkpoint_row(session: Session, run: Run, step: int, key: str | None = 
     session.add(checkpoint)
     session.commit()
     return checkpoint
+
+
+# -- metric curves ---------------------------------------------------------------------------------------
+
+
+def noisy_points(steps: Iterable[int], seed: int = 0) -> list[Point]:
+    """A curve with a value between 3 and 4 at each of ``steps``, the same for the same ``seed``."""
+    rng = random.Random(seed)
+    return [(step, 3.0 + rng.random()) for step in steps]
+
+
+def assert_well_formed_points(points: list[Point], max_points: int) -> None:
+    """At most ``max_points`` points, in increasing steps, each step once."""
+    assert len(points) <= max_points
+    steps = [step for step, _ in points]
+    assert steps == sorted(set(steps))
+
+
+def insert_metric_points(
+    session: Session, run_id: str, split: str, name: str, points: Iterable[Point]
+) -> None:
+    """The ``points`` of one series of a run, written to ``run_metrics`` and committed."""
+    rows = [{"run_id": run_id, "split": split, "name": name, "step": s, "value": v} for s, v in points]
+    session.execute(insert(RunMetric), rows)
+    session.commit()
 
 
 # -- archives and checkpoint files ---------------------------------------------------------------------
@@ -235,7 +293,7 @@ def fake_bert_files(
     }
 
 
-# -- committed rows, for what opens its own sessions (the worker) ---------------------------------------
+# -- committed rows, for what opens its own sessions (the worker, the run lifecycle) -----------------------
 
 
 class Factory:
@@ -325,3 +383,11 @@ class Factory:
             run = session.get(Run, run_id)
             assert run is not None
             return run
+
+    def delete_rows(self) -> None:
+        """Every row made under the tenant, and the tenant (a run's metrics, events and checkpoint rows go
+        with it): tests that count all the rows of a table (runs, corpora, checkpoints) must not see them."""
+        with session_scope(self.session_factory) as session:
+            for model in (Run, Corpus, Checkpoint):
+                session.execute(delete(model).where(model.tenant_id == self.tenant_id))
+            session.execute(delete(Tenant).where(Tenant.id == self.tenant_id))

@@ -1,5 +1,5 @@
-"""Data migrations, from an empty database: 0003 renames the training split's metrics to BERT's names in
-the stored points and the JSON that holds metrics, and its downgrade gives the old names back."""
+"""The migrations: `alembic upgrade head` builds what the models declare; from an empty database, 0003
+renames the training metrics to BERT's names (stored points and metrics JSON), and its downgrade undoes it."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from alembic import command
-from sqlalchemy import text
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, inspect, text
 
 from app.db import alembic_config, create_db_engine, upgrade_database
+from app.models import Base
 
 OLD_TRAIN = {
     "loss": 7.0,
@@ -91,3 +94,21 @@ def test_0003_renames_the_training_metrics_and_back(
             assert latest == metrics == {"train": OLD_TRAIN, "eval": EVAL}
         finally:
             engine.dispose()
+
+
+def test_migrations_match_the_models(engine: Engine) -> None:
+    """`alembic upgrade head` (run by the database fixture) builds exactly what the models declare."""
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+        tables = set(inspect(connection).get_table_names())
+    assert tables >= {
+        "tenants",
+        "api_keys",
+        "corpora",
+        "checkpoints",
+        "runs",
+        "run_metrics",
+        "run_events",
+        "run_checkpoints",
+    }

@@ -139,6 +139,8 @@ class RunWarning(_Record):
     heads). ``count`` and ``first_line`` locate corpus problems; ``parameters`` lists newly initialized
     parameters."""
 
+    model_config = ConfigDict(extra="ignore")  # stored with runs and corpora: read what other versions wrote
+
     code: str = Field(examples=["one_sentence_documents"])
     message: str
     count: int | None = Field(None, description="How many times the corpus shows the problem.")

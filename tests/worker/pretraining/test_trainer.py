@@ -1,8 +1,12 @@
-"""The trainer's run state, as checkpoints carry it across attempts."""
+"""PretrainingTrainer: the run state checkpoints carry across attempts, and the optimizer's weight decay."""
 
 from __future__ import annotations
 
-from worker.pretraining.trainer import RunState
+from collections.abc import Callable
+
+import pytest
+
+from worker.pretraining.trainer import PretrainingTrainer, RunState
 
 # The "state" of a bertpt 0.1 checkpoint manifest (mlm_*/nsp_* names, the step repeated, {} before any log).
 STATE_0_1 = {
@@ -39,3 +43,19 @@ def test_a_checkpoint_of_bertpt_0_1_resumes() -> None:
 def test_the_state_round_trips_through_a_manifest() -> None:
     state = RunState.from_manifest({"state": STATE_0_1})
     assert RunState.from_manifest({"state": state.model_dump(mode="json")}) == state
+
+
+@pytest.mark.slow  # prepares a corpus and builds a trainer on the tiny BERT
+def test_weight_decay_spares_layernorm_and_bias(make_trainer: Callable[[], PretrainingTrainer]) -> None:
+    trainer = make_trainer()
+    optimizer = trainer.create_optimizer()
+    assert trainer.model is not None
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    decayed = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    spared = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.01, 0.0}
+    assert decayed and spared and not decayed & spared
+    assert decayed | spared == set(names.values())
+    assert all("LayerNorm" in n or n.endswith("bias") for n in spared)
+    assert not any("LayerNorm" in n or n.endswith("bias") for n in decayed)
+    assert "bert.embeddings.word_embeddings.weight" in decayed  # also the tied MLM decoder

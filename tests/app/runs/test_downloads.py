@@ -16,13 +16,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app.models import Run
-from app.runs.download_archive import archive_members
 from app.runs.states import RunStatus
 from app.storage import LocalStorage
 from tests.support import TenantKey, add_checkpoint_row, assert_error, fake_bert_files, make_run
-from worker.pretraining.layout import is_training_state
 
 CREATED_AT = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
+
+
 TRAINING_STATE = {
     "optimizer.pt": os.urandom(3000),
     "scheduler.pt": b"scheduler",
@@ -200,33 +200,3 @@ def test_missing_checkpoints_and_files(
     assert_error(client.get(f"{url}/50/download", headers=alice.headers), 409, "conflict")
     storage.delete(f"runs/{trained.id}/model")
     assert_error(client.get(f"/v1/runs/{trained.id}/model", headers=alice.headers), 409, "conflict")
-
-
-def test_member_selection(tmp_path: Path) -> None:
-    for name in (
-        "optimizer.pt",
-        "scheduler.pt",
-        "scaler.pt",
-        "rng_state.pth",
-        "rng_state_3.pth",
-        "trainer_state.json",
-    ):
-        assert is_training_state(name)
-    assert not is_training_state("model.safetensors") and not is_training_state("config.json")
-    (tmp_path / "tokenizer").mkdir()
-    (tmp_path / "tokenizer" / "vocab.txt").write_text("x")
-    (tmp_path / "config.json").write_text("{}")
-    (tmp_path / ".hidden").write_text("x")
-    (tmp_path / "tmp-half-written").mkdir()
-    (tmp_path / "tmp-half-written" / "x").write_text("x")
-    (tmp_path / "link.json").symlink_to(tmp_path / "config.json")
-    (tmp_path / "optimizer.pt").write_text("x")
-    assert [name for name, _ in archive_members(tmp_path, include_training_state=False)] == [
-        "config.json",
-        "tokenizer/vocab.txt",
-    ]
-    assert [name for name, _ in archive_members(tmp_path, include_training_state=True)] == [
-        "config.json",
-        "optimizer.pt",
-        "tokenizer/vocab.txt",
-    ]

@@ -1,9 +1,10 @@
-"""The worker's database writes: the atomic claim, fenced updates, idempotent metric batches."""
+"""The worker's writes to a run: the atomic claim, fenced updates, idempotent metric batches, resends."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -11,11 +12,12 @@ from sqlalchemy.orm import Session
 
 from app.db import create_db_engine, create_session_factory, session_scope, upgrade_database
 from app.ids import new_id
-from app.models import Run, RunCheckpoint, RunEvent, RunMetric, Tenant
+from app.models import Run, RunCheckpoint, RunEvent, RunMetric, Tenant, utcnow
 from app.runs import lifecycle
 from app.runs.events import RunEventType, add_event
+from app.runs.lifecycle import resend_stale_queued
 from app.runs.states import RunStatus, Trigger
-from tests.support import Factory
+from tests.support import Factory, TenantKey, make_run
 from worker.pretraining.records import EvalMetrics, MetricsRecord, TrainMetrics
 
 
@@ -40,8 +42,12 @@ RECORDS = [
         metrics=EvalMetrics(masked_lm_loss=7.0, masked_lm_accuracy=0.1, perplexity=float("inf")),
     ),
 ]
+
+
 # The points of RECORDS: only finite numbers (no row for a None, a NaN or an infinity).
 _EVERY_STEP = {"tokens_per_second": 50.0, "epoch": 0.5}
+
+
 RECORDED_POINTS = {
     **{
         ("train", name, 1): value
@@ -185,3 +191,29 @@ def test_claim_and_idempotent_metrics_on_sqlite(tmp_path: Path) -> None:
         assert _points(session_factory, "run_1") == RECORDED_POINTS
     finally:
         engine.dispose()
+
+
+# -- runs left queued (the API's send failed, or the message was lost) --------------------------------------
+
+
+TEN_MINUTES = timedelta(minutes=10)
+
+
+def test_only_runs_queued_too_long_are_sent_again_once_per_period(session: Session, alice: TenantKey) -> None:
+    old = utcnow() - timedelta(minutes=30)
+    stale = make_run(session, alice.tenant, created_at=old)
+    fresh = make_run(session, alice.tenant)
+    started = make_run(session, alice.tenant, created_at=old, status=RunStatus.RUNNING)
+    sent: list[str] = []
+
+    assert resend_stale_queued(session, older_than=TEN_MINUTES, enqueue=sent.append) == [stale.id]
+    session.commit()
+    assert sent == [stale.id]
+    assert stale.sent_at is not None and fresh.sent_at is None and started.sent_at is None
+
+    # Sent just now: not again until another period has passed.
+    assert resend_stale_queued(session, older_than=TEN_MINUTES, enqueue=sent.append) == []
+    stale.sent_at = utcnow() - timedelta(minutes=11)
+    session.commit()
+    assert resend_stale_queued(session, older_than=TEN_MINUTES, enqueue=sent.append) == [stale.id]
+    assert sent == [stale.id, stale.id]

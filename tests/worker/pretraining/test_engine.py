@@ -1,4 +1,4 @@
-"""The training engine end to end on a tiny BERT (CPU, seconds per run)."""
+"""The training engine (run_pretraining) end to end on a tiny BERT (CPU, seconds per run)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests.support import tiny_run_hyperparameters, write_documents
 from worker.pretraining import engine
 from worker.pretraining.base_model import load_base_model
 from worker.pretraining.engine import TrainingError, resolve_precision, run_pretraining
-from worker.pretraining.hyperparameters import Hyperparameters
 from worker.pretraining.layout import CHECKPOINT_MANIFEST, MODEL_MANIFEST
 from worker.pretraining.records import (
     CheckpointSaved,
@@ -29,50 +29,10 @@ from worker.pretraining.records import (
     TrainMetrics,
 )
 from worker.pretraining.run_checkpoints import ResumeError
-from worker.pretraining.sampler import LengthGroupedSampler
 from worker.pretraining.sinks import read_jsonl
-from worker.pretraining.trainer import PretrainingTrainer, training_arguments
+from worker.pretraining.trainer import PretrainingTrainer
 
 pytestmark = pytest.mark.slow  # trains a tiny BERT: `pytest -m "not slow"` skips it
-
-TINY_RUN: dict[str, Any] = {
-    "batch_size": 8,
-    "max_seq_length": 64,
-    "max_predictions_per_seq": 10,
-    "learning_rate": 1e-3,
-    "warmup_ratio": 0.1,
-    "logging_every_steps": 1,
-    "eval_every_steps": 10,
-    "checkpoint_every_steps": 10,
-    "keep_checkpoints": 2,
-    "eval_documents": 6,
-    "seed": 7,
-}
-
-
-def hp(**overrides: Any) -> Hyperparameters:
-    return Hyperparameters(**{**TINY_RUN, **overrides})
-
-
-def _write_corpus(path: Path, documents: list[list[str]]) -> Path:
-    path.write_text("".join("\n".join(doc) + "\n\n" for doc in documents), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("prepared-cache")
-
-
-@pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory: pytest.TempPathFactory, docstring_documents: list[list[str]]) -> Path:
-    """40 documents: an epoch of a few optimizer steps, so runs cross epoch boundaries."""
-    return _write_corpus(tmp_path_factory.mktemp("tiny") / "tiny.txt", docstring_documents[:40])
-
-
-@pytest.fixture(scope="module")
-def reference_corpus(tmp_path_factory: pytest.TempPathFactory, docstring_documents: list[list[str]]) -> Path:
-    return _write_corpus(tmp_path_factory.mktemp("reference") / "ref.txt", docstring_documents[400:440])
 
 
 def _split(records: list[TrainingRecord], split: str) -> dict[int, Any]:
@@ -81,6 +41,11 @@ def _split(records: list[TrainingRecord], split: str) -> dict[int, Any]:
 
 def _train(records: list[TrainingRecord]) -> dict[int, TrainMetrics]:
     return _split(records, "train")
+
+
+@pytest.fixture(scope="module")
+def reference_corpus(tmp_path_factory: pytest.TempPathFactory, docstring_documents: list[list[str]]) -> Path:
+    return write_documents(tmp_path_factory.mktemp("reference") / "ref.txt", docstring_documents[400:440])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,7 +66,7 @@ def full_run(
         tiny_bert_dir,
         small_corpus,
         out,
-        hp(max_steps=40),
+        tiny_run_hyperparameters(max_steps=40),
         reference_corpus=reference_corpus,
         cache_dir=cache_dir,
         sink=records.append,
@@ -164,7 +129,9 @@ def test_checkpoints_rotated_atomic_with_manifests(full_run: dict[str, Any], sma
     assert manifest["step"] == 30
     assert manifest["run"]["corpus_sha256"] == file_sha256(small_corpus)
     assert manifest["run"]["data_key"] == full_run["result"].data_key
-    assert manifest["run"]["hyperparameters"] == hp(max_steps=40).model_dump(mode="json")
+    assert manifest["run"]["hyperparameters"] == tiny_run_hyperparameters(max_steps=40).model_dump(
+        mode="json"
+    )
     assert manifest["run"]["base_model"] and manifest["run"]["base_model_sha256"]
     assert set(manifest["metrics"]) == {"train", "eval", "reference"}
     assert manifest["state"]["samples_seen"] == 30 * 8
@@ -220,7 +187,7 @@ def test_completed_run_is_returned_not_retrained(
         tiny_bert_dir,
         small_corpus,
         full_run["out"],
-        hp(max_steps=40),
+        tiny_run_hyperparameters(max_steps=40),
         reference_corpus=reference_corpus,
         cache_dir=cache_dir,
         sink=records.append,
@@ -236,7 +203,7 @@ def test_completed_run_is_returned_not_retrained(
 def test_resume_gives_the_uninterrupted_run(
     tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path
 ) -> None:
-    h = hp(max_steps=30, batch_size=16, eval_every_steps=0, checkpoint_every_steps=0)
+    h = tiny_run_hyperparameters(max_steps=30, batch_size=16, eval_every_steps=0, checkpoint_every_steps=0)
     straight: list[TrainingRecord] = []
     run_pretraining(tiny_bert_dir, tiny_corpus, tmp_path / "a", h, cache_dir=cache_dir, sink=straight.append)
 
@@ -285,7 +252,7 @@ def test_cancel_checkpoint_and_resume_guards(
     tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, small_corpus: Path, cache_dir: Path
 ) -> None:
     out = tmp_path / "run"
-    h = hp(max_steps=4)
+    h = tiny_run_hyperparameters(max_steps=4)
     cancelled = run_pretraining(
         tiny_bert_dir, tiny_corpus, out, h, cache_dir=cache_dir, should_stop=lambda: True
     )
@@ -296,7 +263,11 @@ def test_cancel_checkpoint_and_resume_guards(
 
     with pytest.raises(ResumeError, match="learning_rate"):
         run_pretraining(
-            tiny_bert_dir, tiny_corpus, out, hp(max_steps=4, learning_rate=2e-3), cache_dir=cache_dir
+            tiny_bert_dir,
+            tiny_corpus,
+            out,
+            tiny_run_hyperparameters(max_steps=4, learning_rate=2e-3),
+            cache_dir=cache_dir,
         )
     with pytest.raises(ResumeError, match="corpus"):
         run_pretraining(tiny_bert_dir, small_corpus, out, h, cache_dir=cache_dir)
@@ -304,7 +275,11 @@ def test_cancel_checkpoint_and_resume_guards(
         run_pretraining(tiny_bert_dir, tiny_corpus, out, h, cache_dir=cache_dir, resume=False)
     # What only changes logging and saving is not a different run.
     done = run_pretraining(
-        tiny_bert_dir, tiny_corpus, out, hp(max_steps=4, logging_every_steps=2), cache_dir=cache_dir
+        tiny_bert_dir,
+        tiny_corpus,
+        out,
+        tiny_run_hyperparameters(max_steps=4, logging_every_steps=2),
+        cache_dir=cache_dir,
     )
     assert done.status == "completed" and done.steps == 4 and done.resumed_from is not None
 
@@ -313,7 +288,7 @@ def test_crash_while_saving_leaves_no_complete_looking_checkpoint(
     tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "run"
-    h = hp(max_steps=4, checkpoint_every_steps=2, eval_every_steps=0)
+    h = tiny_run_hyperparameters(max_steps=4, checkpoint_every_steps=2, eval_every_steps=0)
     original = PretrainingTrainer.checkpoint_manifest
 
     def crash_at_step_4(self: PretrainingTrainer) -> dict[str, Any]:
@@ -336,7 +311,7 @@ def test_crash_during_export_is_finished_without_an_extra_step(
     tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "run"
-    h = hp(max_steps=3, eval_every_steps=0, checkpoint_every_steps=0)
+    h = tiny_run_hyperparameters(max_steps=3, eval_every_steps=0, checkpoint_every_steps=0)
 
     def broken_export(*args: Any, **kwargs: Any) -> Path:
         raise OSError("disk full")
@@ -366,7 +341,7 @@ def test_max_runtime_stops_evaluated_and_exported(
         tiny_bert_dir,
         tiny_corpus,
         tmp_path / "run",
-        hp(max_steps=50, max_runtime_seconds=60),
+        tiny_run_hyperparameters(max_steps=50, max_runtime_seconds=60),
         cache_dir=cache_dir,
     )
     assert result.status == "timed_out" and result.steps == 1
@@ -376,7 +351,7 @@ def test_max_runtime_stops_evaluated_and_exported(
 
 
 # --------------------------------------------------------------------------------------------------
-# Variants and pieces
+# Variants
 
 
 def test_static_masks_no_nsp_accumulation_bf16(
@@ -387,7 +362,7 @@ def test_static_masks_no_nsp_accumulation_bf16(
         tiny_bert_dir,
         tiny_corpus,
         tmp_path / "run",
-        hp(
+        tiny_run_hyperparameters(
             max_steps=3,
             nsp=False,
             masking="static",
@@ -421,7 +396,7 @@ def test_minilm_trains_a_few_steps(
         minilm_dir,
         small_corpus,
         tmp_path / "run",
-        hp(max_steps=3, batch_size=4, eval_documents=2, learning_rate=5e-5),
+        tiny_run_hyperparameters(max_steps=3, batch_size=4, eval_documents=2, learning_rate=5e-5),
         cache_dir=cache_dir,
     )
     assert result.status == "completed" and result.steps == 3
@@ -437,7 +412,11 @@ def test_max_seq_length_beyond_positions_is_refused(
 ) -> None:
     with pytest.raises(TrainingError, match="max_seq_length"):
         run_pretraining(
-            tiny_bert_dir, tiny_corpus, tmp_path / "run", hp(max_seq_length=128), cache_dir=tmp_path
+            tiny_bert_dir,
+            tiny_corpus,
+            tmp_path / "run",
+            tiny_run_hyperparameters(max_seq_length=128),
+            cache_dir=tmp_path,
         )
 
 
@@ -446,151 +425,3 @@ def test_precision_resolution() -> None:
     assert resolve_precision("bf16", cuda=False) == "bf16"
     with pytest.raises(TrainingError, match="fp16"):
         resolve_precision("fp16", cuda=False)
-
-
-@pytest.fixture(scope="module")
-def prepared(small_corpus: Path, tokenizer: Any, cache_dir: Path) -> Any:
-    from worker.pretraining.prepare import prepare_corpus
-
-    return prepare_corpus(small_corpus, tokenizer, cache_dir, hp().preparation())
-
-
-def _trainer(tmp_path: Path, tiny_bert_dir: Path, prepared: Any, tokenizer: Any) -> PretrainingTrainer:
-    from worker.pretraining.collator import PretrainingCollator
-    from worker.pretraining.masking import MaskingConfig, TokenMasker
-
-    h = hp(max_steps=10)
-    collator = PretrainingCollator(
-        pad_token_id=tokenizer.pad_token_id,
-        masker=TokenMasker.from_tokenizer(MaskingConfig.from_hyperparameters(h), tokenizer),
-        seed=h.seed,
-    )
-    args = training_arguments(
-        h, tmp_path, max_steps=10, precision="fp32", cuda=False, dataloader_workers=0, evaluate_at_start=False
-    )
-    return PretrainingTrainer(
-        model=load_base_model(tiny_bert_dir).model,
-        args=args,
-        data_collator=collator,
-        train_dataset=prepared.train,
-    )
-
-
-def test_weight_decay_spares_layernorm_and_bias(
-    tmp_path: Path, tiny_bert_dir: Path, prepared: Any, tokenizer: Any
-) -> None:
-    trainer = _trainer(tmp_path, tiny_bert_dir, prepared, tokenizer)
-    optimizer = trainer.create_optimizer()
-    assert trainer.model is not None
-    names = {id(p): n for n, p in trainer.model.named_parameters()}
-    decayed = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
-    spared = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
-    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.01, 0.0}
-    assert decayed and spared and not decayed & spared
-    assert decayed | spared == set(names.values())
-    assert all("LayerNorm" in n or n.endswith("bias") for n in spared)
-    assert not any("LayerNorm" in n or n.endswith("bias") for n in decayed)
-    assert "bert.embeddings.word_embeddings.weight" in decayed  # also the tied MLM decoder
-
-
-def test_length_grouping_with_prepared_split(
-    tmp_path: Path, tiny_bert_dir: Path, prepared: Any, tokenizer: Any
-) -> None:
-    lengths = prepared.train.lengths
-    sampler = LengthGroupedSampler(lengths, 8, seed=3)
-    epoch0 = list(sampler)
-    assert sorted(epoch0) == list(range(len(lengths)))
-    assert list(sampler) == epoch0  # reproducible
-    sampler.set_epoch(1)
-    assert list(sampler) != epoch0
-    grouped = np.mean([np.ptp(lengths[b]) for b in sampler.batches() if len(b) == 8])
-    shuffled = np.mean(
-        [
-            np.ptp(lengths[b])
-            for b in np.array_split(np.random.default_rng(0).permutation(len(lengths)), len(lengths) // 8)
-        ]
-    )
-    assert grouped < shuffled / 3
-
-    trainer = _trainer(tmp_path, tiny_bert_dir, prepared, tokenizer)
-    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
-    batch = next(iter(trainer.get_train_dataloader()))
-    assert set(batch) >= {"input_ids", "masked_lm_positions", "masked_lm_labels", "next_sentence_label"}
-    real = batch["attention_mask"].sum(1)
-    assert batch["input_ids"].shape[1] - int(real.min()) < 16  # little padding
-
-
-# --------------------------------------------------------------------------------------------------
-# The CLI
-
-
-def _cli() -> Any:
-    from worker.cli import cli
-
-    return cli
-
-
-def test_cli_options_come_from_the_schema() -> None:
-    command = _cli().commands["train"]
-    options = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
-    helps = {param.name: param.help for param in command.params}
-    for name, info in Hyperparameters.model_fields.items():
-        assert f"--{name.replace('_', '-')}" in options, name
-        assert helps[name].startswith(info.description)
-    assert "--no-whole-word-mask" in options and "--config" in options
-
-
-def test_cli_bad_config_is_one_line_naming_the_field(
-    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path
-) -> None:
-    from click.testing import CliRunner
-
-    common = [
-        "train",
-        "--base",
-        str(tiny_bert_dir),
-        "--corpus",
-        str(tiny_corpus),
-        "--out",
-        str(tmp_path / "run"),
-    ]
-    config = tmp_path / "run.json"
-    config.write_text(json.dumps({"max_step": 3}))
-    runner = CliRunner()
-    for extra, field in ((["--warmup-ratio", "2"], "warmup_ratio"), (["--config", str(config)], "max_step")):
-        result = runner.invoke(_cli(), [*common, *extra])
-        assert result.exit_code == 2, result.output
-        (line,) = [line for line in result.output.splitlines() if line.strip()]
-        assert line.startswith("error:") and field in line
-    assert not (tmp_path / "run").exists()
-
-
-def test_cli_runs_a_job_and_prints_the_summary(
-    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path
-) -> None:
-    from click.testing import CliRunner
-
-    config = tmp_path / "run.json"
-    config.write_text(json.dumps({"hyperparameters": {**TINY_RUN, "max_steps": 50}}))
-    args = [
-        "train",
-        "--base",
-        str(tiny_bert_dir),
-        "--corpus",
-        str(tiny_corpus),
-        "--out",
-        str(tmp_path / "run"),
-    ]
-    args += [
-        "--config",
-        str(config),
-        "--cache-dir",
-        str(cache_dir),
-        "--max-steps",
-        "3",
-    ]
-    result = CliRunner().invoke(_cli(), args, terminal_width=200)
-    assert result.exit_code == 0, result.output
-    assert "completed after 3/3 steps" in result.output
-    assert "baseline (step 0)" in result.output and "masked_lm_loss" in result.output
-    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

@@ -26,7 +26,7 @@ from app.db import create_db_engine, create_session_factory, session_scope
 from app.tenants.service import create_api_key, create_tenant
 from tests.support import REDIS_URL
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 SERVE = "from worker.service_cli import serve_command; serve_command()"
 START_SECONDS = 60
 CONCURRENT_REQUESTS = 64

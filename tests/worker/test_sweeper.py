@@ -1,4 +1,4 @@
-"""Runs left queued (the API's send failed, or the message was lost) are sent again by the workers' sweep."""
+"""The workers' sweep of runs left queued: a failed send is tried again, the thread sweeps until stopped."""
 
 from __future__ import annotations
 
@@ -10,32 +10,10 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.models import utcnow
-from app.runs.lifecycle import resend_stale_queued
-from app.runs.states import RunStatus
 from tests.support import TenantKey, make_run
 from worker.sweeper import QueuedRunSweeper
 
 TEN_MINUTES = timedelta(minutes=10)
-
-
-def test_only_runs_queued_too_long_are_sent_again_once_per_period(session: Session, alice: TenantKey) -> None:
-    old = utcnow() - timedelta(minutes=30)
-    stale = make_run(session, alice.tenant, created_at=old)
-    fresh = make_run(session, alice.tenant)
-    started = make_run(session, alice.tenant, created_at=old, status=RunStatus.RUNNING)
-    sent: list[str] = []
-
-    assert resend_stale_queued(session, older_than=TEN_MINUTES, enqueue=sent.append) == [stale.id]
-    session.commit()
-    assert sent == [stale.id]
-    assert stale.sent_at is not None and fresh.sent_at is None and started.sent_at is None
-
-    # Sent just now: not again until another period has passed.
-    assert resend_stale_queued(session, older_than=TEN_MINUTES, enqueue=sent.append) == []
-    stale.sent_at = utcnow() - timedelta(minutes=11)
-    session.commit()
-    assert resend_stale_queued(session, older_than=TEN_MINUTES, enqueue=sent.append) == [stale.id]
-    assert sent == [stale.id, stale.id]
 
 
 def test_a_failed_send_is_tried_again_at_the_next_sweep(

@@ -21,7 +21,7 @@ from worker.pretraining.corpus import (
 )
 from worker.pretraining.records import RunWarning
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 DOCUMENTS = [
     [

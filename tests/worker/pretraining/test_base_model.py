@@ -1,4 +1,4 @@
-"""Loading base checkpoints (what is refused, what is reported) and the gathered-head loss."""
+"""Loading base checkpoints: what is refused, what is reported, what is kept."""
 
 from __future__ import annotations
 
@@ -7,49 +7,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
 from tests.support import save_checkpoint, tiny_config
 from worker.pretraining.base_model import NEWLY_INITIALIZED, load_base_model
-from worker.pretraining.collator import PretrainingCollator
-from worker.pretraining.loss import pretraining_loss
-from worker.pretraining.masking import MaskingConfig, TokenMasker
 from worker.pretraining.model_files import BaseModelError
-
-
-def _instances(tokenizer: Any, n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Synthetic [CLS] A [SEP] B [SEP] instances of varied lengths over the non-special vocabulary."""
-    rng = np.random.default_rng(seed)
-    special = set(tokenizer.all_special_ids)
-    ordinary = np.array([i for i in range(len(tokenizer)) if i not in special])
-    out = []
-    for index in range(n):
-        a, b = int(rng.integers(3, 20)), int(rng.integers(3, 25))
-        ids = np.concatenate(
-            [
-                [tokenizer.cls_token_id],
-                rng.choice(ordinary, a),
-                [tokenizer.sep_token_id],
-                rng.choice(ordinary, b),
-                [tokenizer.sep_token_id],
-            ]
-        )
-        out.append(
-            {"index": index, "input_ids": ids, "segment_b_start": a + 2, "next_sentence_label": index % 2}
-        )
-    return out
-
-
-def _batch(tokenizer: Any, n: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
-    masker = TokenMasker.from_tokenizer(MaskingConfig(), tokenizer)
-    collator = PretrainingCollator(pad_token_id=tokenizer.pad_token_id, masker=masker, seed=seed)
-    return collator(_instances(tokenizer, n, seed))
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading
 
 
 def test_full_checkpoint_loads_without_warnings(tiny_bert_dir: Path) -> None:
@@ -154,60 +117,3 @@ def test_missing_directory_and_offline_hub(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BaseModelError, match="offline"):
         load_base_model("bertpt-tests/no-such-model")
-
-
-# --------------------------------------------------------------------------------------------------
-# The loss
-
-
-def test_gathered_loss_equals_stock_loss(tiny_bert_dir: Path, tokenizer: Any) -> None:
-    model = load_base_model(tiny_bert_dir).model.eval()
-    batch = _batch(tokenizer)
-    assert (batch["masked_lm_labels"] != -100).sum() == (batch["labels"] != -100).sum()
-    with torch.no_grad():
-        ours = pretraining_loss(model, batch)
-        stock = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            token_type_ids=batch["token_type_ids"],
-            labels=batch["labels"],
-            next_sentence_label=batch["next_sentence_label"],
-        )
-        mlm_only = pretraining_loss(model, batch, nsp=False)
-        logits = stock.prediction_logits
-        stock_mlm = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1)
-        )
-    assert abs(ours.loss.item() - stock.loss.item()) < 1e-5
-    assert abs(mlm_only.loss.item() - stock_mlm.item()) < 1e-5
-    assert mlm_only.next_sentence_loss is None
-    assert int(ours.masked_lm_count) == int((batch["labels"] != -100).sum())
-    assert (
-        ours.next_sentence_count is not None and int(ours.next_sentence_count) == batch["input_ids"].shape[0]
-    )
-
-
-def test_micro_batch_losses_sum_to_the_whole_batch_loss(tiny_bert_dir: Path, tokenizer: Any) -> None:
-    """With normalizers counted over all micro-batches (gradient accumulation), the micro-batch losses
-    add up to the token-weighted loss of the whole batch."""
-    model = load_base_model(tiny_bert_dir).model.eval()
-    batch = _batch(tokenizer, n=10, seed=3)
-    halves = [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]
-    mlm_total = int((batch["masked_lm_labels"] != -100).sum())
-    with torch.no_grad():
-        whole = pretraining_loss(model, batch).loss
-        parts = sum(
-            pretraining_loss(model, half, masked_lm_normalizer=mlm_total, next_sentence_normalizer=10).loss
-            for half in halves
-        )
-    assert abs(float(whole) - float(parts)) < 1e-5
-
-
-def test_loss_gradients_reach_tied_embeddings_and_heads(tiny_encoder_dir: Path, tokenizer: Any) -> None:
-    model = load_base_model(tiny_encoder_dir).model.train()
-    out = pretraining_loss(model, _batch(tokenizer))
-    out.loss.backward()
-    assert model.bert.embeddings.word_embeddings.weight.grad is not None
-    assert model.cls.seq_relationship.weight.grad is not None
-    assert model.cls.predictions.transform.dense.weight.grad is not None
-    assert 0 <= int(out.masked_lm_correct) <= int(out.masked_lm_count)

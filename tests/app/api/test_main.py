@@ -1,0 +1,63 @@
+"""The app's error mapping: every failure in one JSON body shape; and its OpenAPI schema and docs."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from tests.support import TenantKey, assert_error
+from worker.pretraining.hyperparameters import load_hyperparameters
+
+
+def test_unknown_route_is_a_json_404(client: TestClient) -> None:
+    assert_error(client.get("/v1/nothing-here"), 404, "not_found")
+
+
+def test_wrong_method_is_a_json_405(client: TestClient, alice: TenantKey) -> None:
+    assert_error(client.put("/v1/corpora", headers=alice.headers), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    ("query", "param"), [("limit=0", "limit"), ("limit=abc", "limit"), ("limit=101", "limit")]
+)
+def test_request_validation_errors_name_the_field(
+    client: TestClient, alice: TenantKey, query: str, param: str
+) -> None:
+    error = assert_error(
+        client.get(f"/v1/corpora?{query}", headers=alice.headers), 422, "validation_error", param
+    )
+    assert error["message"].startswith(f"{param}: ")
+
+
+def test_openapi_and_docs(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/corpora", "/v1/corpora/{corpus_id}", "/v1/checkpoints", "/v1/models", "/readyz"} <= set(
+        spec["paths"]
+    )
+    upload = spec["paths"]["/v1/corpora"]["post"]
+    assert "multipart/form-data" in upload["requestBody"]["content"]
+    assert {"CorpusPublic", "CorporaPublic", "CheckpointPublic", "ErrorResponse"} <= set(
+        spec["components"]["schemas"]
+    )
+    assert spec["paths"]["/v1/corpora"]["get"]["tags"] == ["corpora"]
+    assert "bearer" in str(spec["components"]["securitySchemes"]).lower()
+    assert client.get("/docs").status_code == 200
+
+
+def test_hyperparameter_and_unexpected_errors_keep_the_body_shape(app: FastAPI) -> None:
+    def bad_hyperparameters() -> None:
+        load_hyperparameters({"learning_rate": -1.0})
+
+    def crash() -> None:
+        raise RuntimeError("secret internals")
+
+    app.add_api_route("/test/hyperparameters", bad_hyperparameters)
+    app.add_api_route("/test/crash", crash)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        error = assert_error(
+            client.get("/test/hyperparameters"), 422, "validation_error", "hyperparameters.learning_rate"
+        )
+        assert "learning_rate" in error["message"]
+        error = assert_error(client.get("/test/crash"), 500, "internal_error")
+        assert "secret" not in error["message"]

@@ -1,0 +1,36 @@
+"""Settings: read from the environment, cached, and refusing unsafe values in production."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings, get_settings
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BERTPT_MAX_UPLOAD_BYTES", "1234")
+    monkeypatch.setenv("BERTPT_CORS_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = Settings()
+    assert settings.max_upload_bytes == 1234
+    assert settings.cors_origins == ["https://a.example", "https://b.example"]
+    assert settings.hf_hub_offline is True
+    assert settings.training_queue == "training"
+
+
+def test_get_settings_is_cached() -> None:
+    get_settings.cache_clear()
+    try:
+        assert get_settings() is get_settings()
+    finally:
+        get_settings.cache_clear()
+
+
+def test_production_refuses_unsafe_defaults() -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(env="prod")
+    assert "SQLite" in str(info.value) and "CORS" in str(info.value)
+    Settings(env="prod", database_url="postgresql+psycopg://db/bertpt", cors_origins=["https://ui.example"])
+    with pytest.raises(ValidationError, match="file://"):
+        Settings(storage_url="s3://bucket")

@@ -1,0 +1,40 @@
+"""The Celery configuration, and a run enqueued by task name to the training queue."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import redis
+
+from app.config import Settings
+from app.queue import RUN_TASK, celery_config, create_celery, enqueue_run
+from tests.support import REDIS_URL
+
+
+def test_celery_configuration(settings: Settings) -> None:
+    config = celery_config(settings)
+    assert config["task_serializer"] == config["result_serializer"] == "json"
+    assert config["accept_content"] == ["json"]
+    assert config["task_acks_late"] is True and config["worker_prefetch_multiplier"] == 1
+    assert config["broker_transport_options"] == {"visibility_timeout": settings.visibility_timeout}
+    assert config["task_routes"] == {RUN_TASK: {"queue": settings.training_queue}}
+    assert create_celery(settings).conf.broker_url == settings.redis_url
+
+
+def test_enqueue_run_sends_by_name_to_the_training_queue(settings: Settings) -> None:
+    queue = f"training-test-{secrets.token_hex(4)}"
+    celery = create_celery(settings.model_copy(update={"training_queue": queue}))
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        task_id = enqueue_run("run_abc", celery=celery)
+        assert client.llen(queue) == 1
+        raw = client.lpop(queue)
+        assert isinstance(raw, bytes)
+        message = json.loads(raw)
+        assert message["headers"]["task"] == RUN_TASK
+        assert message["headers"]["id"] == task_id
+        assert message["headers"]["argsrepr"] == "['run_abc']"
+    finally:
+        # the queue, and the exchange bindings kombu keeps next to it
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
