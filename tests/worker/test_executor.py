@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ from app.runs import live
 from app.runs.schemas import RunProgress
 from app.runs.states import RunStatus
 from tests.support import TINY_HYPERPARAMETERS, Factory
+from tests.worker import children
 from worker.context import WorkerContext
 from worker.executor import execute_run
 
@@ -95,7 +97,8 @@ def test_cancelling_a_running_training_stops_it_with_a_checkpoint(
     run_id = factory.run(
         corpus_id=factory.corpus(tiny_corpus_bytes),
         base_model=f"checkpoint:{checkpoint_id}",
-        hyperparameters={**TINY_HYPERPARAMETERS, "max_steps": 100_000},
+        # max_runtime_seconds: should the canceller never act, the run ends and the test fails, not hangs.
+        hyperparameters={**TINY_HYPERPARAMETERS, "max_steps": 100_000, "max_runtime_seconds": 300},
     )
     seen: dict[str, object] = {}
 
@@ -142,8 +145,10 @@ def test_cancelling_a_running_training_stops_it_with_a_checkpoint(
 
 
 def test_cancelling_while_preparing_ends_the_training_process(
-    factory: Factory, worker_context: WorkerContext, tiny_bert_dir: Path
+    factory: Factory, worker_context: WorkerContext, tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A training process that is still preparing when the cancel arrives, however fast the machine.
+    monkeypatch.setattr("worker.executor.run_training_job", children.preparing_forever)
     checkpoint_id = factory.checkpoint(tiny_bert_dir)
     run_id = factory.run(
         corpus_id=factory.corpus(b"a b c.\nd e f.\n"), base_model=f"checkpoint:{checkpoint_id}"
@@ -180,7 +185,8 @@ def test_a_training_process_killed_without_a_word_fails_the_run_clearly(
     run_id = factory.run(
         corpus_id=factory.corpus(tiny_corpus_bytes),
         base_model=f"checkpoint:{checkpoint_id}",
-        hyperparameters={**TINY_HYPERPARAMETERS, "max_steps": 100_000},
+        # max_runtime_seconds: should the killer never act, the run ends and the test fails, not hangs.
+        hyperparameters={**TINY_HYPERPARAMETERS, "max_steps": 100_000, "max_runtime_seconds": 300},
     )
 
     def kill_once_training() -> None:
@@ -189,8 +195,9 @@ def test_a_training_process_killed_without_a_word_fails_the_run_clearly(
         while time.monotonic() < deadline:
             if factory.get_run(run_id).progress.get("step", 0) >= 1:
                 for child in psutil.Process().children():
-                    if "spawn_main" in " ".join(child.cmdline()):  # not billiard's semaphore tracker
-                        child.send_signal(signal.SIGKILL)
+                    with contextlib.suppress(psutil.Error):  # a process ending meanwhile
+                        if "spawn_main" in " ".join(child.cmdline()):  # not billiard's semaphore tracker
+                            child.send_signal(signal.SIGKILL)
                 return
             time.sleep(0.1)
 

@@ -140,7 +140,12 @@ def test_two_workers_share_the_port_and_survive_a_crash(server: Server, api_key:
     statuses = asyncio.run(_concurrent_gets(server.base, "/v1/corpora", api_key, CONCURRENT_REQUESTS))
     assert statuses == [200] * CONCURRENT_REQUESTS
 
-    # Whichever process answers /metrics reports the requests of both.
+    # Whichever process answers /metrics reports the requests of both. A request is counted once its
+    # response is sent: wait for the last count, then check it is exact (one too many fails too).
+    server.wait_until(
+        "every request counted",
+        lambda: _requests_counted(server.base, "/v1/corpora") >= CONCURRENT_REQUESTS,
+    )
     assert _requests_counted(server.base, "/v1/corpora") == CONCURRENT_REQUESTS
     # ... and both served some: each process that counted a request has its own counter file.
     assert len(list(server.metrics_dir.glob("counter_*.db"))) == 2

@@ -37,9 +37,10 @@ def upload(
     )
 
 
-def nothing_left(storage: LocalStorage, session: Session) -> bool:
+def nothing_left(storage: LocalStorage, session: Session, owner: TenantKey) -> bool:
+    """No file in storage and no checkpoint row of ``owner`` (the database is shared by the session)."""
     files = [p for p in storage.root.rglob("*") if p.is_file()]
-    rows = session.scalar(select(func.count()).select_from(Checkpoint))
+    rows = session.scalar(select(func.count()).where(Checkpoint.tenant_id == owner.tenant.id))
     return not files and storage.temporary_entries() == [] and rows == 0
 
 
@@ -107,7 +108,7 @@ def test_path_traversal_is_refused(
     )
     assert "absolute" in refused(client, alice, tar_gz(fake_bert_files() | {"/etc/evil.json": b"{}"}))
     assert not (storage.root.parent / "evil.json").exists()
-    assert nothing_left(storage, session)
+    assert nothing_left(storage, session, alice)
 
 
 def test_links_and_devices_are_refused(
@@ -127,7 +128,7 @@ def test_links_and_devices_are_refused(
     assert "symbolic link" in refused(
         client, alice, zip_bytes(files, symlinks={"vocab.txt": "/etc/passwd"}), "m.zip"
     )
-    assert nothing_left(storage, session)
+    assert nothing_left(storage, session, alice)
 
 
 def test_pickle_weights_are_refused_with_a_conversion_hint(client: TestClient, alice: TenantKey) -> None:
@@ -187,7 +188,7 @@ def test_archive_limits(
     )
     settings.max_upload_bytes = 100
     assert_error(upload(client, alice, tar_gz(files)), 413, "payload_too_large", "file")
-    assert nothing_left(storage, session)
+    assert nothing_left(storage, session, alice)
 
 
 def test_mixed_roots_and_corrupt_archives_are_refused(client: TestClient, alice: TenantKey) -> None:

@@ -18,8 +18,10 @@ from tests.support import TenantKey, assert_error, corpus_bytes, gzip_bytes, mak
 from worker.pretraining.corpus import CorpusScanner
 
 
-def corpus_count(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(Corpus)) or 0
+def corpus_count(session: Session, *owners: TenantKey) -> int:
+    """The corpora of these tenants (only the test's own rows: the database is shared by the session)."""
+    tenant_ids = [owner.tenant.id for owner in owners]
+    return session.scalar(select(func.count()).where(Corpus.tenant_id.in_(tenant_ids))) or 0
 
 
 def stored_files(storage: LocalStorage) -> list[str]:
@@ -84,7 +86,7 @@ def test_same_content_twice_returns_the_existing_corpus(
     theirs = upload_corpus(client, bob, content)
     assert theirs.status_code == 201
     assert theirs.json()["id"] != first.json()["id"]
-    assert corpus_count(session) == 2
+    assert corpus_count(session, alice, bob) == 2
 
 
 def test_upload_is_streamed_in_bounded_chunks(
@@ -126,7 +128,7 @@ def test_invalid_utf8_is_refused_with_its_line(
     assert f"corpus.txt, line 10 (byte {content.index(0xE9)})" in error["message"]
     assert "UTF-8" in error["message"]
     assert stored_files(storage) == []
-    assert corpus_count(session) == 0
+    assert corpus_count(session, alice) == 0
 
 
 def test_nul_byte_is_refused(client: TestClient, alice: TenantKey, storage: LocalStorage) -> None:
@@ -156,7 +158,7 @@ def test_too_big_is_413_and_leaves_nothing(
     error = assert_error(upload_corpus(client, alice, content), 413, "payload_too_large", "file")
     assert "1,000 bytes" in error["message"]
     assert stored_files(storage) == [] and storage.temporary_entries() == []
-    assert corpus_count(session) == 0
+    assert corpus_count(session, alice) == 0
 
 
 def test_too_big_by_content_length_is_refused_before_reading(

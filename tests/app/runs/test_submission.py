@@ -50,8 +50,10 @@ def submit(client: TestClient, who: TenantKey, body: dict[str, Any], key: str | 
     return client.post("/v1/runs", json=body, headers=headers)
 
 
-def run_count(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(Run)) or 0
+def run_count(session: Session, *owners: TenantKey) -> int:
+    """The runs of these tenants (only the test's own rows: the database is shared by the session)."""
+    tenant_ids = [owner.tenant.id for owner in owners]
+    return session.scalar(select(func.count()).where(Run.tenant_id.in_(tenant_ids))) or 0
 
 
 def test_create_queues_the_run_with_defaults_filled_in(
@@ -125,7 +127,7 @@ def test_invalid_hyperparameters_name_the_field(
     body = {"base_model": builtin_base_model(), "corpus_id": corpus_id, "hyperparameters": hyperparameters}
     error = assert_error(submit(client, alice, body), 422, "validation_error", param)
     assert words in error["message"]
-    assert enqueued == [] and run_count(session) == 0
+    assert enqueued == [] and run_count(session, alice) == 0
 
 
 def test_corpora_must_be_the_tenants_own(
@@ -213,7 +215,7 @@ def test_idempotency_key_replays_the_same_run(
     assert submit(client, bob, bobs, key="retry-me").status_code == 201
     assert submit(client, alice, body).json()["id"] != first.json()["id"]
     assert len(enqueued) == 3
-    assert run_count(session) == 3
+    assert run_count(session, alice, bob) == 3
 
 
 def test_a_concurrent_repeat_gets_the_first_run(
@@ -239,7 +241,7 @@ def test_a_concurrent_repeat_gets_the_first_run(
     again = submit(client, alice, body, key="race")
     assert again.status_code == 200, again.text
     assert again.json()["id"] == first["id"] and len(lookups) == 2
-    assert enqueued == [first["id"]] and run_count(session) == 1
+    assert enqueued == [first["id"]] and run_count(session, alice) == 1
 
 
 def test_a_failed_commit_queues_nothing(
@@ -264,4 +266,4 @@ def test_a_failed_commit_queues_nothing(
         response = submit(failing_client, alice, {"base_model": builtin_base_model(), "corpus_id": corpus_id})
     assert_error(response, 500, "internal_error")
     assert enqueued == []
-    assert run_count(session) == 0
+    assert run_count(session, alice) == 0

@@ -20,9 +20,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory: pytest.TempPathFactory, docstring_documents: list[list[str]]) -> Path:
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory, documents: list[list[str]]) -> Path:
     """40 documents: an epoch of a few optimizer steps, so runs cross epoch boundaries."""
-    return write_documents(tmp_path_factory.mktemp("tiny") / "tiny.txt", docstring_documents[:40])
+    return write_documents(tmp_path_factory.mktemp("tiny") / "tiny.txt", documents[:40])
 
 
 @pytest.fixture(scope="module")

@@ -34,8 +34,8 @@ def build_instances(tokenizer, documents: list[list[str]], count: int) -> list[d
 
 
 @pytest.fixture(scope="module")
-def instances(tokenizer, docstring_documents) -> list[dict]:
-    return build_instances(tokenizer, docstring_documents, 400)
+def instances(tokenizer, documents) -> list[dict]:
+    return build_instances(tokenizer, documents, 400)
 
 
 @pytest.fixture(scope="module")

@@ -44,8 +44,8 @@ def _train(records: list[TrainingRecord]) -> dict[int, TrainMetrics]:
 
 
 @pytest.fixture(scope="module")
-def reference_corpus(tmp_path_factory: pytest.TempPathFactory, docstring_documents: list[list[str]]) -> Path:
-    return write_documents(tmp_path_factory.mktemp("reference") / "ref.txt", docstring_documents[400:440])
+def reference_corpus(tmp_path_factory: pytest.TempPathFactory, documents: list[list[str]]) -> Path:
+    return write_documents(tmp_path_factory.mktemp("reference") / "ref.txt", documents[400:440])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -396,7 +396,7 @@ def test_minilm_trains_a_few_steps(
         minilm_dir,
         small_corpus,
         tmp_path / "run",
-        tiny_run_hyperparameters(max_steps=3, batch_size=4, eval_documents=2, learning_rate=5e-5),
+        tiny_run_hyperparameters(max_steps=3, batch_size=4, eval_documents=20, learning_rate=5e-5),
         cache_dir=cache_dir,
     )
     assert result.status == "completed" and result.steps == 3

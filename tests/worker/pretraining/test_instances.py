@@ -31,12 +31,11 @@ def tokenize_documents(tokenizer, documents: list[list[str]]) -> TokenizedDocume
 
 
 @pytest.fixture(scope="module")
-def tokenized(tokenizer, docstring_documents) -> TokenizedDocuments:
+def tokenized(tokenizer, documents) -> TokenizedDocuments:
     # Long documents, like the articles of a real pre-training corpus: Google's algorithm only gives
     # half IsNext pairs when few chunks are single sentences (those are always paired at random).
     long_documents = [
-        [sentence for doc in docstring_documents[i : i + 6] for sentence in doc]
-        for i in range(0, len(docstring_documents), 6)
+        [sentence for doc in documents[i : i + 20] for sentence in doc] for i in range(0, len(documents), 20)
     ]
     return tokenize_documents(tokenizer, long_documents)
 
@@ -59,16 +58,22 @@ def document_of(docs: TokenizedDocuments, token_offsets) -> np.ndarray:
 
 
 def test_is_next_share_is_one_half(tokenized):
-    plan = collect(tokenized, short_seq_prob=0.0)
-    labels = np.array(plan.next_sentence_label)
-    assert len(labels) > 3000
+    # Five seeds over fixed text (tests/synthetic.py): about 14,600 pairs, a standard error of 0.004; the
+    # rest of the distance to 0.5 is Google's rule that single-sentence chunks are always random.
+    labels = np.concatenate(
+        [
+            np.array(collect(tokenized, short_seq_prob=0.0, seed=seed).next_sentence_label)
+            for seed in range(1, 6)
+        ]
+    )
+    assert len(labels) > 14_000
     assert abs((labels == IS_NEXT).mean() - 0.5) <= 0.03
 
 
-def test_single_sentence_chunks_are_always_paired_at_random(tokenizer, docstring_documents):
+def test_single_sentence_chunks_are_always_paired_at_random(tokenizer, documents):
     # Google's rule: a chunk of one sentence cannot be split into A and B, so B comes from another
     # document. With targets shorter than any sentence every chunk is one sentence.
-    long_sentences = [[s for s in doc if len(s.split()) >= 8] for doc in docstring_documents]
+    long_sentences = [[s for s in doc if len(s.split()) >= 8] for doc in documents]
     docs = tokenize_documents(tokenizer, [doc for doc in long_sentences if doc])
     plan = collect(docs, max_seq_length=8, short_seq_prob=0.0)
     a_sentences = np.searchsorted(docs.sentence_bounds, np.array(plan.a_start), side="right")

@@ -34,8 +34,8 @@ def build_sequences(tokenizer, documents: list[list[str]], count: int, max_lengt
 
 
 @pytest.fixture(scope="module")
-def sequences(tokenizer, docstring_documents) -> list[np.ndarray]:
-    return build_sequences(tokenizer, docstring_documents, NUM_SEQUENCES, MAX_SEQ_LENGTH)
+def sequences(tokenizer, documents) -> list[np.ndarray]:
+    return build_sequences(tokenizer, documents, NUM_SEQUENCES, MAX_SEQ_LENGTH)
 
 
 def draw(masker: TokenMasker, sequences: list[np.ndarray], seed: int = 0):
@@ -183,8 +183,7 @@ def test_replacements_follow_80_10_10(tokenizer, sequences) -> None:
 def test_replacement_split_is_configurable(tokenizer, sequences, mask_p, random_p) -> None:
     config = MaskingConfig(mask_replace_prob=mask_p, random_replace_prob=random_p)
     masker = TokenMasker.from_tokenizer(config, tokenizer)
-    subset = sequences[:1000]
-    masked, random, kept = replacement_shares(masker, subset, draw(masker, subset))
+    masked, random, kept = replacement_shares(masker, sequences, draw(masker, sequences))
     # A random replacement equals the original 1 time in ~4000: it counts as kept, hence the tolerance.
     assert masked == pytest.approx(mask_p, abs=0.02)
     assert random == pytest.approx(random_p, abs=0.02)

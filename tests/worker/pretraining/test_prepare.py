@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
+from tests.support import write_documents
+from tests.synthetic import FUNCTION_WORDS
 from worker.pretraining.corpus import CorpusFormatError
 from worker.pretraining.hyperparameters import PreparationConfig
 from worker.pretraining.prepare import PreparationError, prepare_corpus, prepare_eval_corpus
@@ -36,25 +40,35 @@ def test_prepare_writes_splits_and_reuses_the_cache(tmp_path, sample_corpus, tok
     assert other.key != prepared.key
 
 
-def test_eval_documents_never_overlap_training_documents(tmp_path, sample_corpus, tokenizer):
-    config = PreparationConfig(max_seq_length=64, eval_documents=40, seed=1)
-    prepared = prepare_corpus(sample_corpus, tokenizer, tmp_path, config)
-    splits = prepared.manifest["splits"]
-    assert splits["eval"]["documents"] == 40
-    assert splits["train"]["documents"] + 40 == prepared.manifest["corpus"]["documents"]
+def test_eval_documents_never_overlap_training_documents(tmp_path, tokenizer):
+    # 200 documents whose words are single tokens and whose 8-grams of tokens are their own (checked), so
+    # every instance can be traced to the document it came from.
+    rng = random.Random(0)
+    words = [word for word in FUNCTION_WORDS if len(tokenizer.tokenize(word)) == 1]
+    documents = [[" ".join(rng.choices(words, k=10)) + "." for _ in range(6)] for _ in range(200)]
+    corpus = write_documents(tmp_path / "corpus.txt", documents)
+    document_of: dict[tuple[int, ...], int] = {}
+    for d, document in enumerate(documents):
+        ids = [t for sentence in document for t in tokenizer(sentence, add_special_tokens=False)["input_ids"]]
+        for i in range(len(ids) - 7):
+            assert document_of.setdefault(tuple(ids[i : i + 8]), d) == d
 
-    def token_sets(split):
-        # 8-grams of every instance's tokens: documents shared by both splits would share many.
-        grams = set()
+    config = PreparationConfig(max_seq_length=64, eval_documents=40, seed=1)
+    prepared = prepare_corpus(corpus, tokenizer, tmp_path / "cache", config)
+    assert prepared.manifest["splits"]["eval"]["documents"] == 40
+    assert prepared.manifest["splits"]["train"]["documents"] == 160
+
+    def documents_in(split):  # the stored input_ids are the unmasked originals
+        seen = set()
         for k in range(len(split)):
             ids = split[k]["input_ids"].tolist()
-            grams.update(tuple(ids[i : i + 8]) for i in range(1, len(ids) - 8))
-        return grams
+            seen.update(
+                document_of[g] for i in range(len(ids) - 7) if (g := tuple(ids[i : i + 8])) in document_of
+            )
+        return seen
 
-    train_grams, eval_grams = token_sets(prepared.train), token_sets(prepared.eval)
-    overlap = len(train_grams & eval_grams) / len(eval_grams)
-    # Docstrings repeat some boilerplate phrases, but held-out documents are not in training.
-    assert overlap < 0.05
+    held_out, trained = documents_in(prepared.eval), documents_in(prepared.train)
+    assert len(held_out) == 40 and len(trained) == 160 and not held_out & trained
 
 
 def test_same_seed_gives_identical_shards(tmp_path, small_corpus, tokenizer):

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from app.models import Run
 from app.runs.states import RunStatus
-from tests.support import TenantKey, add_checkpoint_row, make_run
+from tests.support import TenantKey, add_checkpoint_row, assert_error, make_run
 
 RUN_ROUTES = [
     ("GET", "/v1/runs/{id}"),
@@ -44,7 +44,11 @@ def test_another_tenants_run_answers_like_a_missing_one(
 @pytest.mark.parametrize(("method", "path"), [*RUN_ROUTES, ("GET", "/v1/runs"), ("POST", "/v1/runs")])
 def test_every_runs_route_needs_a_key(client: TestClient, method: str, path: str) -> None:
     response = client.request(method, path.format(id="run_x"))
-    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    if method == "HEAD":  # no body
+        assert response.status_code == 401
+    else:
+        assert "Bearer" in assert_error(response, 401, "unauthorized")["message"]
 
 
 def test_openapi_lists_the_runs_routes(client: TestClient) -> None:
