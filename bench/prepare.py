@@ -11,6 +11,8 @@ Each runs in its own process so its peak RSS is its own. Run from the repository
 
     .venv/bin/python bench/prepare.py                      # 50 MB corpus, writes docs figures to stdout
     .venv/bin/python bench/prepare.py --rss-scaling        # also peak RSS of (a) on 10 MB vs 100 MB
+    .venv/bin/python bench/prepare.py --long-documents     # (a) on the same sentences as 2 long documents
+                                                           # and as 1,600 documents (goal: within 1.3x)
 
 The corpus is built once under .bench/ from the docstrings of the installed Python packages.
 """
@@ -54,15 +56,14 @@ def ensure_corpus(path: Path, megabytes: int) -> Path:
     return path
 
 
-def run_bertpt(corpus: Path, tokenizer_path: str) -> dict:
+def run_bertpt(corpus: Path, tokenizer_path: str, eval_fraction: float = 0.05) -> dict:
     from worker.pretraining.hyperparameters import PreparationConfig
     from worker.pretraining.prepare import prepare_corpus
 
     cache = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
     try:
-        prepared = prepare_corpus(
-            corpus, tokenizer_path, cache, PreparationConfig(max_seq_length=MAX_SEQ_LENGTH)
-        )
+        config = PreparationConfig(max_seq_length=MAX_SEQ_LENGTH, eval_fraction=eval_fraction)
+        prepared = prepare_corpus(corpus, tokenizer_path, cache, config)
         splits = prepared.manifest["splits"]
         return {
             "instances": sum(s["instances"] for s in splits.values()),
@@ -119,7 +120,17 @@ def run_forum(corpus: Path, tokenizer_path: str) -> dict:
     return {"instances": instances, "tokens": tokens}
 
 
-MODES = {"bertpt": run_bertpt, "tokenizer": run_tokenizer_only, "forum": run_forum}
+def run_bertpt_all(corpus: Path, tokenizer_path: str) -> dict:
+    """(a) with every document trained on (two documents cannot spare any for evaluation)."""
+    return run_bertpt(corpus, tokenizer_path, eval_fraction=0.0)
+
+
+MODES = {
+    "bertpt": run_bertpt,
+    "bertpt-all": run_bertpt_all,
+    "tokenizer": run_tokenizer_only,
+    "forum": run_forum,
+}
 
 
 def child(mode: str, corpus: Path, tokenizer_path: str) -> None:
@@ -156,6 +167,40 @@ def measure(mode: str, corpus: Path, tokenizer_path: str) -> dict:
     return result
 
 
+def ensure_regrouped(corpus: Path, documents: int, sentences_per_document: int) -> Path:
+    """The first ``documents * sentences_per_document`` sentences of the benchmark corpus (in order, one
+    a line), grouped into ``documents`` documents: the same text, other document boundaries."""
+    target = corpus.with_name(f"corpus-{documents}x{sentences_per_document}.txt")
+    if target.exists():
+        return target
+    wanted = documents * sentences_per_document
+    sentences = []
+    for sentence in read_sentences(corpus):
+        sentences.append(sentence)
+        if len(sentences) == wanted:
+            break
+    if len(sentences) < wanted:
+        raise SystemExit(f"{corpus} holds {len(sentences)} sentences, fewer than {wanted}")
+    with open(target, "w", encoding="utf-8") as out:
+        for d in range(documents):
+            block = sentences[d * sentences_per_document : (d + 1) * sentences_per_document]
+            out.write("\n".join(block) + "\n\n")
+    return target
+
+
+def long_documents(corpus: Path, tokenizer_path: str) -> list[dict]:
+    """(a), no held-out split, on 160,000 sentences as 2 documents of 80,000 and as 1,600 of 100: drawing
+    a random next segment must not cost more in a long document (it used to: 23.8 s against 1.5 s)."""
+    rows = []
+    for documents, per_document in ((2, 80_000), (1_600, 100)):
+        result = measure("bertpt-all", ensure_regrouped(corpus, documents, per_document), tokenizer_path)
+        result["mode"] = f"bertpt, {documents:,} documents of {per_document:,} sentences"
+        rows.append(result)
+    ratio = rows[0]["seconds"] / rows[1]["seconds"]
+    print(f"2 long documents / 1,600 documents, same text: {ratio:.2f}x (goal <= 1.3x)")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -164,6 +209,9 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=None, help="default: all-MiniLM-L6-v2's tokenizer")
     parser.add_argument("--modes", default="bertpt,tokenizer,forum")
     parser.add_argument("--rss-scaling", action="store_true", help="peak RSS of (a) on 10 MB vs 100 MB")
+    parser.add_argument(
+        "--long-documents", action="store_true", help="(a) on the same text as 2 long documents and as 1,600"
+    )
     parser.add_argument("--child", choices=sorted(MODES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     tokenizer_path = args.tokenizer or minilm_tokenizer_path()
@@ -172,6 +220,11 @@ def main() -> None:
         return
 
     corpus = ensure_corpus(args.corpus, 50)
+    if args.long_documents:
+        results = long_documents(corpus, tokenizer_path)
+        print(json.dumps(results, indent=2))
+        print_table(results)
+        return
     results = [measure(mode, corpus, tokenizer_path) for mode in args.modes.split(",")]
     by_mode = {r["mode"]: r for r in results}
     for peer in ("tokenizer", "forum"):

@@ -3,6 +3,7 @@ files). Nothing here touches a service unless handed a session or a client."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -99,6 +100,35 @@ TINY_RUN: dict[str, Any] = {
 def tiny_run_hyperparameters(**overrides: Any) -> Hyperparameters:
     """:data:`TINY_RUN` with ``overrides``."""
     return Hyperparameters(**{**TINY_RUN, **overrides})
+
+
+def nan_loss_on(batches: Callable[[int], bool]) -> Callable[..., Any]:
+    """A stand-in for ``worker.pretraining.trainer.pretraining_loss``: the real loss, except that on the
+    training batches ``n`` (1-based, counted in this process) where ``batches(n)`` holds, its loss terms
+    are NaN as in a diverging run, and so are the gradients that follow from it."""
+    import torch
+
+    from worker.pretraining.loss import pretraining_loss
+
+    seen = 0
+
+    def loss(model: Any, batch: Any, **kwargs: Any) -> Any:
+        nonlocal seen
+        out = pretraining_loss(model, batch, **kwargs)
+        if not model.training:
+            return out
+        seen += 1
+        if not batches(seen):
+            return out
+        nan = torch.tensor(float("nan"))
+        return dataclasses.replace(
+            out,
+            loss=out.loss * nan,
+            masked_lm_loss=out.masked_lm_loss * nan,
+            masked_lm_loss_sum=out.masked_lm_loss_sum * nan,
+        )
+
+    return loss
 
 
 def write_documents(path: Path, documents: list[list[str]]) -> Path:
@@ -228,6 +258,20 @@ def zip_bytes(files: dict[str, bytes], *, symlinks: dict[str, str] | None = None
             info.external_attr = (0o120777 << 16) | 0x20
             zf.writestr(info, target)
     return buffer.getvalue()
+
+
+def with_one_bad_weight(
+    directory: Path, target: Path, tensor: str = "bert.encoder.layer.1.output.dense.weight"
+) -> Path:
+    """A copy of the checkpoint ``directory`` at ``target`` with one NaN in ``tensor`` (as a diverged run
+    leaves it)."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(directory, target)
+    weights = load_file(target / "model.safetensors")
+    weights[tensor].view(-1)[5] = float("nan")
+    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
+    return target
 
 
 def directory_files(directory: Path, *, folder: str | None = None) -> dict[str, bytes]:

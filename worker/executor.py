@@ -46,7 +46,7 @@ from worker.failures import RunFailure, describe_process_death
 from worker.inputs import InputError, build_training_job
 from worker.job import TrainingJob
 from worker.pretraining.records import TrainingResult
-from worker.recorder import RunRecorder
+from worker.recorder import RunRecorder, stored_metrics
 from worker.training_process import ChildMessage, run_training_job
 
 __all__ = ["ChildOutcome", "execute_run", "supervise"]
@@ -257,13 +257,14 @@ def _succeed(recorder: RunRecorder, result: TrainingResult) -> RunStatus | None:
             "total_steps": result.max_steps,
             "eta_seconds": 0,
             "tokens_seen": result.tokens_seen,
+            "skipped_steps": result.skipped_steps,
         }
     )
     final_step = result.final_metrics_step if result.final_metrics_step is not None else result.steps
     for split, metrics in result.final_metrics.items():
-        recorder.latest[split] = {**metrics.values(), "step": final_step}
+        recorder.latest[split] = stored_metrics(metrics, final_step)
     for split, metrics in result.baseline_metrics.items():
-        recorder.baseline.setdefault(split, {**metrics.values(), "step": 0})
+        recorder.baseline.setdefault(split, stored_metrics(metrics, 0))
     message = f"trained {result.steps:,} steps in {result.runtime_seconds:,.0f} s"
     before = (recorder.baseline.get("eval") or {}).get("masked_lm_loss")
     after = result.final_metrics.get("eval")
@@ -273,8 +274,7 @@ def _succeed(recorder: RunRecorder, result: TrainingResult) -> RunStatus | None:
     if timed_out:
         message += f" (stopped by max_runtime_seconds before step {result.max_steps:,})"
     data = {
-        **result.model_dump(
-            mode="json",
+        **result.json_object(
             include={
                 "steps",
                 "max_steps",
@@ -282,6 +282,7 @@ def _succeed(recorder: RunRecorder, result: TrainingResult) -> RunStatus | None:
                 "baseline_metrics",
                 "final_metrics",
                 "tokens_seen",
+                "skipped_steps",
             },
         ),
         "stopped_by": "max_runtime_seconds" if timed_out else None,

@@ -8,6 +8,9 @@ The message says what is wrong and what to do, in the run's own terms (``corpus 
 - ``base_model_error``: the base checkpoint cannot be loaded or trained;
 - ``hyperparameter_error``: the parameters do not validate, or do not fit the model;
 - ``resume_error``: the run's output directory holds a different run;
+- ``non_finite_loss``: ``max_nonfinite_steps`` steps in a row had a NaN or infinite loss or gradient (with
+  ``step``); the checkpoints written before stay;
+- ``non_finite_weights``: the weights became NaN or infinite (with ``step``): nothing was saved or exported;
 - ``out_of_memory``: the GPU (or host) ran out of memory;
 - ``input_error``: an input named by the run is gone (a corpus, a checkpoint's files);
 - ``training_process_died``: the training process ended without a result (killed, crashed);
@@ -90,11 +93,11 @@ def describe_failure(exc: BaseException, job: TrainingJob) -> RunFailure:
     """Map an exception raised by ``run_pretraining`` for ``job`` to what its owner is told."""
     # The training library's error types; imported here because this runs in the training process.
     from worker.pretraining.corpus import CorpusFormatError
-    from worker.pretraining.engine import TrainingError
     from worker.pretraining.hyperparameters import HyperparameterError
     from worker.pretraining.model_files import BaseModelError
     from worker.pretraining.prepare import PreparationError
     from worker.pretraining.run_checkpoints import ResumeError
+    from worker.pretraining.trainer import NonFiniteLossError, NonFiniteWeightsError, TrainingError
 
     replacements = _replacements(job)
 
@@ -125,6 +128,10 @@ def describe_failure(exc: BaseException, job: TrainingJob) -> RunFailure:
         return RunFailure("data_preparation_error", clean(str(exc)))
     if isinstance(exc, ResumeError):
         return RunFailure("resume_error", clean(str(exc)))
+    if isinstance(exc, NonFiniteLossError):
+        return RunFailure("non_finite_loss", clean(str(exc)), {"step": exc.step})
+    if isinstance(exc, NonFiniteWeightsError):
+        return RunFailure("non_finite_weights", clean(str(exc)), {"step": exc.step})
     if isinstance(exc, TrainingError):
         # What the engine refuses before training: parameters that do not fit the model or the device.
         return RunFailure("hyperparameter_error", clean(str(exc)))

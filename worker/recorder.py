@@ -36,17 +36,20 @@ from app.storage.keys import run_checkpoint_key
 from worker.pretraining.layout import RunLayout
 from worker.pretraining.records import (
     CheckpointSaved,
+    EvalMetrics,
     LogLine,
     MetricsRecord,
     Progress,
     RunWarning,
+    StepSkipped,
     TrainingFailed,
     TrainingFinished,
     TrainingRecord,
     TrainingStarted,
+    TrainMetrics,
 )
 
-__all__ = ["ENDING_EVENTS", "RunRecorder", "directory_digest"]
+__all__ = ["ENDING_EVENTS", "RunRecorder", "directory_digest", "stored_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,15 @@ ENDING_EVENTS = {
 _EVAL_SUMMARY = ("masked_lm_loss", "perplexity", "masked_lm_accuracy", "next_sentence_accuracy")
 # What the training_started event tells of the TrainingStarted record.
 _STARTED_FIELDS = {"max_steps", "resumed_from_step", "train_instances", "eval_splits", "precision", "device"}
+
+
+def stored_metrics(metrics: TrainMetrics | EvalMetrics, step: int) -> dict[str, Any]:
+    """Metrics as a run's ``latest`` and ``baseline`` keep them: JSON, with the step; a value that is not
+    finite is a null named in ``non_finite``."""
+    stored = {**metrics.json_object(exclude_none=True), "step": step}
+    if not stored["non_finite"]:
+        del stored["non_finite"]
+    return stored
 
 
 def directory_digest(directory: Path) -> tuple[int, str]:
@@ -161,6 +173,8 @@ class RunRecorder:
                 self._on_checkpoint(record)
             case Progress():
                 self._on_progress(record)
+            case StepSkipped():
+                self._on_step_skipped(record)
             case LogLine():
                 logger.info("run %s: %s", self.run_id, record.message)
             case TrainingFinished() | TrainingFailed():
@@ -181,7 +195,8 @@ class RunRecorder:
     def _on_metrics(self, record: MetricsRecord) -> None:
         self._pending.append(record)
         values = record.metrics.values()
-        self.latest[record.split] = {**values, "step": record.step}
+        stored = stored_metrics(record.metrics, record.step)
+        self.latest[record.split] = stored
         self._state_changed = True
         if record.split == "train":
             progress: dict[str, Any] = {"epoch": values.get("epoch")}
@@ -193,12 +208,26 @@ class RunRecorder:
             return
         baseline = record.step == 0 and record.split not in self.baseline
         if baseline:
-            self.baseline[record.split] = {**values, "step": 0}
+            self.baseline[record.split] = {**stored, "step": 0}
         label = f"baseline {record.split}" if baseline else record.split
         self.add_event(
             RunEventType.EVALUATION,
             f"{label} at step {record.step}: {_summary(values)}",
-            data={"split": record.split, "step": record.step, "metrics": values, "baseline": baseline},
+            data={
+                "split": record.split,
+                "step": record.step,
+                "metrics": record.metrics.json_object(exclude_none=True),
+                "baseline": baseline,
+            },
+        )
+
+    def _on_step_skipped(self, record: StepSkipped) -> None:
+        self._update_progress(skipped_steps=record.skipped_steps)
+        self.add_event(
+            RunEventType.WARNING,
+            record.summary(),
+            level="warning",
+            data={"code": "step_skipped", **record.json_object(exclude={"kind"})},
         )
 
     def _update_progress(self, **values: Any) -> None:
@@ -227,7 +256,7 @@ class RunRecorder:
             f"prepared {train.instances:,} training instances ({train.tokens:,} tokens) and "
             f"{held_out.instances if held_out else 0:,} eval instances from "
             f"{data.corpus.get('documents', 0):,} documents",
-            data=data.model_dump(mode="json"),
+            data=data.json_object(),
         )
         resumed = record.resumed_from_step is not None
         self._update_progress(step=record.step, total_steps=record.max_steps)
@@ -236,7 +265,7 @@ class RunRecorder:
             f"training {record.max_steps:,} steps on {record.train_instances:,} instances "
             f"({record.precision}, {record.device})"
             + (f", resuming from the checkpoint of step {record.step}" if resumed else ""),
-            data={**record.model_dump(mode="json", include=_STARTED_FIELDS), "attempt": self.attempt},
+            data={**record.json_object(include=_STARTED_FIELDS), "attempt": self.attempt},
         )
         known = {(w.code, w.message) for w in self.warnings}
         for warning in record.warnings:
@@ -247,7 +276,7 @@ class RunRecorder:
                     RunEventType.WARNING,
                     warning.message,
                     level="warning",
-                    data=warning.model_dump(mode="json", exclude_none=True),
+                    data=warning.json_object(exclude_none=True),
                 )
 
     def _on_checkpoint(self, record: CheckpointSaved) -> None:
@@ -265,7 +294,7 @@ class RunRecorder:
         checkpoint = RunCheckpointPublic(
             step=record.step,
             created_at=utcnow(),
-            metrics={split: metrics.model_dump(mode="json") for split, metrics in record.metrics.items()},
+            metrics={split: metrics.json_object() for split, metrics in record.metrics.items()},
             size_bytes=size,
             sha256=sha256,
         )
@@ -319,7 +348,7 @@ class RunRecorder:
         return self.progress.model_dump(exclude_none=True)
 
     def _stored_warnings(self) -> list[dict[str, Any]]:
-        return [w.model_dump(mode="json", exclude_none=True) for w in self.warnings]
+        return [warning.json_object(exclude_none=True) for warning in self.warnings]
 
     def flush(self) -> Heartbeat:
         """Write what is buffered with the heartbeat, publish it; returns the heartbeat (ownership and

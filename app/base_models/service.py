@@ -210,6 +210,6 @@ def _builtin_public(model: BuiltinModel) -> BaseModelPublic:
 def _summary(path: str) -> ModelDirSummary | None:
     """Built-in checkpoints do not change while the process runs: read their headers once."""
     try:
-        return inspect_model_dir(Path(path))
+        return inspect_model_dir(Path(path), check_values=False)
     except BaseModelError:
         return None

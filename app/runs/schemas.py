@@ -75,6 +75,9 @@ class RunProgress(BaseModel):
     tokens_seen: int | None = Field(None, description="Real (non-padding) tokens trained on.")
     tokens_per_second: float | None = Field(None, description="Of the last logged training window.")
     eta_seconds: float | None = Field(None, description="From this attempt's pace; 0 once it succeeded.")
+    skipped_steps: int | None = Field(
+        None, description="Optimizer steps not applied because their loss or gradient was not finite."
+    )
 
 
 class RunLatest(BaseModel):

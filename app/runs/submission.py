@@ -23,6 +23,7 @@ from app.runs.events import RunEventType, add_event
 from app.runs.schemas import RunCreate
 from app.runs.states import RunStatus
 from app.storage import Storage
+from worker.pretraining.corpus import NSP_MIN_DOCUMENTS
 from worker.pretraining.hyperparameters import Hyperparameters, load_hyperparameters
 from worker.pretraining.model_files import BaseModelError, max_position_embeddings, read_config
 
@@ -75,6 +76,7 @@ def create_run(
         if body.reference_corpus_id
         else None
     )
+    _check_corpora(hyperparameters, corpus, eval_corpus)
     base = resolve_base_model(session, tenant, body.base_model, settings=settings, storage=storage)
     _check_sequence_length(hyperparameters, base)
 
@@ -157,6 +159,20 @@ def _corpus(session: Session, tenant: Tenant, corpus_id: str, param: str) -> Cor
     if corpus is None:
         raise ValidationFailed(param, f"no corpus with id {corpus_id!r}; upload it first (POST /v1/corpora)")
     return corpus
+
+
+def _check_corpora(hyperparameters: Hyperparameters, corpus: Corpus, eval_corpus: Corpus | None) -> None:
+    """What the corpora's statistics already refuse: settings an eval corpus makes ignored
+    (HyperparameterError, 422 ``hyperparameters.<field>``), next-sentence prediction on one document."""
+    if eval_corpus is not None:
+        hyperparameters.check_eval_corpus()
+    if hyperparameters.nsp and corpus.documents < NSP_MIN_DOCUMENTS:
+        raise ValidationFailed(
+            "hyperparameters.nsp",
+            f"corpus {corpus.id} is {corpus.documents} document: next-sentence prediction needs at least "
+            f"{NSP_MIN_DOCUMENTS} (its random second segments come from another document). Set nsp to false "
+            "to train masked-LM only, or separate the documents with blank lines.",
+        )
 
 
 def _check_sequence_length(hyperparameters: Hyperparameters, base: ResolvedBaseModel) -> None:

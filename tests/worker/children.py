@@ -12,3 +12,14 @@ def preparing_forever(job: Any, messages: Any, stop: Any) -> None:
     event, as the library does while it prepares data."""
     while True:
         time.sleep(1)
+
+
+def diverging_from_step_3(job: Any, messages: Any, stop: Any) -> None:
+    """The real training process, with every loss NaN from the third training batch on (a learning rate
+    far too high)."""
+    from tests.support import nan_loss_on
+    from worker.pretraining import trainer
+    from worker.training_process import run_training_job
+
+    trainer.pretraining_loss = nan_loss_on(lambda n: n >= 3)  # type: ignore[assignment]
+    run_training_job(job, messages, stop)

@@ -1,6 +1,6 @@
 """Worker test fixtures: a worker context on the session database of tests/conftest.py, whose rows the
 tests commit with the ``factory`` fixture there (the executor opens its own sessions, and the training
-process's supervisor must see what a test wrote), and the bytes of the small corpus."""
+process's supervisor must see what a test wrote), the bytes of the small corpus, a corpus with a problem."""
 
 from __future__ import annotations
 
@@ -40,3 +40,12 @@ def worker_context(
 @pytest.fixture(scope="session")
 def tiny_corpus_bytes(small_corpus: Path) -> bytes:
     return small_corpus.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def blank_line_corpus(tmp_path_factory: pytest.TempPathFactory, documents: list[list[str]]) -> Path:
+    """A corpus with a blank line after every sentence (a common export mistake): each sentence is a
+    document of its own, so no next-sentence pair can be IsNext. It prepares and trains, with warnings."""
+    path = tmp_path_factory.mktemp("blank-lines") / "blank-lines.txt"
+    path.write_text("".join(f"{sentence}\n\n" for document in documents[:150] for sentence in document))
+    return path

@@ -208,3 +208,75 @@ def test_a_training_process_killed_without_a_word_fails_the_run_clearly(
     run = factory.get_run(run_id)
     assert run.error is not None and run.error["type"] == "training_process_died"
     assert "SIGKILL" in run.error["message"] and run.error["exit_code"] == -signal.SIGKILL
+
+
+def test_a_diverging_run_fails_clearly_and_its_last_good_checkpoint_continues(
+    factory: Factory,
+    worker_context: WorkerContext,
+    tiny_bert_dir: Path,
+    tiny_corpus_bytes: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.base_models.service import resolve_base_model
+    from app.models import Tenant
+    from worker.pretraining.base_model import load_base_model
+    from worker.pretraining.trainer import non_finite_parameter
+
+    # The real training process, with NaN losses from the third batch on.
+    monkeypatch.setattr("worker.executor.run_training_job", children.diverging_from_step_3)
+    checkpoint_id = factory.checkpoint(tiny_bert_dir)
+    run_id = factory.run(
+        corpus_id=factory.corpus(tiny_corpus_bytes),
+        base_model=f"checkpoint:{checkpoint_id}",
+        hyperparameters={
+            **TINY_HYPERPARAMETERS,
+            "max_steps": 20,
+            "checkpoint_every_steps": 2,
+            "max_nonfinite_steps": 2,
+        },
+    )
+    assert execute_run(run_id, context=worker_context) == RunStatus.FAILED
+
+    run = factory.get_run(run_id)
+    assert run.error is not None and (run.error["type"], run.error["step"]) == ("non_finite_loss", 4)
+    assert "2 steps in a row, up to step 4: lower learning_rate" in run.error["message"]
+    assert run.progress["skipped_steps"] == 2 and run.output_storage_key is None
+    assert run.latest["train"]["loss"] is None and run.latest["train"]["non_finite"]["loss"] == "nan"
+    events = _events(factory, run_id)
+    skipped = [event for event in events if event.data.get("code") == "step_skipped"]
+    assert [(event.level, event.data["step"], event.data["consecutive"]) for event in skipped] == [
+        ("warning", 3, 1),
+        ("warning", 4, 2),
+    ]
+    assert skipped[0].message == "step 3 was not applied: its loss was not finite (1 in a row)"
+    assert events[-1].type == "failed"
+    # The newest checkpoint is the last good step; the run continues from it as run:<id>@2.
+    with factory.session_factory() as session:
+        steps = session.scalars(select(RunCheckpoint.step).where(RunCheckpoint.run_id == run_id)).all()
+        tenant = session.get(Tenant, factory.tenant_id)
+        assert steps == [2] and tenant is not None
+        base = resolve_base_model(session, tenant, f"run:{run_id}@2", storage=worker_context.storage)
+    assert base.local_path is not None
+    assert non_finite_parameter(load_base_model(base.local_path).model) is None
+
+
+def test_the_corpus_warnings_are_the_runs_warnings_and_events(
+    factory: Factory, worker_context: WorkerContext, tiny_bert_dir: Path, blank_line_corpus: Path
+) -> None:
+    checkpoint_id = factory.checkpoint(tiny_bert_dir)
+    run_id = factory.run(
+        corpus_id=factory.corpus(blank_line_corpus.read_bytes()),
+        base_model=f"checkpoint:{checkpoint_id}",
+        hyperparameters={**TINY_HYPERPARAMETERS, "max_steps": 2},
+    )
+    assert execute_run(run_id, context=worker_context) == RunStatus.SUCCEEDED
+    run = factory.get_run(run_id)
+    codes = [warning["code"] for warning in run.warnings]
+    assert "blank_line_after_every_sentence" in codes and "is_next_share" in codes
+    blank = run.warnings[codes.index("blank_line_after_every_sentence")]
+    assert blank["count"] > 0 and blank["first_line"] == 1
+    events = [event for event in _events(factory, run_id) if event.type == "warning"]
+    assert [(event.data["code"], event.message) for event in events] == [
+        (warning["code"], warning["message"]) for warning in run.warnings
+    ]
+    assert all(event.level == "warning" for event in events)

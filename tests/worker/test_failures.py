@@ -9,6 +9,7 @@ from worker.job import TrainingJob
 from worker.pretraining.corpus import CorpusFormatError
 from worker.pretraining.hyperparameters import HyperparameterError
 from worker.pretraining.model_files import BaseModelError
+from worker.pretraining.trainer import NonFiniteLossError, NonFiniteWeightsError
 
 JOB = TrainingJob(
     run_id="run_abc",
@@ -57,3 +58,16 @@ def test_a_killed_training_process_is_explained() -> None:
     failure = describe_process_death(-signal.SIGKILL, last_checkpoint_step=40)
     assert failure.type == "training_process_died"
     assert "SIGKILL" in failure.message and "step 40" in failure.message
+
+
+def test_non_finite_failures_keep_their_step_and_hint() -> None:
+    failure = describe_failure(NonFiniteLossError(12, 5, fp16=True), JOB)
+    assert (failure.type, failure.details) == ("non_finite_loss", {"step": 12})
+    assert "lower learning_rate, use bf16 instead of fp16" in failure.message
+    failure = describe_failure(NonFiniteWeightsError("bert.pooler.dense.bias", 30), JOB)
+    assert failure.as_error() == {
+        "type": "non_finite_weights",
+        "message": "parameter bert.pooler.dense.bias holds NaN or infinite values at step 30: the training "
+        "diverged; lower learning_rate and resume from an earlier checkpoint",
+        "step": 30,
+    }

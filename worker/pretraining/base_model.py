@@ -35,6 +35,7 @@ __all__ = [
     "load_base_model",
     "newly_initialized_warning",
     "resolve_base",
+    "tied_aliases",
 ]
 
 NEWLY_INITIALIZED = "newly_initialized_parameters"
@@ -151,6 +152,18 @@ _HEAD_GROUPS = (
 )
 
 
+def _probable_origin(parameters: list[str]) -> str:
+    """What kind of checkpoint lacks exactly these parameters, when that is clear."""
+    if any(p.startswith("cls.predictions.transform.") for p in parameters):
+        return " (the checkpoint is probably a bare encoder, e.g. a sentence-embedding model)"
+    if all(p.startswith(("cls.seq_relationship.", "bert.pooler.")) for p in parameters):
+        return (
+            " (the checkpoint has a masked-LM head but no next-sentence head, e.g. one saved from "
+            "BertForMaskedLM)"
+        )
+    return ""
+
+
 def newly_initialized_warning(parameters: list[str]) -> RunWarning:
     """The structured warning for parameters the checkpoint did not provide."""
     groups = [label for prefix, label in _HEAD_GROUPS if any(p.startswith(prefix) for p in parameters)]
@@ -163,7 +176,7 @@ def newly_initialized_warning(parameters: list[str]) -> RunWarning:
         consequences.append("a masked-LM loss well above that of a trained MLM head")
     message = (
         f"{len(parameters)} parameters are not in the checkpoint and were newly initialized: "
-        f"{', '.join(parts)} (the checkpoint is probably a bare encoder, e.g. a sentence-embedding model)."
+        f"{', '.join(parts)}{_probable_origin(parameters)}."
     )
     if consequences:
         message += (
@@ -173,7 +186,9 @@ def newly_initialized_warning(parameters: list[str]) -> RunWarning:
     return RunWarning(code=NEWLY_INITIALIZED, message=message, parameters=list(parameters))
 
 
-def _tied_aliases(model: Any) -> set[str]:
+def tied_aliases(model: Any) -> set[str]:
+    """Parameter names that alias another (BERT's MLM decoder shares the word embeddings and the output
+    bias); ``save_pretrained`` does not store them, so loading reports them missing."""
     return set(getattr(type(model), "_tied_weights_keys", None) or ())
 
 
@@ -227,7 +242,7 @@ def load_base_model(base: str | os.PathLike[str], *, attn_implementation: str = 
         raise BaseModelError(
             f"{label}: weights with unexpected shapes: {sorted(info['mismatched_keys'])[:5]}"
         )
-    missing = sorted(set(info.get("missing_keys") or ()) - _tied_aliases(model))
+    missing = sorted(set(info.get("missing_keys") or ()) - tied_aliases(model))
     lost = [key for key in missing if key.startswith(("bert.embeddings.", "bert.encoder."))]
     if lost:
         raise BaseModelError(

@@ -32,6 +32,8 @@ def preparation_report(prepared: Any, seconds: float) -> dict[str, Any]:
         "path": str(prepared.path),
         "cached": prepared.cached,
         "seconds": round(seconds, 3),
+        # Everything the corpus checks and the preparation found, each with its source.
+        "warnings": manifest.get("warnings", []),
         "corpus": manifest["corpus"],
         "eval_corpus": manifest.get("eval_corpus"),
         "wordpieces_per_word": manifest["corpus"]["wordpieces_per_word"],
@@ -100,8 +102,18 @@ def prepare_command(
             eval_corpus=eval_corpus,
             max_line_chars=max_line_chars,
         )
+    except HyperparameterError as exc:  # settings the eval corpus would make ignored
+        fail(str(exc), 2)
     except CorpusFormatError as exc:
         fail(str(exc))
     except (PreparationError, BaseModelError, OSError) as exc:
         fail(str(exc))
+    # Warnings also as lines on stderr, for a person; stdout stays one JSON object for scripts.
+    for warning in prepared.warnings:
+        where = ", ".join(
+            part
+            for part in (warning.source, f"line {warning.first_line}" if warning.first_line else None)
+            if part
+        )
+        click.echo(f"warning: {warning.code}{f' ({where})' if where else ''}: {warning.message}", err=True)
     click.echo(json.dumps(preparation_report(prepared, time.perf_counter() - started), indent=2))

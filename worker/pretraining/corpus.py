@@ -1,10 +1,12 @@
 """Streaming reader and validator for BERT pre-training corpora.
 
 The format: UTF-8 text, one sentence per line, documents separated by one or more blank lines
-(whitespace-only lines count as blank), as ``.txt`` or gzip-compressed (detected by its magic bytes, not
-the file name). Next-sentence prediction pairs consecutive sentences of a document with random sentences
-of *another* document, so a usable corpus needs at least two documents, and documents of one sentence
-contribute no "is next" pairs.
+(whitespace-only lines, and lines of only invisible format characters such as a stray byte-order mark,
+count as blank), as ``.txt`` or gzip-compressed (detected by its magic bytes, not the file name). Lines
+are normalized to Unicode NFC as they are read (the digest stays that of the bytes given).
+Next-sentence prediction pairs consecutive sentences of a document with random sentences of *another*
+document, so it needs at least two documents (a corpus of one document is reported, and trains MLM-only),
+and documents of one sentence contribute no "is next" pairs.
 
 Everything here is push-based and bounded in memory so that the web API can validate an upload chunk by
 chunk while it streams in, and the data preparation can consume documents (``on_document``) in the same
@@ -19,6 +21,7 @@ import hashlib
 import math
 import os
 import re
+import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,6 +31,7 @@ from typing import Any
 from worker.pretraining.records import RunWarning
 
 __all__ = [
+    "NSP_MIN_DOCUMENTS",
     "CorpusFormatError",
     "CorpusReader",
     "CorpusReport",
@@ -35,9 +39,13 @@ __all__ = [
     "CorpusStats",
     "iter_documents",
     "scan_corpus",
+    "sentence_count_warnings",
+    "textless_documents_warning",
 ]
 
 DEFAULT_MAX_LINE_CHARS = 100_000
+# Next-sentence prediction draws its random second segments from another document.
+NSP_MIN_DOCUMENTS = 2
 DEFAULT_CHUNK_SIZE = 1 << 20
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -50,6 +58,16 @@ _TERMINATOR = re.compile(rb"\r\n|\r|\n")
 # almost certainly separate sentences rather than documents.
 _BLANK_LINE_SHARE = 0.8
 _BLANK_LINE_MIN_DOCUMENTS = 5
+# Documents without text are named by their first lines in the warning, up to this many.
+_NAMED_DOCUMENTS = 5
+
+# Scripts written without spaces between words (Thai, Lao, Tibetan, Myanmar, Khmer, kana, CJK
+# ideographs): a BERT tokenizer sees no words in them (CJK: every ideograph is a word), so whole-word
+# masking cannot work on them. Counted so that the data preparation can tell.
+_UNSPACED_SCRIPTS = re.compile(
+    "[\u0e00-\u0fff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf"
+    "\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f]"
+)
 
 _HISTOGRAM_BUCKETS: tuple[tuple[int, float, str], ...] = (
     (1, 1, "1"),
@@ -112,7 +130,10 @@ class CorpusFormatError(ValueError):
 @dataclass
 class CorpusStats:
     """Sizes of the corpus. ``bytes`` and ``sha256`` are of the raw input as given (compressed for gzip);
-    ``characters`` counts sentence text after stripping surrounding whitespace."""
+    ``characters`` counts sentence text after stripping surrounding whitespace and NFC normalization.
+    ``nfc_normalized_lines``: lines that were not in Unicode NFC (and were normalized);
+    ``invisible_lines``: lines of only format characters, read as blank lines;
+    ``unspaced_script_characters``: characters of scripts written without spaces (CJK, Thai, ...)."""
 
     bytes: int
     sha256: str
@@ -120,6 +141,9 @@ class CorpusStats:
     sentences: int
     characters: int
     sentences_per_document: dict[str, Any] = field(default_factory=dict)
+    nfc_normalized_lines: int = 0
+    invisible_lines: int = 0
+    unspaced_script_characters: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,6 +214,14 @@ class CorpusScanner:
         self._seen: set[int] = set()
         self._duplicates = 0
         self._first_duplicate_line: int | None = None
+        self._normalized = 0  # lines not in NFC
+        self._first_normalized_line: int | None = None
+        self._invisible = 0  # lines of only format characters (read as blank)
+        self._first_invisible_line: int | None = None
+        self._doc_textless = 0  # sentences of the current document without a visible character
+        self._textless_documents = 0
+        self._textless_document_lines: list[int] = []  # the first few
+        self._unspaced = 0
 
         self._error: CorpusFormatError | None = None
         self._report: CorpusReport | None = None
@@ -340,7 +372,10 @@ class CorpusScanner:
         lines.pop()  # "" after the final terminator
         if len(text) > self.max_line_chars:
             self._check_line_lengths(complete, lines)
-        self._consume(lines)
+        ascii_only = text.isascii()
+        if not ascii_only:
+            self._unspaced += _UNSPACED_SCRIPTS.subn("", text)[1]
+        self._consume(lines, normalize=not ascii_only and not unicodedata.is_normalized("NFC", text))
         self._line += len(lines)
         self._offset += len(complete)
 
@@ -367,12 +402,20 @@ class CorpusScanner:
 
     # -- document layer -----------------------------------------------------------------------------
 
-    def _consume(self, lines: list[str]) -> None:
-        # The hot loop: one strip and one append per line.
+    def _consume(self, lines: list[str], *, normalize: bool) -> None:
+        # The hot loop: one strip, one test of the first character and one append per line. ``normalize``:
+        # some line of this block is not in NFC.
         doc = self._doc
         for number, line in enumerate(lines, self._line):
             sentence = line.strip()
+            if sentence and not sentence[0].isprintable():
+                sentence = self._without_visible_start(sentence, number)
             if sentence:
+                if normalize and not unicodedata.is_normalized("NFC", sentence):
+                    sentence = unicodedata.normalize("NFC", sentence)
+                    self._normalized += 1
+                    if self._first_normalized_line is None:
+                        self._first_normalized_line = number
                 if not doc:
                     self._doc_line = number
                 doc.append(sentence)
@@ -381,9 +424,33 @@ class CorpusScanner:
                 doc = []
         self._doc = doc
 
+    def _without_visible_start(self, sentence: str, number: int) -> str:
+        """A stripped line that starts with a character that is not printable: ``""`` (a blank line) when
+        it holds only format characters (a byte-order mark, zero-width spaces), else the line, counted
+        as without text when no character in it is visible (control, format, private-use characters)."""
+        only_format = True
+        for character in sentence:
+            category = unicodedata.category(character)
+            if category[0] not in "CZ":
+                return sentence  # a letter, mark, number, punctuation or symbol
+            if category != "Cf" and not character.isspace():
+                only_format = False
+        if only_format:
+            self._invisible += 1
+            if self._first_invisible_line is None:
+                self._first_invisible_line = number
+            return ""
+        self._doc_textless += 1
+        return sentence
+
     def _close_document(self, sentences: list[str]) -> None:
         count = len(sentences)
         first_line = self._doc_line
+        if self._doc_textless == count:
+            self._textless_documents += 1
+            if len(self._textless_document_lines) < _NAMED_DOCUMENTS:
+                self._textless_document_lines.append(first_line)
+        self._doc_textless = 0
         text = "\n".join(sentences)
         self._documents += 1
         self._sentences += count
@@ -433,12 +500,11 @@ class CorpusScanner:
                 "and a blank line between documents",
                 code="empty_corpus",
             )
-        if self._documents < 2:
+        if self._textless_documents == self._documents:
             raise CorpusFormatError(
-                "too few documents: the corpus holds one document, but next-sentence prediction needs "
-                "random sentences from another document; separate documents with a blank line "
-                "(at least 2 documents)",
-                code="too_few_documents",
+                "no text: every line holds only control or invisible characters (is this a binary file, "
+                "or text in another encoding?); the corpus must be plain UTF-8 text",
+                code="no_text",
             )
         self._report = CorpusReport(stats=self._stats(), warnings=self._warnings())
 
@@ -450,38 +516,28 @@ class CorpusScanner:
             sentences=self._sentences,
             characters=self._characters,
             sentences_per_document=_distribution(self._sentence_counts),
+            nfc_normalized_lines=self._normalized,
+            invisible_lines=self._invisible,
+            unspaced_script_characters=self._unspaced,
         )
 
     def _warnings(self) -> list[RunWarning]:
         warnings: list[RunWarning] = []
         documents, single = self._documents, self._one_sentence
-        if documents >= _BLANK_LINE_MIN_DOCUMENTS and single > _BLANK_LINE_SHARE * documents:
+        if documents == 1:
             warnings.append(
                 RunWarning(
-                    code="blank_line_after_every_sentence",
-                    count=single,
+                    code="single_document",
+                    count=1,
                     message=(
-                        f"{single} of {documents} documents have a single sentence: the blank lines seem "
-                        "to separate sentences, not documents. Next-sentence prediction pairs consecutive "
-                        "sentences of a document, so almost no real pairs can be built. Put the sentences "
-                        "of a document on consecutive lines and use blank lines only between documents."
+                        "the corpus is one document: next-sentence prediction needs at least two (its "
+                        "random second segments come from another document), so train it with nsp: false "
+                        "(masked-LM only), or separate its documents with blank lines."
                     ),
-                    first_line=self._first_one_sentence_line,
+                    first_line=self._doc_line,
                 )
             )
-        if single:
-            warnings.append(
-                RunWarning(
-                    code="one_sentence_documents",
-                    count=single,
-                    message=(
-                        f"{single} document(s) have a single sentence; they give no next-sentence pairs "
-                        "(only random second sentences for other documents). Merge them with related "
-                        "text or drop them."
-                    ),
-                    first_line=self._first_one_sentence_line,
-                )
-            )
+        warnings.extend(sentence_count_warnings(documents, single, self._first_one_sentence_line))
         if self._duplicates:
             warnings.append(
                 RunWarning(
@@ -492,6 +548,37 @@ class CorpusScanner:
                         "is over-weighted in training and invites memorisation. Remove the duplicates."
                     ),
                     first_line=self._first_duplicate_line,
+                )
+            )
+        if self._textless_documents:
+            warnings.append(
+                textless_documents_warning(self._textless_documents, self._textless_document_lines)
+            )
+        if self._invisible:
+            warnings.append(
+                RunWarning(
+                    code="invisible_lines",
+                    count=self._invisible,
+                    message=(
+                        f"{self._invisible} line(s) hold only invisible format characters (a byte-order "
+                        "mark between concatenated files, zero-width spaces): they were read as blank "
+                        "lines, i.e. as document boundaries. Remove them if they sit inside a document."
+                    ),
+                    first_line=self._first_invisible_line,
+                )
+            )
+        if self._normalized:
+            warnings.append(
+                RunWarning(
+                    code="unnormalized_text",
+                    count=self._normalized,
+                    message=(
+                        f"{self._normalized} line(s) were not in Unicode NFC (decomposed accents, as some "
+                        "macOS tools and PDF extractors write them, tokenize to [UNK] or to other pieces "
+                        "with many vocabularies); they were normalized to NFC. The corpus digest is still "
+                        "that of the file as given."
+                    ),
+                    first_line=self._first_normalized_line,
                 )
             )
         return warnings
@@ -577,6 +664,60 @@ def iter_documents(
 
 
 # -- helpers --------------------------------------------------------------------------------------------
+
+
+SENTENCE_COUNT_WARNINGS = ("blank_line_after_every_sentence", "one_sentence_documents")
+
+
+def sentence_count_warnings(documents: int, single: int, first_single_line: int | None) -> list[RunWarning]:
+    """The warnings about documents of one sentence (:data:`SENTENCE_COUNT_WARNINGS`): made by the reader,
+    and again by the data preparation when it split over-long lines into sentences."""
+    warnings: list[RunWarning] = []
+    if documents >= _BLANK_LINE_MIN_DOCUMENTS and single > _BLANK_LINE_SHARE * documents:
+        warnings.append(
+            RunWarning(
+                code="blank_line_after_every_sentence",
+                count=single,
+                message=(
+                    f"{single} of {documents} documents have a single sentence: the blank lines seem "
+                    "to separate sentences, not documents. Next-sentence prediction pairs consecutive "
+                    "sentences of a document, so almost no real pairs can be built. Put the sentences "
+                    "of a document on consecutive lines and use blank lines only between documents."
+                ),
+                first_line=first_single_line,
+            )
+        )
+    if single:
+        warnings.append(
+            RunWarning(
+                code="one_sentence_documents",
+                count=single,
+                message=(
+                    f"{single} document(s) have a single sentence; they give no next-sentence pairs "
+                    "(only random second sentences for other documents). Merge them with related "
+                    "text or drop them."
+                ),
+                first_line=first_single_line,
+            )
+        )
+    return warnings
+
+
+def textless_documents_warning(count: int, first_lines: list[int]) -> RunWarning:
+    """``documents_without_text``: ``count`` documents with no usable text, the first of them at
+    ``first_lines`` (the reader judges by Unicode category, the data preparation by the tokenizer)."""
+    named = ", ".join(str(line) for line in first_lines[:_NAMED_DOCUMENTS])
+    more = " ..." if count > len(first_lines[:_NAMED_DOCUMENTS]) else ""
+    return RunWarning(
+        code="documents_without_text",
+        count=count,
+        message=(
+            f"{count} document(s) have no usable text (only control, zero-width or other invisible "
+            f"characters, or characters the tokenizer removes): the documents starting at line(s) "
+            f"{named}{more}. They are left out; remove them or fix how the text was extracted."
+        ),
+        first_line=first_lines[0] if first_lines else None,
+    )
 
 
 def _line_start(buf: bytes, index: int) -> int:

@@ -39,6 +39,7 @@ from worker.pretraining.prepare import PreparedData, file_sha256, prepare_corpus
 from worker.pretraining.records import (
     LogLine,
     ModelManifest,
+    RunWarning,
     TrainingFailed,
     TrainingFinished,
     TrainingOutcome,
@@ -59,25 +60,24 @@ from worker.pretraining.run_checkpoints import (
 from worker.pretraining.sinks import JsonlSink, RecordSink, TensorBoardSink, combine_sinks
 from worker.pretraining.tokenizer import quiet_transformers
 from worker.pretraining.trainer import (
+    NonFiniteWeightsError,
     PretrainingTrainer,
     RunState,
     StopCheck,
+    TrainingError,
+    non_finite_parameter,
     steps_per_epoch,
     total_steps,
     training_arguments,
 )
 
-__all__ = ["MANIFEST_FORMAT", "TrainingError", "export_model", "resolve_precision", "run_pretraining"]
+__all__ = ["MANIFEST_FORMAT", "export_model", "resolve_precision", "run_pretraining"]
 
 logger = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16", "fp16"]
 MANIFEST_FORMAT = 1  # of bertpt_manifest.json
 _clock = time.monotonic  # the wall clock of max_runtime_seconds (tests replace it)
-
-
-class TrainingError(RuntimeError):
-    """The run cannot start or continue as asked (bad combination of data, model and parameters)."""
 
 
 def resolve_precision(precision: str, *, cuda: bool | None = None) -> Precision:
@@ -134,6 +134,7 @@ def run_pretraining(
     loaded = _load_base(base, h, say)
     data, reference = _prepare_data(h, loaded, corpus, eval_corpus, reference_corpus, cache, say)
     run_info = _run_info(h, loaded, data, reference)
+    warnings = _warnings(loaded, data, reference, say)
     finished = _finished_run(layout, run_info, resume)
     if finished is not None:
         say(f"{layout.model} already holds this run's final model")
@@ -174,12 +175,14 @@ def run_pretraining(
                 precision=precision,
                 device=device,
                 data=data.summary(),
-                warnings=loaded.warnings,
+                warnings=warnings,
             )
         )
         say(f"training {max_steps} steps on {len(data.train)} instances ({precision}, {device})")
         try:
-            result = _train_and_export(trainer, layout, run_info, loaded, data.key, precision, start, say)
+            result = _train_and_export(
+                trainer, layout, run_info, loaded, data.key, warnings, precision, start, say
+            )
         except BaseException as exc:
             emit(TrainingFailed(step=trainer.state.global_step, error=f"{type(exc).__name__}: {exc}"))
             raise
@@ -220,9 +223,10 @@ def _load_base(base: str | os.PathLike[str], h: Hyperparameters, say: Any) -> Lo
         say(f"warning: {warning.message}")
     config = loaded.config
     if h.max_seq_length > config.max_position_embeddings:
+        positions = config.max_position_embeddings
         raise TrainingError(
-            f"max_seq_length: {h.max_seq_length} is more than the model's {config.max_position_embeddings} "
-            "position embeddings"
+            f"max_seq_length: {h.max_seq_length} is more than the model's {positions} position embeddings; "
+            f"use max_seq_length {positions} or less"
         )
     if h.nsp and config.type_vocab_size < 2:
         raise TrainingError("nsp: the model has a single token type, so it cannot tell segment A from B")
@@ -253,6 +257,17 @@ def _prepare_data(
         else None
     )
     return data, reference
+
+
+def _warnings(
+    loaded: LoadedBase, data: PreparedData, reference: PreparedData | None, say: Any
+) -> list[RunWarning]:
+    """Everything the user should know about the inputs, in one list of one shape: the corpora's and the
+    preparation's warnings, then the base model's."""
+    found = [*data.warnings, *(reference.warnings if reference is not None else []), *loaded.warnings]
+    for warning in found[: len(found) - len(loaded.warnings)]:  # the model's were said when it loaded
+        say(f"warning: {warning.message}")
+    return found
 
 
 def _run_info(
@@ -401,6 +416,7 @@ def _build_trainer(
         run_info=run_info,
         run_state=start.state or RunState(),
         updates_per_epoch=steps_per_epoch(len(data.train), h.batch_size, h.gradient_accumulation_steps),
+        max_nonfinite_steps=h.max_nonfinite_steps,
     )
 
 
@@ -410,6 +426,7 @@ def _train_and_export(
     run_info: dict[str, Any],
     loaded: LoadedBase,
     data_key: str,
+    warnings: list[RunWarning],
     precision: Precision,
     start: _Start,
     say: Any,
@@ -437,10 +454,11 @@ def _train_and_export(
         final_metrics=run_state.last_eval,
         final_metrics_step=run_state.last_eval_step,
         train_metrics=run_state.last_train,
-        warnings=loaded.warnings,
+        warnings=warnings,
         runtime_seconds=round(run_state.runtime_seconds + trainer.attempt_seconds(), 3),
         samples_seen=run_state.samples_seen,
         tokens_seen=run_state.tokens_seen,
+        skipped_steps=run_state.skipped_steps,
         data_key=data_key,
     ).outcome_fields()
     model_path: Path | None = None
@@ -467,7 +485,7 @@ def _train_and_export(
         checkpoint_path=latest_checkpoint(layout.checkpoints),
         resumed_from=start.checkpoint,
     )
-    write_json(layout.result, result.model_dump(mode="json"))
+    write_json(layout.result, result.json_object())
     return result
 
 
@@ -484,11 +502,18 @@ def _versions() -> dict[str, str]:
 def export_model(model: Any, tokenizer: Any, target: Path, manifest: ModelManifest) -> Path:
     """The final model as a Hugging Face directory (safetensors, config with
     ``architectures: ["BertForPreTraining"]``, tokenizer, ``bertpt_manifest.json``), published
-    atomically."""
+    atomically.
+
+    Raises NonFiniteWeightsError, before writing anything, if a weight is NaN or infinite: nothing that is
+    not finite is ever exported.
+    """
+    parameter = non_finite_parameter(model)
+    if parameter is not None:
+        raise NonFiniteWeightsError(parameter, manifest.steps)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(target)
     with quiet_transformers():
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-    write_json(tmp / MODEL_MANIFEST, manifest.model_dump(mode="json"))
+    write_json(tmp / MODEL_MANIFEST, manifest.json_object())
     return publish_directory(tmp, target)

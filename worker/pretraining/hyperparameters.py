@@ -12,15 +12,27 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
+    "DEFAULT_EVAL_FRACTION",
     "PREPARATION_FIELDS",
     "HyperparameterError",
     "Hyperparameters",
     "PreparationConfig",
     "load_hyperparameters",
 ]
+
+
+DEFAULT_EVAL_FRACTION = 0.05
 
 
 class HyperparameterError(ValueError):
@@ -45,7 +57,8 @@ class HyperparameterError(ValueError):
 class PreparationConfig(BaseModel):
     """What turns a corpus into training instances (issue 2). Part of the prepared-data cache key."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: a NaN or an infinity is refused by name (JSON, where configs are stored, has none).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_seq_length: int = Field(
         128,
@@ -89,20 +102,35 @@ class PreparationConfig(BaseModel):
         1,
         ge=1,
         le=100,
-        description="Static masking only: how many times the corpus is duplicated with different masks "
-        "and different NSP pairs (Google: 10).",
+        description="Static masking only (an error with dynamic masking, which would ignore it): how many "
+        "times the corpus is duplicated with different masks and different NSP pairs (Google: 10).",
     )
     nsp: bool = Field(
         True,
         description="Next-sentence prediction. Off: MLM-only instances packed to full length and the NSP "
-        "loss left out.",
+        "loss left out (a corpus of one document then trains).",
+    )
+    nsp_balance: Literal["balanced", "google"] = Field(
+        "balanced",
+        description="NSP only. balanced: IsNext is half of the pairs (0.50 +- 0.02) on any corpus whose "
+        "documents hold two sentences, a one-sentence segment A can have its true continuation as B, and "
+        "the labels make up for pairs that cannot be IsNext; google: create_pretraining_data.py's rule "
+        "(a 50/50 draw, every one-sentence chunk gets a random B, so short documents and long sentences "
+        "push IsNext below one half).",
+    )
+    sentence_splitting: Literal["none", "auto"] = Field(
+        "none",
+        description="none: every line is one sentence (the BERT format). auto: lines longer than an "
+        "instance's segment budget (max_seq_length - 3 wordpieces with NSP, - 2 without) are split into "
+        "sentences with sentencex, for corpora of one paragraph per line.",
     )
     eval_fraction: float = Field(
-        0.05,
+        DEFAULT_EVAL_FRACTION,
         ge=0.0,
         lt=1.0,
-        description="Share of documents held out, whole, for evaluation (ignored when eval_documents or an "
-        "eval corpus is given).",
+        description="Share of documents held out, whole, for evaluation (a corpus of one document: a "
+        "contiguous block of that share of its sentences). Leave it at its default when eval_documents is "
+        "given; with an eval corpus nothing is held out.",
     )
     eval_documents: int | None = Field(
         None, ge=0, description="Number of documents held out for evaluation, instead of eval_fraction."
@@ -114,6 +142,63 @@ class PreparationConfig(BaseModel):
         if self.mask_replace_prob + self.random_replace_prob > 1.0 + 1e-9:
             raise ValueError("mask_replace_prob + random_replace_prob must be at most 1")
         return self
+
+    def check_eval_corpus(self) -> None:
+        """With a separate eval corpus nothing is held out of the training corpus, so ``eval_documents``,
+        or an ``eval_fraction`` other than its default, would be ignored: HyperparameterError naming the
+        field (exit 2 in the CLI, 422 in the REST API, before anything is prepared)."""
+        if self.eval_documents is not None:
+            field, given = "eval_documents", f"eval_documents={self.eval_documents}"
+        elif self.eval_fraction != DEFAULT_EVAL_FRACTION:
+            field, given = "eval_fraction", f"eval_fraction={self.eval_fraction}"
+        else:
+            return
+        raise HyperparameterError(
+            [
+                (
+                    field,
+                    f"{given} holds documents of the corpus out, but an eval corpus is given (eval_corpus), "
+                    "so nothing is held out and it would be ignored: drop one of them",
+                )
+            ]
+        )
+
+    # Settings that another setting makes ignored are errors, never silence. Each check is a validator
+    # of the later field, so the error names it (REST: ``param`` = ``hyperparameters.<field>``) and its
+    # message names the other. A value equal to the default counts as not set: stored runs echo every
+    # default, and must still validate.
+
+    @field_validator("dupe_factor")
+    @classmethod
+    def _dupe_factor_needs_static_masking(cls, value: int, info: ValidationInfo) -> int:
+        if value != 1 and info.data.get("masking") == "dynamic":
+            raise ValueError(
+                f"dupe_factor={value} applies only to masking='static' (copies with different fixed masks); "
+                "with masking='dynamic' every epoch draws new masks and dupe_factor would be ignored: set "
+                "masking='static' or leave dupe_factor at 1"
+            )
+        return value
+
+    @field_validator("nsp_balance")
+    @classmethod
+    def _nsp_balance_needs_nsp(cls, value: str, info: ValidationInfo) -> str:
+        if value != "balanced" and info.data.get("nsp") is False:
+            raise ValueError(
+                f"nsp_balance={value!r} shapes next-sentence pairs, but nsp is false (no pairs are made) and "
+                "it would be ignored: drop nsp_balance or set nsp true"
+            )
+        return value
+
+    @field_validator("eval_documents")
+    @classmethod
+    def _eval_documents_replaces_eval_fraction(cls, value: int | None, info: ValidationInfo) -> int | None:
+        fraction = info.data.get("eval_fraction")
+        if value is not None and fraction is not None and fraction != DEFAULT_EVAL_FRACTION:
+            raise ValueError(
+                f"eval_documents={value} and eval_fraction={fraction} both size the held-out split, and "
+                "eval_fraction would be ignored: give one of them"
+            )
+        return value
 
 
 PREPARATION_FIELDS: tuple[str, ...] = tuple(PreparationConfig.model_fields)
@@ -168,6 +253,13 @@ class Hyperparameters(PreparationConfig):
     torch_compile: bool = Field(False, description="Compile the model with torch.compile.")
     logging_every_steps: int = Field(
         10, ge=1, description="Report training metrics every this many optimizer steps."
+    )
+    max_nonfinite_steps: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Stop the run as failed after this many consecutive steps whose loss or gradient norm "
+        "is not finite (each one is skipped, not applied).",
     )
 
     @model_validator(mode="after")

@@ -10,7 +10,16 @@ thousands of instances at once with numpy. No Python code ever touches individua
 
 Differences from Google's script, all deliberate:
 - a random next segment always comes from a *different* document (Google retries 10 times and can
-  keep the same one, which then labels a true continuation as random);
+  keep the same one, which then labels a true continuation as random), and drawing it costs the same
+  whatever the length of that document (a binary search, where Google walks the sentences), so planning
+  is linear in the corpus even for a book-long document;
+- ``balance="balanced"`` (the default) keeps IsNext at half of the pairs: Google sends every chunk of one
+  sentence to a random B, so short documents, long sentences and short targets push IsNext below one
+  half (0.42 on real documentation). Here a one-sentence A whose document goes on can have its true
+  next sentence as B, and the 50/50 draw leans towards the label that is behind, by ``_BALANCE_GAIN``
+  per pair of difference, to make up for the pairs that can only be random (a document's lone last
+  sentence). A stays a run of sentences and B its true continuation or a random other document;
+  ``balance="google"`` is Google's rule, draw for draw;
 - the short target length is drawn per instance, not once per document, so the share of short
   targets is ``short_seq_prob`` whatever the document lengths;
 - ``truncate_seq_pair`` removes the same number of tokens from each side as Google's loop and picks
@@ -24,18 +33,28 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 __all__ = [
     "InstancePlan",
+    "NspBalance",
     "TokenizedDocuments",
+    "instance_token_positions",
     "materialize",
     "plan_instances",
 ]
 
 IS_NEXT = 0
 RANDOM_NEXT = 1
+
+NspBalance = Literal["balanced", "google"]
+# Balanced NSP: P(IsNext) for a chunk that can be either is 0.5 + _BALANCE_GAIN * (random pairs - IsNext
+# pairs so far), within [0, 1]. Small enough to spread a correction over several chunks (the label of a
+# pair does not follow from the one before), large enough that a corpus where a third of the chunks can
+# only be random still ends at 0.5 (the difference settles at a few pairs).
+_BALANCE_GAIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -133,15 +152,16 @@ def _document_bounds(docs: TokenizedDocuments, doc: int) -> list[int]:
 
 def _random_segment(docs: TokenizedDocuments, doc: int, target_b: int, rng: random.Random) -> tuple[int, int]:
     """Google's random next segment: sentences of ``doc`` from a random one on, until ``target_b``
-    tokens are reached or the document ends."""
+    tokens are reached or the document ends. The end is found by a binary search over the sentence
+    offsets, so the cost does not depend on the length of ``doc``."""
     first, last = int(docs.document_bounds[doc]), int(docs.document_bounds[doc + 1])
     j = rng.randint(first, last - 1)
-    bounds = docs.sentence_bounds[j : last + 1].tolist()
-    b0 = bounds[0]
-    k = 1
-    while k < len(bounds) - 1 and bounds[k] - b0 < target_b:
-        k += 1
-    return b0, bounds[k]
+    bounds = docs.sentence_bounds
+    b0 = int(bounds[j])
+    # The first sentence end at or past b0 + target_b (sentences are never empty: offsets increase),
+    # at least one sentence, at most the end of the document.
+    k = int(np.searchsorted(bounds, b0 + target_b, side="left"))
+    return b0, int(bounds[min(max(k, j + 1), last)])
 
 
 def plan_instances(
@@ -152,12 +172,14 @@ def plan_instances(
     short_seq_prob: float,
     nsp: bool,
     rng: random.Random,
+    balance: NspBalance = "balanced",
 ) -> Iterator[InstancePlan]:
     """Walk ``document_ids`` (already in the desired order) and yield instance plans, one list per
     document (NSP) or per packed run (MLM-only). Random next segments come only from ``document_ids``.
+    ``balance``: how NSP labels are drawn (see the module docstring).
     """
     if nsp:
-        yield from _plan_nsp(docs, document_ids, max_seq_length, short_seq_prob, rng)
+        yield from _plan_nsp(docs, document_ids, max_seq_length, short_seq_prob, rng, balance)
     else:
         yield from _plan_packed(docs, document_ids, max_seq_length, short_seq_prob, rng)
 
@@ -168,11 +190,14 @@ def _plan_nsp(
     max_seq_length: int,
     short_seq_prob: float,
     rng: random.Random,
+    balance: NspBalance,
 ) -> Iterator[InstancePlan]:
     if len(document_ids) < 2:
         raise ValueError("next-sentence prediction needs at least 2 documents")
+    balanced = balance == "balanced"
     max_num_tokens = max_seq_length - 3  # [CLS] A [SEP] B [SEP]
     n_docs = len(document_ids)
+    owed = 0  # random pairs minus IsNext pairs so far (balanced labels)
     for position, doc in enumerate(document_ids):
         plan = InstancePlan.empty()
         bounds = _document_bounds(docs, doc)
@@ -185,7 +210,14 @@ def _plan_nsp(
                 n_chunk = i + 1 - chunk_start
                 a_split = chunk_start + (rng.randint(1, n_chunk - 1) if n_chunk >= 2 else 1)
                 a0, a1 = bounds[chunk_start], bounds[a_split]
-                if n_chunk == 1 or rng.random() < 0.5:
+                if balanced:
+                    # IsNext is possible unless the chunk is the document's lone last sentence.
+                    can_continue = n_chunk >= 2 or i < n_sentences - 1
+                    is_next_odds = min(1.0, max(0.0, 0.5 + _BALANCE_GAIN * owed))
+                    random_next = not can_continue or rng.random() >= is_next_odds
+                else:
+                    random_next = n_chunk == 1 or rng.random() < 0.5
+                if random_next:
                     label = RANDOM_NEXT
                     # A different document, guaranteed: draw among the others.
                     other = rng.randrange(n_docs - 1)
@@ -193,12 +225,19 @@ def _plan_nsp(
                     b0, b1 = _random_segment(docs, other_doc, target - (a1 - a0), rng)
                     # The chunk's sentences after A were not used: they go back into the stream.
                     i = a_split - 1
-                else:
+                elif n_chunk >= 2:
                     label = IS_NEXT
                     b0, b1 = a1, bounds[i + 1]
+                else:
+                    # One sentence filled the target on its own; its true continuation is the next
+                    # sentence (the longer side is trimmed below).
+                    label = IS_NEXT
+                    b0, b1 = bounds[i + 1], bounds[i + 2]
+                    i += 1
                 a0, a1, b0, b1, truncated = _truncate_pair(a0, a1, b0, b1, max_num_tokens, rng)
                 if a1 > a0 and b1 > b0:
                     plan.add(a0, a1, b0, b1, label, short, truncated)
+                    owed += 1 if label == RANDOM_NEXT else -1
                 chunk_start = i + 1
                 target, short = _target_length(rng, max_num_tokens, short_seq_prob)
             i += 1
@@ -247,6 +286,15 @@ def _concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     steps[0] = starts[0]
     steps[heads] = starts[1:] - (starts[:-1] + lengths[:-1] - 1)
     return np.cumsum(steps)
+
+
+def instance_token_positions(plan: InstancePlan) -> np.ndarray:
+    """The corpus token offsets that the instances of ``plan`` hold (A's and B's, with repeats)."""
+    starts = np.concatenate(
+        [np.asarray(plan.a_start, dtype=np.int64), np.asarray(plan.b_start, dtype=np.int64)]
+    )
+    ends = np.concatenate([np.asarray(plan.a_end, dtype=np.int64), np.asarray(plan.b_end, dtype=np.int64)])
+    return _concat_ranges(starts, ends - starts)
 
 
 def materialize(

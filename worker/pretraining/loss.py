@@ -153,6 +153,12 @@ class LossTotals:
         self._add("tokens", tokens)
         self.samples += samples
 
+    def merge(self, other: LossTotals) -> None:
+        """Add ``other``'s sums to these (no host sync)."""
+        for name, value in other._sums.items():
+            self._add(name, value)
+        self.samples += other.samples
+
     def values(self) -> dict[str, float]:
         return {name: float(value.item()) for name, value in self._sums.items()}
 

@@ -37,6 +37,7 @@ __all__ = [
     "inspect_model_dir",
     "is_model_file",
     "max_position_embeddings",
+    "non_finite_tensor",
     "read_config",
     "read_safetensors_header",
     "summarize_config",
@@ -104,6 +105,8 @@ class BaseModelError(ValueError):
 class TensorInfo:
     dtype: str
     shape: tuple[int, ...]
+    begin: int = 0  # byte offsets of the tensor's data in its file
+    end: int = 0
 
     @property
     def numel(self) -> int:
@@ -160,13 +163,13 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
         raise BaseModelError(f"{label}: not a safetensors file (the header is not a JSON object)")
     data_bytes = size - 8 - length
     return {
-        name: _tensor_info(label, name, entry, data_bytes)
+        name: _tensor_info(label, name, entry, data_bytes, 8 + length)
         for name, entry in header.items()
         if name != "__metadata__"
     }
 
 
-def _tensor_info(label: str, name: str, entry: Any, data_bytes: int) -> TensorInfo:
+def _tensor_info(label: str, name: str, entry: Any, data_bytes: int, data_start: int) -> TensorInfo:
     bad = BaseModelError(f"{label}: tensor {name!r} has a malformed header entry; the file is corrupt")
     if not isinstance(entry, dict):
         raise bad
@@ -183,7 +186,7 @@ def _tensor_info(label: str, name: str, entry: Any, data_bytes: int) -> TensorIn
     begin, end = offsets
     if not 0 <= begin <= end <= data_bytes:
         raise BaseModelError(f"{label}: tensor {name!r} lies outside the file; the file is truncated")
-    info = TensorInfo(dtype=dtype, shape=tuple(shape))
+    info = TensorInfo(dtype=dtype, shape=tuple(shape), begin=data_start + begin, end=data_start + end)
     item = _DTYPE_BYTES.get(dtype)
     if item is not None and info.numel * item != end - begin:
         raise bad
@@ -247,9 +250,77 @@ def weight_files(directory: Path) -> list[str]:
     raise BaseModelError(f"no {SAFE_WEIGHTS} (or {SAFE_WEIGHTS_INDEX} with its shards) found")
 
 
-def inspect_model_dir(directory: Path) -> ModelDirSummary:
+@dataclass(frozen=True)
+class _FloatLayout:
+    """Where a float type's exponent lies, little-endian: a value is NaN or infinite exactly when every
+    exponent bit is set (IEEE 754; bfloat16 is float32's top half)."""
+
+    size: int  # bytes per value
+    high: int  # the byte holding the sign and the top exponent bits
+    high_mask: int  # those exponent bits
+    low: int | None  # the byte holding the rest of the exponent, if any
+    low_mask: int
+    # The exponent bits of the whole value: a value with them set and nothing else is an infinity.
+    exponent: int
+
+    def first_non_finite(self, data: bytes) -> int | None:
+        """Index of the first NaN or infinity among the values of ``data``, None if every one is finite.
+        Vectorized with byte slicing and translation (C speed, no numpy)."""
+        hits = data[self.high :: self.size].translate(_all_set(self.high_mask))
+        if b"\x01" not in hits:
+            return None
+        if self.low is None:
+            return hits.index(b"\x01")
+        low_hits = data[self.low :: self.size].translate(_all_set(self.low_mask))
+        both = int.from_bytes(hits, "little") & int.from_bytes(low_hits, "little")
+        return ((both & -both).bit_length() - 1) // 8 if both else None
+
+    def describe(self, value: bytes) -> str:
+        magnitude = int.from_bytes(value, "little") & ((1 << (8 * self.size - 1)) - 1)
+        return "Inf" if magnitude == self.exponent else "NaN"
+
+
+_FLOAT_LAYOUTS = {
+    "F64": _FloatLayout(8, 7, 0x7F, 6, 0xF0, 0x7FF << 52),
+    "F32": _FloatLayout(4, 3, 0x7F, 2, 0x80, 0xFF << 23),
+    "BF16": _FloatLayout(2, 1, 0x7F, 0, 0x80, 0xFF << 7),
+    "F16": _FloatLayout(2, 1, 0x7C, None, 0, 0x1F << 10),
+}
+_SCAN_CHUNK = 1 << 24  # bytes read at a time: the scan's memory stays bounded
+
+
+def _all_set(mask: int) -> bytes:
+    """A bytes.translate table: 1 for a byte with every bit of ``mask`` set, else 0."""
+    return bytes(1 if b & mask == mask else 0 for b in range(256))
+
+
+def non_finite_tensor(directory: Path, files: list[str]) -> tuple[str, str] | None:
+    """The first tensor of the safetensors ``files`` holding a NaN or an infinity, as (tensor name,
+    ``"NaN"`` or ``"Inf"``), or None. Integer tensors are skipped; the weights are read in bounded chunks."""
+    for file in files:
+        path = directory / file
+        tensors = read_safetensors_header(path)
+        with open(path, "rb") as stream:
+            for name, info in sorted(tensors.items(), key=lambda item: item[1].begin):
+                layout = _FLOAT_LAYOUTS.get(info.dtype)
+                if layout is None:
+                    continue
+                stream.seek(info.begin)
+                remaining = info.end - info.begin
+                while remaining > 0:
+                    data = stream.read(min(remaining, _SCAN_CHUNK // layout.size * layout.size))
+                    remaining -= len(data)
+                    index = layout.first_non_finite(data)
+                    if index is not None:
+                        return name, layout.describe(data[index * layout.size : (index + 1) * layout.size])
+    return None
+
+
+def inspect_model_dir(directory: Path, *, check_values: bool = True) -> ModelDirSummary:
     """Check that ``directory`` holds a BERT checkpoint bertpt can train (see the module docstring) and
-    describe it. Raises BaseModelError saying what is wrong and what to do."""
+    describe it. With ``check_values``, every floating-point weight is also read and a NaN or an infinity
+    refused, naming the tensor (about 0.1 s per 100 MB). Raises BaseModelError saying what is wrong and
+    what to do."""
     config = read_config(directory)
     files = weight_files(directory)
     tensors: dict[str, TensorInfo] = {}
@@ -269,6 +340,12 @@ def inspect_model_dir(directory: Path) -> ModelDirSummary:
         raise BaseModelError(
             "no tokenizer: add the tokenizer files (tokenizer.json and/or vocab.txt, with "
             "tokenizer_config.json), e.g. with `tokenizer.save_pretrained(DIR)`"
+        )
+    if check_values and (found := non_finite_tensor(directory, files)) is not None:
+        tensor, kind = found
+        raise BaseModelError(
+            f"tensor {tensor} holds {kind} values: the checkpoint is broken (a training run that diverged, "
+            "or a damaged file). Use an earlier checkpoint or re-export the model"
         )
     has_heads = any(k.startswith(MLM_HEAD_PREFIX) for k in tensors) and any(
         k.startswith(NSP_HEAD_PREFIX) for k in tensors

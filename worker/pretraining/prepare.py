@@ -5,6 +5,12 @@ batches with the checkpoint's fast tokenizer (Rust, all cores), keeps only the t
 memory (one flat array of token ids; random next segments need random access to every document) and
 writes instances shard by shard, so peak memory is the tokenized corpus plus one shard.
 
+Nothing is silently wrong: what cannot work is refused with the reason (:class:`PreparationError`), and
+everything else the reader and the tokenizer find (over-long lines, [UNK] floods, documents without
+text, an IsNext share far from one half, text that never reaches an instance...) is a warning, with its
+count, first line and source, in the manifest's ``warnings`` (:attr:`PreparedData.warnings`). The
+thresholds are the constants below.
+
 The result lives under ``cache_dir/<key>`` where the key hashes everything that determines the output:
 the corpus bytes, the tokenizer, every preparation parameter and the seed. Preparing again with the
 same key does nothing. A directory only becomes visible under its key, by an atomic rename, once all
@@ -25,37 +31,75 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from worker.pretraining.corpus import CorpusReport, scan_corpus
+from worker.pretraining.corpus import (
+    NSP_MIN_DOCUMENTS,
+    SENTENCE_COUNT_WARNINGS,
+    CorpusReport,
+    scan_corpus,
+    sentence_count_warnings,
+    textless_documents_warning,
+)
 from worker.pretraining.dataset import PreparedSplit
 from worker.pretraining.hyperparameters import PreparationConfig
-from worker.pretraining.instances import InstancePlan, TokenizedDocuments, materialize, plan_instances
-from worker.pretraining.masking import MaskingConfig, TokenMasker
-from worker.pretraining.records import PreparedDataSummary, SplitSummary
+from worker.pretraining.instances import (
+    InstancePlan,
+    TokenizedDocuments,
+    instance_token_positions,
+    materialize,
+    plan_instances,
+)
+from worker.pretraining.masking import MaskingConfig, TokenMasker, instance_rng
+from worker.pretraining.records import PreparedDataSummary, RunWarning, SplitSummary
 from worker.pretraining.tokenizer import load_tokenizer
 
 __all__ = [
     "FORMAT_VERSION",
+    "IS_NEXT_MIN_INSTANCES",
+    "IS_NEXT_SHARE_RANGE",
+    "TOKENS_USED_SHARE_WARNING",
+    "UNK_RATE_TOKENIZER_MISMATCH",
+    "UNK_RATE_WARNING",
+    "UNSPACED_SCRIPT_SHARE",
     "PreparationError",
     "PreparedData",
     "cache_key",
     "file_sha256",
     "prepare_corpus",
     "prepare_eval_corpus",
+    "segment_budget",
+    "split_sentences",
     "tokenizer_fingerprint",
 ]
 
 # Bump when the instance algorithm or the shard layout changes: old cache entries then stop matching.
-FORMAT_VERSION = 1
+# 2: balanced NSP labels, NFC text, lines of only format characters are blank.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 SHARD_INSTANCES = 16_384
 TOKENIZE_BATCH_SENTENCES = 16_384
 
+# The thresholds of the preparation's warnings (README, "The corpus format").
+# [UNK] among the corpus wordpieces: above 1% a warning, above 5% the tokenizer does not fit the text.
+UNK_RATE_WARNING = 0.01
+UNK_RATE_TOKENIZER_MISMATCH = 0.05
+# The IsNext share of a split's pairs, judged from this many pairs on (fewer are too noisy to judge).
+IS_NEXT_SHARE_RANGE = (0.35, 0.65)
+IS_NEXT_MIN_INSTANCES = 100
+# Share of a split's corpus tokens that reach an instance, below which the text lost is reported.
+TOKENS_USED_SHARE_WARNING = 0.5
+# Whole-word masking is refused when more of the characters than this are of scripts without spaces.
+UNSPACED_SCRIPT_SHARE = 0.5
+# sentence_splitting="auto": sentencex's rules for this language (its fallback chain covers other
+# scripts' sentence terminators); the language of a corpus is not known.
+SENTENCE_SPLITTER_LANGUAGE = "en"
+
+SentenceSplitting = Literal["none", "auto"]
 Log = Callable[[str], None]
 
 
@@ -79,6 +123,11 @@ class PreparedData:
     @property
     def eval(self) -> PreparedSplit | None:
         return PreparedSplit(self.path, "eval") if self.manifest["splits"].get("eval") else None
+
+    @property
+    def warnings(self) -> list[RunWarning]:
+        """Everything the corpus checks and the preparation found (each with its ``source``)."""
+        return [RunWarning.model_validate(w) for w in self.manifest.get("warnings", [])]
 
     def summary(self) -> PreparedDataSummary:
         """What the run reports of its data (the ``started`` record)."""
@@ -147,46 +196,134 @@ def cache_key(
 
 
 @dataclass
+class _Findings:
+    """What tokenizing a corpus found, beside the tokens (line numbers are the corpus file's)."""
+
+    long_lines: int = 0  # lines longer than the segment budget, as written
+    first_long_line: int | None = None
+    lines_split: int = 0  # of those, split into sentences (sentence_splitting="auto")
+    long_sentences: int = 0  # sentences still longer than the budget after any splitting
+    first_long_sentence_line: int | None = None
+    unk_tokens: int = 0
+    first_unk_line: int | None = None
+
+
+@dataclass
 class _TokenizedCorpus:
     documents: TokenizedDocuments
     report: CorpusReport
     words: int
     empty_sentences: int
+    dropped_documents: int  # documents that gave no token at all: left out
+    dropped_document_lines: list[int]  # the first lines of the first few of them
+    segment_budget: int | None
+    splitting: SentenceSplitting
+    findings: _Findings
     seconds: float
+    # After lines were split into sentences, the warnings about one-sentence documents, judged again.
+    resplit_warnings: list[RunWarning] | None = None
+
+    @property
+    def tokens(self) -> int:
+        return len(self.documents.token_ids)
+
+    @property
+    def unk_rate(self) -> float:
+        return self.findings.unk_tokens / max(self.tokens, 1)
+
+    @property
+    def unspaced_script_share(self) -> float:
+        stats = self.report.stats
+        return stats.unspaced_script_characters / max(stats.characters, 1)
 
 
 def _token_dtype(tokenizer: Any) -> type[np.unsignedinteger] | type[np.signedinteger]:
     return np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.int32
 
 
-def tokenize_corpus(path: str | Path, tokenizer: Any, *, max_line_chars: int = 100_000) -> _TokenizedCorpus:
-    """Validate and tokenize a corpus in one streaming pass; raises CorpusFormatError on bad input."""
+def split_sentences(text: str) -> list[str]:
+    """The sentences of ``text`` by sentencex (Wikimedia's rule-based splitter, ~300 languages; its
+    English rules also end sentences at CJK, Devanagari and Arabic terminators), stripped, none empty."""
+    from sentencex import segment
+
+    return [piece for piece in (p.strip() for p in segment(SENTENCE_SPLITTER_LANGUAGE, text)) if piece]
+
+
+def tokenize_corpus(
+    path: str | Path,
+    tokenizer: Any,
+    *,
+    max_line_chars: int = 100_000,
+    segment_budget: int | None = None,
+    sentence_splitting: SentenceSplitting = "none",
+) -> _TokenizedCorpus:
+    """Validate and tokenize a corpus in one streaming pass; raises CorpusFormatError on bad input.
+
+    ``segment_budget``: the wordpieces an instance holds besides its special tokens; lines longer than
+    that are counted (and split into sentences with ``sentence_splitting="auto"``).
+    """
     started = time.perf_counter()
     backend = _backend(tokenizer)
     dtype = _token_dtype(tokenizer)
+    unk_id = tokenizer.unk_token_id
+    budget = segment_budget if segment_budget is not None else np.iinfo(np.int64).max
+    found = _Findings()
     # Token ids go to a temporary file as they come and are read back into one array at the end, so
     # the peak is one copy of the tokenized corpus, not a list of chunks plus their concatenation.
     token_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the with block below
     length_chunks: list[np.ndarray] = []
-    doc_sentence_counts: list[int] = []  # sentences per document, before dropping empty ones
-    pending: list[str] = []
+    doc_sentence_counts: list[int] = []  # sentences per document (after splitting), before dropping
+    doc_first_lines: list[int] = []
+    pending: list[str] = []  # the sentences of whole documents
+    pending_lines: list[int] = []  # the line of each
+    pending_counts: list[int] = []  # sentences per pending document
     words = 0
 
     def flush() -> None:
+        # Whole documents are pending (a document's sentences must stay together for the counts), but
+        # they are encoded a batch at a time, so a book-long document costs no more memory than a batch.
         nonlocal words
-        if not pending:
-            return
-        encodings = backend.encode_batch_fast(pending, add_special_tokens=False)
-        ids = [e.ids for e in encodings]
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum())).tofile(token_file)
-        length_chunks.append(lengths)
-        words += len(" ".join(pending).split())
+        counts = list(pending_counts)
+        document_of = np.repeat(np.arange(len(counts)), counts)
+        for start in range(0, len(pending), TOKENIZE_BATCH_SENTENCES):
+            texts = pending[start : start + TOKENIZE_BATCH_SENTENCES]
+            lines = pending_lines[start : start + TOKENIZE_BATCH_SENTENCES]
+            ids = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+            lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+            long = np.flatnonzero(lengths > budget)
+            if long.size:
+                found.long_lines += int(long.size)
+                if found.first_long_line is None:
+                    found.first_long_line = lines[long[0]]
+                if sentence_splitting == "auto":
+                    ids, lines, added = _split_long_lines(texts, ids, lines, long, backend, found)
+                    for k, more in added.items():
+                        counts[document_of[start + k]] += more
+                    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+                    long = np.flatnonzero(lengths > budget)
+                found.long_sentences += int(long.size)
+                if long.size and found.first_long_sentence_line is None:
+                    found.first_long_sentence_line = lines[long[0]]
+            flat = np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+            if unk_id is not None:
+                unknown = flat == unk_id
+                if (n_unknown := int(np.count_nonzero(unknown))) and found.first_unk_line is None:
+                    sentence = int(np.searchsorted(np.cumsum(lengths), int(np.argmax(unknown)), side="right"))
+                    found.first_unk_line = lines[sentence]
+                found.unk_tokens += n_unknown
+            flat.tofile(token_file)
+            length_chunks.append(lengths)
+            words += len(" ".join(texts).split())
+        doc_sentence_counts.extend(counts)
         pending.clear()
+        pending_lines.clear()
+        pending_counts.clear()
 
     def on_document(sentences: list[str], first_line: int) -> None:
         pending.extend(sentences)
-        doc_sentence_counts.append(len(sentences))
+        pending_lines.extend(range(first_line, first_line + len(sentences)))
+        pending_counts.append(len(sentences))
+        doc_first_lines.append(first_line)
         if len(pending) >= TOKENIZE_BATCH_SENTENCES:
             flush()
 
@@ -204,7 +341,15 @@ def tokenize_corpus(path: str | Path, tokenizer: Any, *, max_line_chars: int = 1
     kept_per_doc = (
         np.add.reduceat(keep.astype(np.int64), np.cumsum(counts) - counts) if len(counts) else counts
     )
-    kept_per_doc = kept_per_doc[kept_per_doc > 0]
+    dropped = kept_per_doc == 0
+    kept_per_doc = kept_per_doc[~dropped]
+    resplit_warnings = None
+    if found.lines_split:
+        single = kept_per_doc == 1
+        first_lines = np.asarray(doc_first_lines, dtype=np.int64)[~dropped][single]
+        resplit_warnings = sentence_count_warnings(
+            len(kept_per_doc), int(single.sum()), int(first_lines[0]) if len(first_lines) else None
+        )
     sentence_bounds = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
     np.cumsum(lengths[keep], out=sentence_bounds[1:])
     document_bounds = np.zeros(len(kept_per_doc) + 1, dtype=np.int64)
@@ -215,8 +360,43 @@ def tokenize_corpus(path: str | Path, tokenizer: Any, *, max_line_chars: int = 1
         report=report,
         words=words,
         empty_sentences=int((~keep).sum()),
+        dropped_documents=int(dropped.sum()),
+        dropped_document_lines=np.asarray(doc_first_lines, dtype=np.int64)[dropped][:5].tolist(),
+        segment_budget=segment_budget,
+        splitting=sentence_splitting,
+        findings=found,
         seconds=time.perf_counter() - started,
+        resplit_warnings=resplit_warnings,
     )
+
+
+def _split_long_lines(
+    texts: list[str],
+    ids: list[list[int]],
+    lines: list[int],
+    long: np.ndarray,
+    backend: Any,
+    found: _Findings,
+) -> tuple[list[list[int]], list[int], dict[int, int]]:
+    """The batch with its over-long lines (indices ``long``) replaced by their sentences: token ids, the
+    line of each sentence (its line's), and the sentences added in place of each line split."""
+    pieces = {int(k): split_sentences(texts[k]) for k in long}
+    pieces = {k: sentences for k, sentences in pieces.items() if len(sentences) > 1}
+    if not pieces:
+        return ids, lines, {}
+    found.lines_split += len(pieces)
+    sentences = [sentence for split in pieces.values() for sentence in split]
+    encoded = iter([e.ids for e in backend.encode_batch_fast(sentences, add_special_tokens=False)])
+    new_ids: list[list[int]] = []
+    new_lines: list[int] = []
+    for k, sentence_ids in enumerate(ids):
+        if k in pieces:
+            new_ids.extend(next(encoded) for _ in pieces[k])
+            new_lines.extend([lines[k]] * len(pieces[k]))
+        else:
+            new_ids.append(sentence_ids)
+            new_lines.append(lines[k])
+    return new_ids, new_lines, {k: len(split) - 1 for k, split in pieces.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -225,15 +405,20 @@ def tokenize_corpus(path: str | Path, tokenizer: Any, *, max_line_chars: int = 1
 
 @dataclass
 class _SplitWriter:
-    """Writes instances of one split as Parquet shards and keeps the statistics the CLI reports."""
+    """Writes instances of one split as Parquet shards and keeps the statistics the CLI reports.
+
+    ``masker`` draws the stored masks of a static split and, for a dynamic one, tells which tokens can be
+    predicted (the collator's masker is built the same way, with the same seed)."""
 
     directory: Path
     split: str
     tokenizer: Any
-    masker: TokenMasker | None
+    masker: TokenMasker
+    static: bool
+    seed: int
     mask_rng: np.random.Generator
     shuffle_rng: np.random.Generator
-    masker_config: MaskingConfig
+    covered: np.ndarray  # per corpus token: does it reach an instance?
     shards: list[str] = field(default_factory=list)
     instances: int = 0
     tokens: int = 0
@@ -260,7 +445,7 @@ class _SplitWriter:
             "segment_b_start": pa.array(b_start.astype(np.int32)),
             "next_sentence_label": pa.array(labels),
         }
-        if self.masker is not None:
+        if self.static:
             positions, replacements, counts = self._static_masks(values, offsets)
             mask_offsets = np.zeros(n + 1, dtype=np.int32)
             np.cumsum(counts, out=mask_offsets[1:])
@@ -272,7 +457,7 @@ class _SplitWriter:
             )
             self.predicted += int(counts.sum())
         else:
-            self.predicted += int(_expected_predictions(lengths, self.masker_config).sum())
+            self.predicted += self._dynamic_predictions(values, offsets)
         name = f"{self.split}-{len(self.shards):05d}.parquet"
         pq.write_table(pa.table(columns), self.directory / name, compression="zstd")
         self.shards.append(name)
@@ -281,6 +466,7 @@ class _SplitWriter:
         self.is_next += int((labels == 0).sum())
         self.short_targets += int(np.count_nonzero(plan.short_target))
         self.truncated += int(np.count_nonzero(plan.truncated))
+        self.covered[instance_token_positions(plan)] = True
         unk_id = self.tokenizer.unk_token_id
         if unk_id is not None:
             self.unk += int(np.count_nonzero(values == unk_id))
@@ -288,7 +474,6 @@ class _SplitWriter:
     def _static_masks(
         self, values: np.ndarray, offsets: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        assert self.masker is not None
         all_positions, all_replacements = [], []
         counts = np.zeros(len(offsets) - 1, dtype=np.int64)
         for k in range(len(offsets) - 1):
@@ -298,12 +483,29 @@ class _SplitWriter:
             counts[k] = len(positions)
         return np.concatenate(all_positions), np.concatenate(all_replacements), counts
 
-    def summary(self, *, documents: int, static_masks: bool) -> SplitSummary:
+    def _dynamic_predictions(self, values: np.ndarray, offsets: np.ndarray) -> int:
+        """Tokens the collator will predict in these instances: Google's count, but never more than the
+        tokens that can be predicted (special tokens, [UNK] included, never are). Whole words do not
+        always fill the count: there, the first epoch's masks are drawn, as the collator draws them."""
+        config = self.masker.config
+        if config.whole_word_mask:
+            return sum(
+                len(
+                    self.masker.mask(values[offsets[k] : offsets[k + 1]], instance_rng(self.seed, 0, index))[
+                        0
+                    ]
+                )
+                for k, index in enumerate(range(self.instances, self.instances + len(offsets) - 1))
+            )
+        candidates = np.add.reduceat((~self.masker.is_special[values]).astype(np.int64), offsets[:-1])
+        return int(np.minimum(_expected_predictions(np.diff(offsets), config), candidates).sum())
+
+    def summary(self, *, documents: int, corpus_tokens: int) -> SplitSummary:
         n = max(self.instances, 1)
         tokens = max(self.tokens, 1)
         return SplitSummary(
             documents=documents,
-            static_masks=static_masks,
+            static_masks=self.static,
             instances=self.instances,
             tokens=self.tokens,
             shards=self.shards,
@@ -313,14 +515,21 @@ class _SplitWriter:
             truncated_pairs=self.truncated,
             masked_share=round(self.predicted / tokens, 4),
             unk_rate=round(self.unk / tokens, 6),
+            tokens_used_share=round(int(np.count_nonzero(self.covered)) / max(corpus_tokens, 1), 4),
         )
 
 
 def _expected_predictions(lengths: np.ndarray, config: MaskingConfig) -> np.ndarray:
-    """Tokens a dynamic masker will predict per sequence (Google's formula; numpy rounds half to even
-    like Python 3's round)."""
+    """Google's count of predictions per sequence (numpy rounds half to even like Python 3's round)."""
     wanted = np.maximum(1, np.round(lengths * config.masked_lm_prob).astype(np.int64))
     return np.minimum(config.max_predictions_per_seq, wanted)
+
+
+def _document_tokens(docs: TokenizedDocuments, document_ids: list[int]) -> int:
+    ids = np.asarray(document_ids, dtype=np.int64)
+    starts = docs.sentence_bounds[docs.document_bounds[ids]]
+    ends = docs.sentence_bounds[docs.document_bounds[ids + 1]]
+    return int((ends - starts).sum())
 
 
 def _write_split(
@@ -335,15 +544,16 @@ def _write_split(
     passes: int,
     seed_tag: int,
 ) -> SplitSummary:
-    masking_config = MaskingConfig.from_hyperparameters(config)
     writer = _SplitWriter(
         directory=directory,
         split=split,
         tokenizer=tokenizer,
-        masker=TokenMasker.from_tokenizer(masking_config, tokenizer) if static else None,
+        masker=TokenMasker.from_tokenizer(MaskingConfig.from_hyperparameters(config), tokenizer),
+        static=static,
+        seed=config.seed,
         mask_rng=np.random.default_rng([config.seed, seed_tag, 1]),
         shuffle_rng=np.random.default_rng([config.seed, seed_tag, 2]),
-        masker_config=masking_config,
+        covered=np.zeros(len(docs.token_ids), dtype=bool),
     )
     rng = random.Random(f"{config.seed}:{seed_tag}")
     buffered = InstancePlan.empty()
@@ -357,52 +567,290 @@ def _write_split(
             short_seq_prob=config.short_seq_prob,
             nsp=config.nsp,
             rng=rng,
+            balance=config.nsp_balance,
         ):
             buffered.extend(plan)
             if len(buffered) >= SHARD_INSTANCES:
                 writer.write(docs, buffered)
                 buffered = InstancePlan.empty()
     writer.write(docs, buffered)
-    return writer.summary(documents=len(document_ids), static_masks=static)
+    return writer.summary(documents=len(document_ids), corpus_tokens=_document_tokens(docs, document_ids))
+
+
+# --------------------------------------------------------------------------------------------------
+# What the corpus allows: refusals that name the reason
+
+
+def _without_text_note(tokenized: _TokenizedCorpus) -> str:
+    dropped = tokenized.dropped_documents
+    if not dropped:
+        return ""
+    total = tokenized.documents.num_documents + dropped
+    lines = ", ".join(map(str, tokenized.dropped_document_lines))
+    more = " ..." if dropped > len(tokenized.dropped_document_lines) else ""
+    return (
+        f" ({dropped} of its {total} documents have no text the tokenizer keeps, only control or invisible "
+        f"characters: those at line(s) {lines}{more})"
+    )
+
+
+def _check_documents(tokenized: _TokenizedCorpus, config: PreparationConfig, what: str) -> None:
+    """Refuse a corpus with too few usable documents for the settings, saying why."""
+    n_docs = tokenized.documents.num_documents
+    if n_docs == 0:
+        raise PreparationError(f"{what} has no usable document{_without_text_note(tokenized)}")
+    if config.nsp and n_docs < NSP_MIN_DOCUMENTS:
+        raise PreparationError(
+            f"{what} has 1 usable document{_without_text_note(tokenized)}: next-sentence prediction needs "
+            f"at least {NSP_MIN_DOCUMENTS} (the random second segments come from another document). Set "
+            "nsp to false to train masked-LM only on one document, or separate the documents with blank "
+            "lines."
+        )
+
+
+def _check_whole_word_mask(config: PreparationConfig, tokenizer: Any) -> None:
+    if config.whole_word_mask and not any(token.startswith("##") for token in tokenizer.get_vocab()):
+        raise PreparationError(
+            "whole_word_mask: the tokenizer marks no word continuations with '##' (it is not a WordPiece "
+            "vocabulary), so words cannot be found and whole-word masking would change nothing; set "
+            "whole_word_mask to false"
+        )
+
+
+def _check_scripts(config: PreparationConfig, tokenized: _TokenizedCorpus, what: str) -> None:
+    share = tokenized.unspaced_script_share
+    if config.whole_word_mask and share > UNSPACED_SCRIPT_SHARE:
+        raise PreparationError(
+            f"whole_word_mask: {share:.0%} of the characters of {what} are of scripts written without "
+            "spaces (Chinese, Japanese, Thai, ...), where a BERT tokenizer finds no words to mask whole "
+            "(every CJK character is a word of its own), so whole-word masking would change nothing; set "
+            "whole_word_mask to false"
+        )
+
+
+def _split_documents(
+    tokenized: _TokenizedCorpus, config: PreparationConfig, has_eval_corpus: bool
+) -> tuple[TokenizedDocuments, list[int], list[int]]:
+    """The documents to train on and those held out for evaluation: whole documents chosen at random
+    (seeded), never used for training; a corpus of one document holds out a contiguous block of it.
+    Returns the documents (regrouped for one document) with the training and the held-out ids."""
+    docs = tokenized.documents
+    n_docs = docs.num_documents
+    if has_eval_corpus:
+        return docs, list(range(n_docs)), []
+    if n_docs == 1:
+        return _hold_out_block(docs, config)
+    order = np.random.default_rng([config.seed, 7]).permutation(n_docs).tolist()
+    if config.eval_documents is not None:
+        n_eval = config.eval_documents
+    else:
+        n_eval = round(n_docs * config.eval_fraction)
+        if config.eval_fraction > 0:
+            n_eval = max(n_eval, NSP_MIN_DOCUMENTS if config.nsp else 1)
+    if n_eval and config.nsp and n_eval < NSP_MIN_DOCUMENTS:
+        raise PreparationError(
+            f"eval_documents: next-sentence prediction needs at least {NSP_MIN_DOCUMENTS} held-out documents"
+        )
+    minimum_train = NSP_MIN_DOCUMENTS if config.nsp else 1
+    if n_docs - n_eval < minimum_train:
+        raise PreparationError(
+            f"the corpus has {n_docs} usable documents{_without_text_note(tokenized)}; holding out {n_eval} "
+            f"for evaluation leaves {n_docs - n_eval} for training (need at least {minimum_train}). Lower "
+            "eval_fraction/eval_documents or give a separate eval corpus."
+        )
+    return docs, sorted(order[n_eval:]), sorted(order[:n_eval])
+
+
+def _hold_out_block(
+    docs: TokenizedDocuments, config: PreparationConfig
+) -> tuple[TokenizedDocuments, list[int], list[int]]:
+    """One document (MLM-only): ``eval_fraction`` of its sentences, in one contiguous block at a seeded
+    position, are held out; the text before and after it are two training documents (packing never
+    joins them across the hole)."""
+    if config.eval_documents is not None:
+        if config.eval_documents == 0:
+            return docs, [0], []
+        raise PreparationError(
+            f"eval_documents={config.eval_documents} counts whole documents, and the corpus is one document: "
+            "hold out a contiguous block of it with eval_fraction instead, or set eval_documents to 0"
+        )
+    if config.eval_fraction == 0:
+        return docs, [0], []
+    sentences = int(docs.document_bounds[1] - docs.document_bounds[0])
+    n_eval = max(1, round(sentences * config.eval_fraction))
+    if sentences - n_eval < 1:
+        raise PreparationError(
+            f"the corpus is one document of {sentences} sentence(s): too short to hold out a block for "
+            "evaluation and train on the rest; give a separate eval corpus or set eval_fraction to 0"
+        )
+    start = int(np.random.default_rng([config.seed, 7]).integers(0, sentences - n_eval + 1))
+    cuts = sorted({0, start, start + n_eval, sentences})
+    regrouped = TokenizedDocuments(docs.token_ids, docs.sentence_bounds, np.asarray(cuts, dtype=np.int64))
+    held_out = cuts.index(start)
+    return regrouped, [d for d in range(len(cuts) - 1) if d != held_out], [held_out]
+
+
+# --------------------------------------------------------------------------------------------------
+# Warnings: what the preparation tells the user
+
+
+def _corpus_warnings(
+    tokenized: _TokenizedCorpus, config: PreparationConfig, source: str, tokens_used_share: float | None
+) -> list[RunWarning]:
+    """The reader's warnings, and what tokenizing the corpus found: over-long lines, [UNK] floods,
+    documents the tokenizer leaves without a token."""
+    found = tokenized.findings
+    replaced = set()
+    if tokenized.dropped_documents:  # the tokenizer has the last word on which documents lack text
+        replaced.add("documents_without_text")
+    if tokenized.resplit_warnings is not None:  # sentences are no longer lines
+        replaced.update(SENTENCE_COUNT_WARNINGS)
+    warnings = [w for w in tokenized.report.warnings if w.code not in replaced]
+    warnings.extend(tokenized.resplit_warnings or [])
+    if tokenized.dropped_documents:
+        warnings.append(
+            textless_documents_warning(tokenized.dropped_documents, tokenized.dropped_document_lines)
+        )
+    budget = tokenized.segment_budget
+    used = (
+        f" Only {tokens_used_share:.0%} of the tokens reach an instance (tokens_used_share)."
+        if (tokens_used_share is not None)
+        else ""
+    )
+    special = 3 if config.nsp else 2
+    if found.long_sentences and tokenized.splitting == "auto":
+        warnings.append(
+            RunWarning(
+                code="long_lines",
+                count=found.long_sentences,
+                first_line=found.first_long_sentence_line,
+                message=(
+                    f"{found.long_sentences} sentence(s) are longer than the {budget} wordpieces a segment "
+                    f"holds (max_seq_length - {special}) even after sentence splitting ({found.lines_split} "
+                    f"over-long line(s) were split): each is cut to fit.{used} Shorten them, or raise "
+                    "max_seq_length."
+                ),
+            )
+        )
+    elif found.long_lines and tokenized.splitting == "none":
+        warnings.append(
+            RunWarning(
+                code="long_lines",
+                count=found.long_lines,
+                first_line=found.first_long_line,
+                message=(
+                    f"{found.long_lines} line(s) are longer than the {budget} wordpieces a segment holds "
+                    f"(max_seq_length - {special}): each is cut to fit, and next-sentence pairs cannot be "
+                    f"built from whole lines.{used} Is each line a paragraph? Set sentence_splitting to auto "
+                    "(`--sentence-splitting auto`) to split over-long lines into sentences, or write one "
+                    "sentence per line."
+                ),
+            )
+        )
+    rate = tokenized.unk_rate
+    if rate > UNK_RATE_WARNING:
+        unfit = rate > UNK_RATE_TOKENIZER_MISMATCH
+        warnings.append(
+            RunWarning(
+                code="tokenizer_mismatch" if unfit else "unknown_tokens",
+                count=found.unk_tokens,
+                first_line=found.first_unk_line,
+                message=(
+                    f"{rate:.1%} of the wordpieces are [UNK] ({found.unk_tokens:,} tokens): "
+                    + (
+                        "the tokenizer probably does not fit the language or script of this corpus (e.g. "
+                        "Chinese or emoji through an English vocabulary). "
+                        if unfit
+                        else "characters the vocabulary lacks. "
+                    )
+                    + "[UNK] is never a prediction target, so that text teaches the model nothing; use a "
+                    "checkpoint whose vocabulary covers the text, or clean it."
+                ),
+            )
+        )
+    return [w.model_copy(update={"source": source}) for w in warnings]
+
+
+def _split_warnings(
+    summary: SplitSummary, config: PreparationConfig, source: str, *, long_lines_reported: bool
+) -> list[RunWarning]:
+    """What the instances of a split show: an IsNext share far from one half, corpus text never used."""
+    warnings: list[RunWarning] = []
+    low, high = IS_NEXT_SHARE_RANGE
+    share = summary.is_next_share
+    if config.nsp and summary.instances >= IS_NEXT_MIN_INSTANCES and not low <= share <= high:
+        cause = (
+            "Google's rule (nsp_balance: google) pairs every one-sentence chunk with a random B: set "
+            "nsp_balance: balanced"
+            if config.nsp_balance == "google"
+            else "Most documents give pairs of one kind only (one-sentence documents, or a document's "
+            "lone last sentence): check the documents' sentences"
+        )
+        warnings.append(
+            RunWarning(
+                code="is_next_share",
+                count=summary.instances,
+                message=(
+                    f"the IsNext share of the {source} instances is {share:.3f}, far from one half (outside "
+                    f"[{low}, {high}]): next-sentence prediction then learns the majority label, not "
+                    f"coherence. {cause}."
+                ),
+            )
+        )
+    used = summary.tokens_used_share
+    if used is not None and used < TOKENS_USED_SHARE_WARNING and not long_lines_reported:
+        warnings.append(
+            RunWarning(
+                code="tokens_unused",
+                message=(
+                    f"only {used:.0%} of the {source} text reaches an instance (tokens_used_share): the rest "
+                    "is cut off to fit max_seq_length. Check the sentence lengths, or raise max_seq_length."
+                ),
+            )
+        )
+    return [w.model_copy(update={"source": source}) for w in warnings]
+
+
+def _warnings_of(
+    corpora: list[tuple[_TokenizedCorpus, str, tuple[str, ...]]],
+    splits: dict[str, SplitSummary],
+    split_sources: dict[str, str],
+    config: PreparationConfig,
+) -> list[dict[str, Any]]:
+    """Every warning of a cache entry, as the manifest stores them: each corpus's (``(tokenized, source,
+    the splits made of it)``, the first one's ``tokens_used_share`` cited), then each split's."""
+    warnings: list[RunWarning] = []
+    long_lines_in: set[str] = set()
+    for tokenized, source, made in corpora:
+        found = _corpus_warnings(tokenized, config, source, splits[made[0]].tokens_used_share)
+        warnings.extend(found)
+        if any(w.code == "long_lines" for w in found):
+            long_lines_in.update(made)
+    for name, summary in splits.items():
+        warnings.extend(
+            _split_warnings(summary, config, split_sources[name], long_lines_reported=name in long_lines_in)
+        )
+    return [w.model_dump(exclude_none=True) for w in warnings]
 
 
 # --------------------------------------------------------------------------------------------------
 # The entry points
 
 
-def _split_documents(
-    n_docs: int, config: PreparationConfig, has_eval_corpus: bool
-) -> tuple[list[int], list[int]]:
-    """Whole documents held out for evaluation, chosen at random (seeded), never used for training."""
-    order = np.random.default_rng([config.seed, 7]).permutation(n_docs).tolist()
-    if has_eval_corpus:
-        n_eval = 0
-    elif config.eval_documents is not None:
-        n_eval = config.eval_documents
-    else:
-        n_eval = round(n_docs * config.eval_fraction)
-        if config.eval_fraction > 0:
-            n_eval = max(n_eval, 2 if config.nsp else 1)
-    if n_eval and config.nsp and n_eval < 2:
-        raise PreparationError("eval_documents: next-sentence prediction needs at least 2 held-out documents")
-    minimum_train = 2 if config.nsp else 1
-    if n_docs - n_eval < minimum_train:
-        raise PreparationError(
-            f"the corpus has {n_docs} usable documents; holding out {n_eval} for evaluation leaves "
-            f"{n_docs - n_eval} for training (need at least {minimum_train}). Lower eval_fraction/"
-            "eval_documents or give a separate eval corpus."
-        )
-    return sorted(order[n_eval:]), sorted(order[:n_eval])
-
-
 def _corpus_summary(tokenized: _TokenizedCorpus) -> dict[str, Any]:
-    tokens = len(tokenized.documents.token_ids)
+    found = tokenized.findings
     return {
         **tokenized.report.stats.to_dict(),
         "warnings": [w.model_dump(exclude_none=True) for w in tokenized.report.warnings],
-        "tokens": tokens,
-        "wordpieces_per_word": round(tokens / max(tokenized.words, 1), 4),
+        "tokens": tokenized.tokens,
+        "wordpieces_per_word": round(tokenized.tokens / max(tokenized.words, 1), 4),
         "empty_sentences_dropped": tokenized.empty_sentences,
+        "documents_without_text": tokenized.dropped_documents,
+        "unk_rate": round(tokenized.unk_rate, 6),
+        "segment_budget": tokenized.segment_budget,
+        "long_lines": found.long_lines,
+        "lines_split": found.lines_split,
+        "long_sentences": found.long_sentences,
     }
 
 
@@ -457,12 +905,17 @@ def prepare_corpus(
     Train instances use ``config.masking``: dynamic (no masks stored; the collator draws them) or
     static (``dupe_factor`` passes with different NSP pairs and masks). The eval split is always
     statically masked with a fixed seed so eval numbers compare across steps and runs.
-    Raises CorpusFormatError for a malformed corpus and PreparationError when the corpus cannot
-    satisfy the parameters; nothing is left in the cache in either case.
+    Raises CorpusFormatError for a malformed corpus, PreparationError when the corpus cannot satisfy the
+    parameters (saying why), HyperparameterError for settings an eval corpus would make ignored; nothing
+    is left in the cache in any case. What the checks
+    found is in the manifest's ``warnings`` (:attr:`PreparedData.warnings`).
     """
     started = time.perf_counter()
     say = log or (lambda message: None)
+    if eval_corpus is not None:
+        config.check_eval_corpus()
     tokenizer = load_tokenizer(tokenizer)
+    _check_whole_word_mask(config, tokenizer)
     fingerprint = tokenizer_fingerprint(tokenizer)
     corpus_sha = corpus_sha256 or file_sha256(corpus)
     eval_sha = file_sha256(eval_corpus) if eval_corpus is not None else None
@@ -475,12 +928,15 @@ def prepare_corpus(
 
     def build(directory: Path) -> dict[str, Any]:
         say(f"reading and tokenizing {corpus}")
-        tokenized = tokenize_corpus(corpus, tokenizer, max_line_chars=max_line_chars)
-        eval_tokenized = (
-            tokenize_corpus(eval_corpus, tokenizer, max_line_chars=max_line_chars) if eval_corpus else None
-        )
-        docs = tokenized.documents
-        train_ids, eval_ids = _split_documents(docs.num_documents, config, eval_tokenized is not None)
+        tokenized = _tokenize(corpus, tokenizer, config, max_line_chars)
+        _check_documents(tokenized, config, "the corpus")
+        _check_scripts(config, tokenized, "the corpus")
+        eval_tokenized = None
+        if eval_corpus is not None:
+            eval_tokenized = _tokenize(eval_corpus, tokenizer, config, max_line_chars)
+            _check_documents(eval_tokenized, config, "the eval corpus")
+            _check_scripts(config, eval_tokenized, "the eval corpus")
+        docs, train_ids, eval_ids = _split_documents(tokenized, config, eval_tokenized is not None)
         say(f"creating instances from {len(train_ids)} training documents")
         static = config.masking == "static"
         passes = config.dupe_factor if static else 1
@@ -497,9 +953,13 @@ def prepare_corpus(
                 seed_tag=0,
             )
         }
+        corpora: list[tuple[_TokenizedCorpus, str, tuple[str, ...]]] = [
+            (tokenized, "corpus", ("train", "eval") if eval_ids else ("train",))
+        ]
         if eval_tokenized is not None:
             docs = eval_tokenized.documents
             eval_ids = list(range(docs.num_documents))
+            corpora.append((eval_tokenized, "eval_corpus", ("eval",)))
         if eval_ids:
             splits["eval"] = _write_split(
                 directory, "eval", docs, eval_ids, tokenizer, config, static=True, passes=1, seed_tag=1
@@ -515,6 +975,7 @@ def prepare_corpus(
             "corpus": _corpus_summary(tokenized),
             "eval_corpus": _corpus_summary(eval_tokenized) if eval_tokenized else None,
             "splits": {name: split.model_dump() for name, split in splits.items()},
+            "warnings": _warnings_of(corpora, splits, {"train": "train", "eval": "eval"}, config),
             "seconds": round(time.perf_counter() - started, 3),
         }
 
@@ -531,15 +992,18 @@ def prepare_eval_corpus(
     log: Log | None = None,
 ) -> PreparedData:
     """A whole corpus as one statically-masked eval split: the general-domain reference corpus that
-    shows forgetting. Its ``eval`` split holds every document."""
+    shows forgetting. Its ``eval`` split holds every document; its warnings name the reference corpus."""
     started = time.perf_counter()
     tokenizer = load_tokenizer(tokenizer)
+    _check_whole_word_mask(config, tokenizer)
     fingerprint = tokenizer_fingerprint(tokenizer)
     corpus_sha = file_sha256(corpus)
     key = cache_key(corpus_sha256=corpus_sha, tokenizer_fingerprint=fingerprint, config=config, kind="eval")
 
     def build(directory: Path) -> dict[str, Any]:
-        tokenized = tokenize_corpus(corpus, tokenizer, max_line_chars=max_line_chars)
+        tokenized = _tokenize(corpus, tokenizer, config, max_line_chars)
+        _check_documents(tokenized, config, "the reference corpus")
+        _check_scripts(config, tokenized, "the reference corpus")
         docs = tokenized.documents
         document_ids = list(range(docs.num_documents))
         split = _write_split(
@@ -554,7 +1018,28 @@ def prepare_eval_corpus(
             "config": config.model_dump(mode="json"),
             "corpus": _corpus_summary(tokenized),
             "splits": {"eval": split.model_dump()},
+            "warnings": _warnings_of(
+                [(tokenized, "reference_corpus", ("eval",))], {"eval": split}, {"eval": "reference"}, config
+            ),
             "seconds": round(time.perf_counter() - started, 3),
         }
 
     return _cache_entry(Path(cache_dir), key, build, log or (lambda message: None))
+
+
+def _tokenize(
+    path: str | Path, tokenizer: Any, config: PreparationConfig, max_line_chars: int
+) -> _TokenizedCorpus:
+    return tokenize_corpus(
+        path,
+        tokenizer,
+        max_line_chars=max_line_chars,
+        segment_budget=segment_budget(config),
+        sentence_splitting=config.sentence_splitting,
+    )
+
+
+def segment_budget(config: PreparationConfig) -> int:
+    """Wordpieces of text an instance holds: ``[CLS] A [SEP] B [SEP]`` with NSP, ``[CLS] text [SEP]``
+    without."""
+    return config.max_seq_length - (3 if config.nsp else 2)

@@ -19,11 +19,22 @@ Metric names are BERT's (google-research/bert's ``run_pretraining.py``): ``maske
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "LEGACY_METRIC_NAMES",
@@ -38,6 +49,7 @@ __all__ = [
     "Progress",
     "RunWarning",
     "SplitSummary",
+    "StepSkipped",
     "TrainMetrics",
     "TrainingEvent",
     "TrainingFailed",
@@ -47,6 +59,7 @@ __all__ = [
     "TrainingResult",
     "TrainingStarted",
     "TrainingStatus",
+    "non_finite_flags",
     "parse_record",
 ]
 
@@ -68,29 +81,56 @@ LEGACY_METRIC_NAMES = {
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    def json_object(self, **options: Any) -> dict[str, Any]:
+        """The record as the JSON object it is written as (non-finite numbers as ``null``, flagged where
+        they are metrics); ``options`` as for ``model_dump_json`` (``exclude_none=True``, ...)."""
+        result: dict[str, Any] = json.loads(self.model_dump_json(**options))
+        return result
+
 
 # --------------------------------------------------------------------------------------------------
 # Metrics
 
 
+def non_finite_flags(values: Mapping[str, Any]) -> dict[str, str]:
+    """``{name: "nan" | "inf" | "-inf"}`` for the float values that are not finite: what JSON, which has
+    no such numbers, carries beside the ``null`` that stands for them."""
+    return {
+        name: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        for name, value in values.items()
+        if isinstance(value, float) and not math.isfinite(value)
+    }
+
+
 class _Metrics(_Record):
+    """Metrics written as JSON carry ``non_finite``: ``{name: "nan" | "inf" | "-inf"}`` for each value
+    written as ``null`` because it was not finite; read back, the value is restored."""
+
     @model_validator(mode="before")
     @classmethod
-    def _current_names(cls, data: Any) -> Any:
+    def _read(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            renamed = {LEGACY_METRIC_NAMES.get(name, name): value for name, value in data.items()}
-            renamed.pop("step", None)  # bertpt 0.1 repeated the step among the metrics
-            return renamed
+            values = {LEGACY_METRIC_NAMES.get(name, name): value for name, value in data.items()}
+            values.pop("step", None)  # bertpt 0.1 repeated the step among the metrics
+            for name, kind in (values.pop("non_finite", None) or {}).items():
+                values[name] = float(kind)
+            return values
         return data
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def non_finite(self) -> dict[str, str]:
+        return non_finite_flags(dict(self))
+
     def values(self) -> dict[str, float]:
-        """The metrics that have a value, by name (what becomes a point of a curve)."""
+        """The metrics that have a value, by name (what becomes a point of a curve; not always finite)."""
         return {name: value for name, value in self if value is not None}
 
 
 class TrainMetrics(_Metrics):
     """A training window (the steps since the previous logging step). Losses are token-weighted means over
-    the window (masked-LM over predicted tokens, NSP over sequences); ``loss`` is Trainer's, their sum."""
+    the window's applied steps (masked-LM over predicted tokens, NSP over sequences); ``loss`` is their
+    sum, NaN when every step of the window was skipped (see ``skipped_steps``)."""
 
     loss: float
     masked_lm_loss: float | None = None  # None: no token was predicted in the window
@@ -102,6 +142,7 @@ class TrainMetrics(_Metrics):
     tokens_per_second: float  # real (non-padding) tokens per second of training, evaluations excluded
     samples_seen: int  # sequences trained on, from the start of the run (all attempts)
     epoch: float
+    skipped_steps: int = 0  # optimizer steps not applied because a number was not finite, from the start
 
 
 class EvalMetrics(_Metrics):
@@ -146,10 +187,23 @@ class RunWarning(_Record):
     count: int | None = Field(None, description="How many times the corpus shows the problem.")
     first_line: int | None = Field(None, description="1-based line of the first occurrence in the corpus.")
     parameters: list[str] | None = Field(None, description="Parameters newly initialized (not in the base).")
+    source: str | None = Field(
+        None,
+        examples=["corpus"],
+        description="What the warning is about when a run has several inputs: a corpus (`corpus`, "
+        "`eval_corpus`, `reference_corpus`; ``first_line`` is a line of that file) or a prepared split "
+        "(`train`, `eval`, `reference`). None: the run itself, or the only corpus (an upload).",
+    )
 
 
 class SplitSummary(_Record):
-    """The instances of one prepared split, drawn from ``documents`` documents."""
+    """The instances of one prepared split, drawn from ``documents`` documents.
+
+    ``masked_share`` is the share of instance tokens that are prediction targets (special tokens, [UNK]
+    included, never are; with dynamic whole-word masking, those of the first epoch's masks);
+    ``tokens_used_share`` the share of the split's corpus tokens that reach at least one instance (the
+    rest is lost to truncation). None: written before bertpt reported it.
+    """
 
     documents: int
     static_masks: bool
@@ -162,6 +216,7 @@ class SplitSummary(_Record):
     truncated_pairs: int
     masked_share: float
     unk_rate: float
+    tokens_used_share: float | None = None
 
 
 class PreparedDataSummary(_Record):
@@ -220,6 +275,27 @@ class TrainingFailed(_Record):
     error: str
 
 
+class StepSkipped(_Record):
+    """Optimizer step ``step`` was not applied: its loss or its gradient norm was not finite (``loss`` and
+    ``grad_norm`` are None then), or, with fp16, the loss scaler found an overflow (its scale goes down;
+    that does not count towards ``max_nonfinite_steps``)."""
+
+    kind: Literal["step_skipped"] = "step_skipped"
+    step: int
+    reason: Literal["non_finite_loss", "non_finite_grad_norm", "fp16_overflow"]
+    loss: float | None
+    grad_norm: float | None
+    consecutive: int  # skipped steps in a row that count towards max_nonfinite_steps, this one included
+    skipped_steps: int  # from the start of the run
+
+    def summary(self) -> str:
+        """One line for a person: ``step 12 was not applied: its loss was not finite (2 in a row)``."""
+        if self.reason == "fp16_overflow":
+            return f"step {self.step} was not applied: the fp16 loss scaler found an overflow (scale lowered)"
+        what = "loss" if self.reason == "non_finite_loss" else "gradient norm"
+        return f"step {self.step} was not applied: its {what} was not finite ({self.consecutive} in a row)"
+
+
 class Progress(_Record):
     kind: Literal["progress"] = "progress"
     step: int
@@ -231,7 +307,7 @@ class LogLine(_Record):
     message: str
 
 
-TrainingEvent = TrainingStarted | CheckpointSaved | TrainingFinished | TrainingFailed
+TrainingEvent = TrainingStarted | CheckpointSaved | StepSkipped | TrainingFinished | TrainingFailed
 TrainingRecord = MetricsRecord | TrainingEvent | Progress | LogLine
 
 _RECORD: TypeAdapter[TrainingRecord] = TypeAdapter(Annotated[TrainingRecord, Field(discriminator="kind")])
@@ -261,6 +337,7 @@ class TrainingOutcome(_Record):
     samples_seen: int
     tokens_seen: int
     data_key: str
+    skipped_steps: int = 0
 
     @field_validator("train_metrics", mode="before")
     @classmethod

@@ -36,6 +36,7 @@ __all__ = [
 RESUME_INSENSITIVE = frozenset(
     {
         "max_runtime_seconds",
+        "max_nonfinite_steps",
         "keep_checkpoints",
         "logging_every_steps",
         "checkpoint_every_steps",
@@ -82,10 +83,12 @@ def fsync_tree(directory: Path) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename: readers see the old or the new file, whole."""
+    """Write JSON through a temporary file and a rename: readers see the old or the new file, whole.
+    ValueError on a NaN or an infinity: JSON has none (write records with ``json_object()``)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    text = json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False)
     with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
+        f.write(text)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())

@@ -24,8 +24,9 @@ from worker.pretraining.records import TrainingRecord, TrainingResult
 
 __all__ = ["summary_table", "train_command"]
 
-# Exit codes: 2 for invalid hyperparameters (like click's usage errors), 1 for a run that cannot be
-# carried out (base model refused, bad corpus, resume mismatch, ...).
+# Exit codes: 2 for what was given wrong (invalid hyperparameters, like click's usage errors, or a base
+# checkpoint that cannot be used), 1 for a run that cannot be carried out (bad corpus, resume mismatch,
+# a training that diverged, ...).
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
 
@@ -99,6 +100,13 @@ class _Display:
             self.log(record.message)
         elif isinstance(record, records.CheckpointSaved):
             self.log(f"checkpoint written: {record.path}")
+        elif isinstance(record, records.StepSkipped):
+            self.console.print(
+                f"warning: {record.summary()}; {record.skipped_steps} skipped so far",
+                style="yellow",
+                markup=False,
+                highlight=False,
+            )
         elif isinstance(record, records.MetricsRecord):
             metrics = record.metrics
             if isinstance(metrics, records.TrainMetrics):
@@ -174,10 +182,11 @@ def train_command(
 ) -> None:
     """Continue pre-training a BERT checkpoint (masked LM + next-sentence prediction) on a corpus."""
     from worker.pretraining.corpus import CorpusFormatError
-    from worker.pretraining.engine import TrainingError, run_pretraining
+    from worker.pretraining.engine import run_pretraining
     from worker.pretraining.model_files import BaseModelError
     from worker.pretraining.prepare import PreparationError
     from worker.pretraining.run_checkpoints import ResumeError
+    from worker.pretraining.trainer import TrainingError
 
     console = Console(soft_wrap=True)
     try:
@@ -201,7 +210,10 @@ def train_command(
                 should_stop=should_stop,
                 resume=resume,
             )
-    except (BaseModelError, ResumeError, TrainingError, PreparationError, CorpusFormatError) as exc:
+    except (BaseModelError, HyperparameterError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    except (ResumeError, TrainingError, PreparationError, CorpusFormatError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FAILED)
     finally:

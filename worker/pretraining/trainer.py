@@ -14,6 +14,8 @@ Single device: the loss calls the model's submodules directly, so DDP/FSDP wrapp
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +29,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
 
+from worker.pretraining.base_model import tied_aliases
 from worker.pretraining.hyperparameters import Hyperparameters
 from worker.pretraining.layout import CHECKPOINT_MANIFEST, TRAINER_STATE, checkpoint_name
 from worker.pretraining.loss import LossTotals, pretraining_loss
@@ -37,6 +40,7 @@ from worker.pretraining.records import (
     EvalSplit,
     MetricsRecord,
     Progress,
+    StepSkipped,
     TrainingRecord,
     TrainingStatus,
     TrainMetrics,
@@ -55,9 +59,13 @@ from worker.pretraining.trainer_api import require_trainer_api
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "NonFiniteLossError",
+    "NonFiniteWeightsError",
     "PretrainingTrainer",
     "RunState",
     "StopCheck",
+    "TrainingError",
+    "non_finite_parameter",
     "steps_per_epoch",
     "total_steps",
     "training_arguments",
@@ -65,6 +73,45 @@ __all__ = [
 
 StopCheck = Callable[[], bool]
 CHECKPOINT_FORMAT = 1  # of bertpt_checkpoint.json
+
+
+class TrainingError(RuntimeError):
+    """The run cannot start or continue as asked (bad combination of data, model and parameters)."""
+
+
+class NonFiniteLossError(TrainingError):
+    """``max_nonfinite_steps`` optimizer steps in a row had a loss or a gradient norm that was not finite
+    (each was skipped, so the weights are those of the last good step)."""
+
+    def __init__(self, step: int, consecutive: int, *, fp16: bool):
+        self.step = step
+        hint = "use bf16 instead of fp16 (fp16's range is small); " if fp16 else ""
+        super().__init__(
+            f"the loss or its gradient was not finite (NaN or infinite) for {consecutive} steps in a row, "
+            f"up to step {step}: lower learning_rate, {hint}check the data (and max_grad_norm); the last "
+            "checkpoint written before is intact"
+        )
+
+
+class NonFiniteWeightsError(TrainingError):
+    """The model's weights are no longer finite: nothing more is saved or exported."""
+
+    def __init__(self, parameter: str, step: int):
+        self.step = step
+        super().__init__(
+            f"parameter {parameter} holds NaN or infinite values at step {step}: the training diverged; "
+            "lower learning_rate and resume from an earlier checkpoint"
+        )
+
+
+def non_finite_parameter(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter holding a NaN or an infinity, None if all are finite (one device
+    sync for the whole model)."""
+    names, finite = zip(
+        *((name, torch.isfinite(p).all()) for name, p in model.named_parameters()), strict=True
+    )
+    bad = (~torch.stack(list(finite))).nonzero()
+    return names[int(bad[0])] if bad.numel() else None
 
 
 def steps_per_epoch(num_instances: int, batch_size: int, gradient_accumulation_steps: int) -> int:
@@ -88,6 +135,7 @@ class RunState(BaseModel):
 
     samples_seen: int = 0
     tokens_seen: int = 0
+    skipped_steps: int = 0  # optimizer steps not applied (a loss or gradient norm not finite)
     runtime_seconds: float = 0.0  # training time of earlier attempts
     baseline: dict[EvalSplit, EvalMetrics] = {}
     last_eval: dict[EvalSplit, EvalMetrics] = {}
@@ -123,6 +171,9 @@ class _FlowCallback(TrainerCallback):
         if hasattr(collator, "epoch"):
             collator.epoch = math.floor(state.epoch or 0)
 
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer._before_update()
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         return self.trainer._on_step_end(state, control)
 
@@ -134,7 +185,15 @@ class PretrainingTrainer(Trainer):
     ``{"eval": ..., "reference": ...}``) with their ``eval_collator`` (static masks), ``sink`` for the
     records (metrics, checkpoints, progress), ``should_stop`` (polled every step), ``deadline`` (a
     ``clock()`` time to stop at), ``eval_every_steps`` / ``checkpoint_every_steps`` /
-    ``keep_checkpoints``, ``run_info`` (written into every checkpoint manifest) and ``run_state``.
+    ``keep_checkpoints``, ``run_info`` (written into every checkpoint manifest), ``run_state`` and
+    ``max_nonfinite_steps``.
+
+    An optimizer step whose loss or gradient norm is not finite is not applied: neither the optimizer nor
+    the learning-rate schedule moves (with fp16, the loss scaler lowers its scale as usual). It is counted
+    (``skipped_steps``) and reported (a :class:`~worker.pretraining.records.StepSkipped` record);
+    ``max_nonfinite_steps`` of them in a row raise :class:`NonFiniteLossError` (fp16 overflows with a
+    finite loss are the scaler's business and do not count). Weights that are not finite are never saved.
+    Deciding costs one device sync per optimizer step.
     """
 
     # compute_loss normalizes by the predicted tokens / sequences of the whole accumulated step.
@@ -156,6 +215,7 @@ class PretrainingTrainer(Trainer):
         run_info: Mapping[str, Any] | None = None,
         run_state: RunState | None = None,
         updates_per_epoch: int | None = None,
+        max_nonfinite_steps: int = 5,
         **kwargs: Any,
     ):
         self.nsp = nsp
@@ -171,14 +231,21 @@ class PretrainingTrainer(Trainer):
         self.run_info = dict(run_info or {})
         self.run_state = run_state or RunState()
         self.updates_per_epoch = updates_per_epoch
+        self.max_nonfinite_steps = max_nonfinite_steps
         self.stop_status: TrainingStatus | None = None
         self.last_checkpoint: Path | None = None
         self._attempt_started = time.perf_counter()
         self._window = LossTotals()
+        self._step_totals = LossTotals()  # the optimizer step under way: into the window once applied
         self._window_started = time.perf_counter()
         self._paused = 0.0
         self._tokens_seen: torch.Tensor | None = None
         self._normalizers: tuple[Any, Any] = (None, None)
+        self._step_loss: torch.Tensor | None = None  # the loss of the optimizer step being accumulated
+        self._step_grad_norm: Any = None
+        self._skip_update = False  # the step under way is not applied
+        self._nonfinite_in_a_row = 0
+        self._schedule_before_skip: dict[str, Any] | None = None
         require_trainer_api()
         super().__init__(*args, **kwargs)
         for noisy in (PrinterCallback, ProgressCallback):
@@ -240,10 +307,105 @@ class PretrainingTrainer(Trainer):
         )
         if training:
             tokens = inputs["attention_mask"].sum()
-            self._window.add(out, tokens=tokens, samples=int(inputs["input_ids"].shape[0]))
+            self._step_totals.add(out, tokens=tokens, samples=int(inputs["input_ids"].shape[0]))
             self._tokens_seen = tokens if self._tokens_seen is None else self._tokens_seen + tokens
             self.run_state.samples_seen += int(inputs["input_ids"].shape[0])
+            loss = out.loss.detach()
+            self._step_loss = loss if self._step_loss is None else self._step_loss + loss
         return (out.loss, out) if return_outputs else out.loss
+
+    # ---- steps that are not applied
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        """Trainer's optimizer, whose ``step`` does nothing while the step under way is being skipped (its
+        state is not in ``state_dict``, so checkpoints are unchanged)."""
+        optimizer = super().create_optimizer(model)
+        if not getattr(optimizer, "_bertpt_skippable", False):
+            step = optimizer.step
+
+            def step_unless_skipped(*args: Any, **kwargs: Any) -> Any:
+                return None if self._skip_update else step(*args, **kwargs)
+
+            optimizer.step = step_unless_skipped  # type: ignore[method-assign]
+            optimizer._bertpt_skippable = True  # type: ignore[attr-defined]
+        return optimizer
+
+    def _undo_schedule_step(self) -> None:
+        """After Trainer stepped the learning-rate schedule for a skipped step: put it back where it was,
+        with the optimizer's learning rates (public scheduler API only, so any schedule works)."""
+        state, self._schedule_before_skip = self._schedule_before_skip, None
+        if state is None or self.lr_scheduler is None or self.optimizer is None:
+            return
+        self.lr_scheduler.load_state_dict(state)
+        for group, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """After the weights of a checkpoint are loaded on resume: the tied decoder aliases are not stored
+        (``save_pretrained`` drops them), so re-tie them rather than log transformers' alarming "missing
+        keys" message. Any other missing or unexpected weight means the checkpoint does not belong to this
+        model.
+
+        Raises TrainingError naming up to five of them.
+        """
+        model: Any = self.accelerator.unwrap_model(self.model)
+        missing = sorted(set(load_result.missing_keys) - tied_aliases(model))
+        unexpected = sorted(load_result.unexpected_keys)
+        if missing or unexpected:
+            raise TrainingError(
+                f"the checkpoint's weights do not fit the model: missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}"
+            )
+        model.tie_weights()
+
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._step_grad_norm = norm
+        return norm
+
+    def _before_update(self) -> None:
+        """Right before the optimizer step: apply it only if the step's loss and gradient norm are finite."""
+        loss, norm = self._step_loss, self._step_grad_norm
+        self._step_loss = self._step_grad_norm = None
+        if loss is None:  # nothing was computed (cannot happen in Trainer's loop)
+            self._skip_update = False
+            return
+        norm = torch.as_tensor(norm if norm is not None else 0.0, device=loss.device, dtype=torch.float32)
+        loss_finite, norm_finite = torch.stack([torch.isfinite(loss), torch.isfinite(norm)]).tolist()
+        self._skip_update = not (loss_finite and norm_finite)
+        if not self._skip_update:
+            self._window.merge(self._step_totals)  # the logged losses are those of applied steps
+            self._step_totals.reset()
+            self._nonfinite_in_a_row = 0
+            return
+        self._step_totals.reset()
+        if self.lr_scheduler is not None:
+            self._schedule_before_skip = copy.deepcopy(self.lr_scheduler.state_dict())
+        self.run_state.skipped_steps += 1
+        step = self.state.global_step + 1
+        if not loss_finite:
+            reason = "non_finite_loss"
+        elif self.args.fp16:
+            reason = "fp16_overflow"  # the scaler skips it too, and lowers its scale
+        else:
+            reason = "non_finite_grad_norm"
+        if reason != "fp16_overflow":
+            self._nonfinite_in_a_row += 1
+        self.emit(
+            StepSkipped(
+                step=step,
+                reason=reason,
+                loss=float(loss) if loss_finite else None,
+                grad_norm=float(norm) if norm_finite else None,
+                consecutive=self._nonfinite_in_a_row,
+                skipped_steps=self.run_state.skipped_steps,
+            )
+        )
+        if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
+            parameter = non_finite_parameter(self.accelerator.unwrap_model(self.model))
+            if parameter is not None:  # an update went wrong before: the weights are the cause
+                raise NonFiniteWeightsError(parameter, step)
+            raise NonFiniteLossError(step, self._nonfinite_in_a_row, fp16=self.args.fp16)
 
     def _take_tokens_seen(self) -> int:
         if self._tokens_seen is not None:
@@ -260,6 +422,7 @@ class PretrainingTrainer(Trainer):
         self._emit_progress()
 
     def _on_step_end(self, state: Any, control: Any) -> Any:
+        self._undo_schedule_step()
         step = state.global_step
         final = step >= state.max_steps
         self._emit_progress()
@@ -298,17 +461,22 @@ class PretrainingTrainer(Trainer):
         elapsed = max(now - self._window_started - self._paused, 1e-9)
         tokens = self._window.values().get("tokens", 0.0)
         terms = self._window.train_terms()
+        # Not Trainer's running loss, which one NaN would poison for the rest of the run (its NaN filter
+        # costs a device sync per batch): the sum of the window's terms, over its applied steps only.
+        present = [v for v in (terms["masked_lm_loss"], terms["next_sentence_loss"]) if v is not None]
+        loss = math.fsum(present) if present else math.nan
         self._window.reset()
         self._window_started, self._paused = now, 0.0
         grad_norm = logs.get("grad_norm")
         return TrainMetrics(
-            loss=float(logs["loss"]),
+            loss=loss,
             **terms,
             learning_rate=float(logs["learning_rate"]),
             grad_norm=None if grad_norm is None else float(grad_norm),
             tokens_per_second=tokens / elapsed,
             samples_seen=self.run_state.samples_seen,
             epoch=float(self.state.epoch or 0.0),
+            skipped_steps=self.run_state.skipped_steps,
         )
 
     # ---- evaluation
@@ -387,7 +555,7 @@ class PretrainingTrainer(Trainer):
     def checkpoint_manifest(self) -> dict[str, Any]:
         step = self.state.global_step
         self._take_tokens_seen()
-        state = self.run_state.model_dump(mode="json")
+        state = json.loads(self.run_state.model_dump_json())  # non-finite numbers as flagged nulls
         state["runtime_seconds"] = self.run_state.runtime_seconds + self.attempt_seconds()
         per_epoch = self.updates_per_epoch or self.state.max_steps or 1
         return {
@@ -400,9 +568,7 @@ class PretrainingTrainer(Trainer):
                 "optimizer_steps_into_epoch": int(step % per_epoch),
             },
             "run": self.run_info,
-            "metrics": {
-                split: metrics.model_dump(mode="json") for split, metrics in self.latest_metrics().items()
-            },
+            "metrics": {split: metrics.json_object() for split, metrics in self.latest_metrics().items()},
             "state": state,
             "created_at": datetime.now(UTC).isoformat(),
         }
@@ -413,7 +579,11 @@ class PretrainingTrainer(Trainer):
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """Trainer's checkpoint contents, written into a temporary directory and published by a rename
         once complete (the manifest is written last); then the oldest checkpoints beyond
-        ``keep_checkpoints`` are removed."""
+        ``keep_checkpoints`` are removed. Weights that are not finite are refused: the newest checkpoint
+        stays the last good one."""
+        parameter = non_finite_parameter(self.accelerator.unwrap_model(self.model))
+        if parameter is not None:
+            raise NonFiniteWeightsError(parameter, self.state.global_step)
         started = time.perf_counter()
         root = Path(str(self.args.output_dir))
         final = root / checkpoint_name(self.state.global_step)

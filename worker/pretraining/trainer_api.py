@@ -47,6 +47,21 @@ TRAINER_HOOKS: tuple[TrainerHook, ...] = (
         overridden=True,
     ),
     TrainerHook("log", ("logs", "start_time"), "training metrics to the run's sink", overridden=True),
+    TrainerHook(
+        "_get_grad_norm",
+        ("model", "grad_norm"),
+        "the gradient norm of the step, checked before the update",
+        overridden=True,
+    ),
+    TrainerHook(
+        "create_optimizer", ("model",), "an optimizer step that can be skipped (not finite)", overridden=True
+    ),
+    TrainerHook(
+        "_issue_warnings_after_load",
+        ("load_result",),
+        "re-ties the decoder on resume instead of a missing-keys warning",
+        overridden=True,
+    ),
     TrainerHook("_load_from_checkpoint", ("resume_from_checkpoint",), "the final step's weights on resume"),
     TrainerHook("_prepare_inputs", ("inputs",), "moves an evaluation batch to the device"),
     TrainerHook("save_model", ("output_dir", "_internal_call"), "the weights of a checkpoint"),

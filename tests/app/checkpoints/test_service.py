@@ -25,6 +25,7 @@ from tests.support import (
     fake_bert_files,
     make_run,
     tar_gz,
+    with_one_bad_weight,
     zip_bytes,
 )
 
@@ -166,6 +167,20 @@ def test_missing_parts_are_refused(client: TestClient, alice: TenantKey) -> None
         files = fake_bert_files()
         del files[missing]
         assert expected in refused(client, alice, tar_gz(files))
+
+
+def test_a_weight_that_is_not_finite_is_refused_naming_the_tensor(
+    client: TestClient,
+    alice: TenantKey,
+    storage: LocalStorage,
+    session: Session,
+    tiny_bert_dir: Path,
+    tmp_path: Path,
+) -> None:
+    broken = with_one_bad_weight(tiny_bert_dir, tmp_path / "diverged", "cls.predictions.transform.dense.bias")
+    message = refused(client, alice, tar_gz(directory_files(broken)))
+    assert "tensor cls.predictions.transform.dense.bias holds NaN values" in message
+    assert nothing_left(storage, session, alice)
 
 
 def test_vocab_size_must_match_the_embeddings(client: TestClient, alice: TenantKey) -> None:

@@ -139,14 +139,33 @@ def test_nul_byte_is_refused(client: TestClient, alice: TenantKey, storage: Loca
     assert stored_files(storage) == []
 
 
-def test_too_few_documents_and_empty_files_are_refused(client: TestClient, alice: TenantKey) -> None:
-    assert (
-        "too few documents"
-        in assert_error(upload_corpus(client, alice, b"a.\nb.\n"), 422, "validation_error", "file")["message"]
-    )
+def test_a_single_document_is_accepted_with_a_warning(client: TestClient, alice: TenantKey) -> None:
+    # A book or a manual trains MLM-only (nsp: false); the warning says so.
+    response = upload_corpus(client, alice, b"a.\nb.\n")
+    assert response.status_code == 201, response.text
+    assert [w["code"] for w in response.json()["warnings"]] == ["single_document"]
+
+
+def test_empty_files_and_files_without_text_are_refused(client: TestClient, alice: TenantKey) -> None:
     assert (
         "empty" in assert_error(upload_corpus(client, alice, b""), 422, "validation_error", "file")["message"]
     )
+    error = assert_error(upload_corpus(client, alice, b"\x01\x02\n\n\x7f\n"), 422, "validation_error", "file")
+    assert "no text" in error["message"]
+
+
+def test_upload_reports_the_new_text_checks(client: TestClient, alice: TenantKey) -> None:
+    content = (
+        "Le cafe\u0301 de l'e\u0301te\u0301.\nUne phrase.\n\ufeff\nDeux.\nTrois.\n\n\x01\x02\n\x03\n"
+    ).encode()
+    body = upload_corpus(client, alice, content).json()
+    assert [(w["code"], w["first_line"]) for w in body["warnings"]] == [
+        ("documents_without_text", 7),
+        ("invisible_lines", 3),
+        ("unnormalized_text", 1),
+    ]
+    assert body["documents"] == 3
+    assert body["sha256"] == hashlib.sha256(content).hexdigest()
 
 
 def test_too_big_is_413_and_leaves_nothing(

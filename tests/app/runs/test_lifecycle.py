@@ -45,7 +45,7 @@ RECORDS = [
 
 
 # The points of RECORDS: only finite numbers (no row for a None, a NaN or an infinity).
-_EVERY_STEP = {"tokens_per_second": 50.0, "epoch": 0.5}
+_EVERY_STEP = {"tokens_per_second": 50.0, "epoch": 0.5, "skipped_steps": 0}
 
 
 RECORDED_POINTS = {

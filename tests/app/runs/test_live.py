@@ -42,9 +42,10 @@ def test_publish_then_read_since_round_trip(redis_client: redis.Redis, run_id: s
         "metrics": {
             "masked_lm_loss": 7.25,
             "masked_lm_accuracy": 0.5,
-            "perplexity": None,  # JSON has no infinity
+            "perplexity": None,  # JSON has no infinity: null, and the flag says which
             "next_sentence_loss": None,
             "next_sentence_accuracy": None,
+            "non_finite": {"perplexity": "inf"},
         },
     }
     assert RunEventPublic.model_validate_json(entries[1].data) == event

@@ -80,7 +80,7 @@ def test_create_queues_the_run_with_defaults_filled_in(
     assert run["metadata"] == {"team": "bio", "tags": ["a", 1]}
     assert run["name"].startswith(f"{base} on ")
     assert run["progress"] == dict.fromkeys(
-        ["step", "total_steps", "epoch", "tokens_seen", "tokens_per_second", "eta_seconds"]
+        ["step", "total_steps", "epoch", "tokens_seen", "tokens_per_second", "eta_seconds", "skipped_steps"]
     )
     assert run["latest"] == {"train": None, "eval": None}
     assert run["error"] is None and run["started_at"] is None and run["finished_at"] is None
@@ -112,6 +112,10 @@ def test_all_three_corpora_and_a_name(
         ({"batch_size": 0}, "hyperparameters.batch_size", "greater than or equal to 1"),
         ({"masking": "sometimes"}, "hyperparameters.masking", "dynamic"),
         ({"max_steps": 10, "num_epochs": 1}, "hyperparameters", "not both"),
+        # Settings another one would make ignored name both (issue 9).
+        ({"dupe_factor": 5}, "hyperparameters.dupe_factor", "masking='dynamic'"),
+        ({"nsp": False, "nsp_balance": "google"}, "hyperparameters.nsp_balance", "nsp is false"),
+        ({"eval_documents": 3, "eval_fraction": 0.2}, "hyperparameters.eval_documents", "eval_fraction=0.2"),
     ],
 )
 def test_invalid_hyperparameters_name_the_field(
@@ -128,6 +132,50 @@ def test_invalid_hyperparameters_name_the_field(
     error = assert_error(submit(client, alice, body), 422, "validation_error", param)
     assert words in error["message"]
     assert enqueued == [] and run_count(session, alice) == 0
+
+
+def test_what_the_corpora_make_impossible_or_ignored_is_refused(
+    client: TestClient, alice: TenantKey, corpus_id: str, enqueued: list[str], session: Session
+) -> None:
+    base = builtin_base_model()
+    eval_id = new_corpus(client, alice, "eval")
+    for hyperparameters, param in (
+        ({"eval_documents": 3}, "eval_documents"),
+        ({"eval_fraction": 0.2}, "eval_fraction"),
+    ):
+        body = {
+            "base_model": base,
+            "corpus_id": corpus_id,
+            "eval_corpus_id": eval_id,
+            "hyperparameters": hyperparameters,
+        }
+        error = assert_error(submit(client, alice, body), 422, "validation_error", f"hyperparameters.{param}")
+        assert "an eval corpus is given" in error["message"] and "ignored" in error["message"]
+    book = upload_corpus(
+        client, alice, b"".join(b"Sentence %d of the only document.\n" % i for i in range(30))
+    )
+    assert book.status_code == 201 and book.json()["documents"] == 1
+    body = {"base_model": base, "corpus_id": book.json()["id"]}
+    error = assert_error(submit(client, alice, body), 422, "validation_error", "hyperparameters.nsp")
+    assert "is 1 document" in error["message"] and "Set nsp to false" in error["message"]
+    assert enqueued == [] and run_count(session, alice) == 0
+    body["hyperparameters"] = {"nsp": False}  # masked-LM only on one document trains
+    assert submit(client, alice, body).status_code == 201 and len(enqueued) == 1
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_numbers_json_does_not_have_are_refused_by_name(
+    client: TestClient, alice: TenantKey, corpus_id: str, enqueued: list[str], number: str
+) -> None:
+    # Python's JSON parser reads these tokens; nothing may store them.
+    content = (
+        f'{{"base_model": "{builtin_base_model()}", "corpus_id": "{corpus_id}", '
+        f'"hyperparameters": {{"max_grad_norm": {number}}}}}'
+    )
+    headers = {**alice.headers, "Content-Type": "application/json"}
+    response = client.post("/v1/runs", content=content, headers=headers)
+    error = assert_error(response, 422, "validation_error", "hyperparameters.max_grad_norm")
+    assert "finite number" in error["message"] and enqueued == []
 
 
 def test_corpora_must_be_the_tenants_own(
@@ -166,7 +214,7 @@ def test_max_seq_length_must_fit_the_model_positions(
     error = assert_error(
         submit(client, alice, body), 422, "validation_error", "hyperparameters.max_seq_length"
     )
-    assert "16 position embeddings" in error["message"]
+    assert "16 position embeddings" in error["message"] and "use at most 16" in error["message"]
     body["hyperparameters"] = {"max_seq_length": 16}
     assert submit(client, alice, body).status_code == 201
     assert len(enqueued) == 1

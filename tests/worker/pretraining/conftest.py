@@ -35,10 +35,11 @@ def prepared(small_corpus: Path, tokenizer: Any, cache_dir: Path) -> Any:
 @pytest.fixture
 def make_trainer(
     tmp_path: Path, tiny_bert_dir: Path, prepared: Any, tokenizer: Any
-) -> Callable[[], PretrainingTrainer]:
-    """``make_trainer()``: a PretrainingTrainer of 10 steps of the tiny BERT on the prepared small corpus."""
+) -> Callable[..., PretrainingTrainer]:
+    """``make_trainer(**kwargs)``: a PretrainingTrainer of 10 steps of the tiny BERT on the prepared small
+    corpus (``kwargs``, e.g. ``sink``, go to PretrainingTrainer)."""
 
-    def make() -> PretrainingTrainer:
+    def make(**kwargs: Any) -> PretrainingTrainer:
         from worker.pretraining.collator import PretrainingCollator
         from worker.pretraining.masking import MaskingConfig, TokenMasker
 
@@ -62,6 +63,7 @@ def make_trainer(
             args=args,
             data_collator=collator,
             train_dataset=prepared.train,
+            **kwargs,
         )
 
     return make

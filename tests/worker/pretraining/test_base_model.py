@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.support import save_checkpoint, tiny_config
+from tests.support import save_checkpoint, tiny_config, with_one_bad_weight
 from worker.pretraining.base_model import NEWLY_INITIALIZED, load_base_model
 from worker.pretraining.model_files import BaseModelError
 
@@ -45,13 +45,32 @@ def test_bare_encoder_reports_new_heads_and_keeps_encoder(tiny_encoder_dir: Path
     (warning,) = loaded.warnings
     assert warning.code == NEWLY_INITIALIZED
     assert set(warning.parameters or []) == new
-    assert "50%" in warning.message
+    assert "50%" in warning.message and "bare encoder" in warning.message
     # The un-prefixed encoder weights were mapped onto bert.*: compare with the file itself.
     saved = load_file(str(tiny_encoder_dir / "model.safetensors"))
     state = loaded.model.state_dict()
     for key, value in saved.items():
         assert torch.equal(state[f"bert.{key}"], value), key
     assert loaded.model.cls.predictions.decoder.weight is loaded.model.bert.embeddings.word_embeddings.weight
+
+
+def test_masked_lm_checkpoint_is_said_to_lack_only_the_nsp_head(tmp_path: Path, tokenizer: Any) -> None:
+    from transformers import BertForMaskedLM
+
+    torch.manual_seed(0)
+    directory = save_checkpoint(BertForMaskedLM(tiny_config(tokenizer)), tokenizer, tmp_path / "mlm")
+    loaded = load_base_model(directory)
+    assert set(loaded.newly_initialized) == {
+        "bert.pooler.dense.weight",
+        "bert.pooler.dense.bias",
+        "cls.seq_relationship.weight",
+        "cls.seq_relationship.bias",
+    }
+    (warning,) = loaded.warnings
+    assert "bare encoder" not in warning.message
+    assert "masked-LM head but no next-sentence head" in warning.message
+    assert "next-sentence accuracy about 50%" in warning.message
+    assert "masked-LM loss well above" not in warning.message  # its MLM head was loaded
 
 
 def test_minilm_only_heads_are_new(minilm_dir: Path) -> None:
@@ -90,6 +109,16 @@ def test_pickle_only_is_refused_without_unpickling(
     monkeypatch.setattr(torch, "load", no_unpickling)
     with pytest.raises(BaseModelError, match=r"pickle weights.*save_pretrained"):
         load_base_model(directory)
+
+
+def test_a_weight_that_is_not_finite_is_refused_naming_the_tensor(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    broken = with_one_bad_weight(tiny_bert_dir, tmp_path / "diverged")
+    with pytest.raises(
+        BaseModelError, match=r"tensor bert\.encoder\.layer\.1\.output\.dense\.weight holds NaN"
+    ):
+        load_base_model(broken)
 
 
 def test_vocab_size_disagreement_is_refused(tmp_path: Path, tiny_bert_dir: Path) -> None:

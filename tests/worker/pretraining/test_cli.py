@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from worker.cli import cli
@@ -109,3 +111,97 @@ def test_cli_unknown_or_bad_hyperparameter_names_the_field(tmp_path, sample_corp
         ],
     )
     assert result.exit_code == 2 and "masked_lm_prob" in result.output
+
+
+# -- every corpus problem shows in the output (issue 9) ----------------------------------------------------
+
+CHINESE = ["这是一个用中文写的句子。", "它有很多汉字。"]
+CONTROL = ["\x01\x02\x03", "\x7f"]
+
+
+def problem_corpora(documents: list[list[str]]) -> dict[str, tuple[str, list[str]]]:
+    """A corpus text with one problem each, the options that show it, and the warning code."""
+
+    def text(docs: list[list[str]]) -> str:
+        return "".join("\n".join(doc) + "\n\n" for doc in docs)
+
+    paragraphs = [[" ".join(doc[i : i + 4]) for i in range(0, len(doc), 4)] for doc in documents[:60]]
+    nfd = [[unicodedata.normalize("NFD", "Le café de l'été, à côté."), *doc] for doc in documents[:30]]
+    return {
+        "long_lines": (text(paragraphs), []),
+        "is_next_share": (
+            text([doc[:2] for doc in documents[:200]]),
+            ["--max-seq-length", "16", "--nsp-balance", "google"],
+        ),
+        "tokenizer_mismatch": (text([CHINESE] * 40 + documents[:10]), []),
+        "unknown_tokens": (text([*documents[:60], *[CHINESE] * 20]), []),
+        "unnormalized_text": (text(nfd), []),
+        "documents_without_text": (text([*documents[:20], CONTROL])[:-1], []),
+        "invisible_lines": (text(documents[:20]).replace("\n\n", "\n\ufeff\n", 1), []),
+        "single_document": (text([[s for doc in documents[:10] for s in doc]]), ["--no-nsp"]),
+        "one_sentence_documents": (text([*documents[:20], ["Lonely."]]), []),
+        "duplicate_documents": (text([*documents[:20], documents[0]]), []),
+    }
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "long_lines",
+        "is_next_share",
+        "tokenizer_mismatch",
+        "unknown_tokens",
+        "unnormalized_text",
+        "documents_without_text",
+        "invisible_lines",
+        "single_document",
+        "one_sentence_documents",
+        "duplicate_documents",
+    ],
+)
+def test_cli_shows_each_corpus_problem(tmp_path, documents, tokenizer_dir, code):
+    text, options = problem_corpora(documents)[code]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    args = [
+        "prepare",
+        str(corpus),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--out",
+        str(tmp_path / "out"),
+        *options,
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert code in [warning["code"] for warning in report["warnings"]]
+    assert any(line.startswith(f"warning: {code}") for line in result.stderr.splitlines()), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "fields"),
+    [
+        (["--dupe-factor", "5"], ("dupe_factor", "masking")),
+        (["--no-nsp", "--nsp-balance", "google"], ("nsp_balance", "nsp")),
+        (["--eval-documents", "3", "--eval-fraction", "0.2"], ("eval_documents", "eval_fraction")),
+        (["--eval-corpus", "{corpus}", "--eval-documents", "3"], ("eval_documents", "eval_corpus")),
+        (["--eval-corpus", "{corpus}", "--eval-fraction", "0.1"], ("eval_fraction", "eval_corpus")),
+    ],
+)
+def test_cli_refuses_settings_that_would_be_ignored(tmp_path, small_corpus, tokenizer_dir, options, fields):
+    options = [option.format(corpus=small_corpus) for option in options]
+    args = ["prepare", str(small_corpus), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path), *options]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert all(field in result.stderr for field in fields), result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_refuses_whole_word_masking_on_chinese(tmp_path, tokenizer_dir):
+    corpus = tmp_path / "zh.txt"
+    corpus.write_text("".join("\n".join(CHINESE) + "\n\n" for _ in range(20)), encoding="utf-8")
+    args = ["prepare", str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(cli, [*args, "--whole-word-mask"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: whole_word_mask:") and "without spaces" in result.stderr

@@ -7,6 +7,7 @@ import hashlib
 import pickle
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -358,10 +359,18 @@ def test_empty_corpus(data: bytes) -> None:
     assert error_of(gzip.compress(data)).code == "empty_corpus"
 
 
-def test_a_single_document_is_too_few() -> None:
-    err = error_of(b"\nOnly one document.\nIt has two sentences.\n\n")
-    assert err.code == "too_few_documents"
-    assert "2 documents" in str(err)
+def test_a_single_document_is_read_with_a_warning() -> None:
+    # A book or a manual trains MLM-only; next-sentence prediction is refused later, by the preparation.
+    report = scan_bytes(b"\nOnly one document.\nIt has two sentences.\n\n")
+    assert report.stats.documents == 1
+    warning = warnings_by_code(report)["single_document"]
+    assert (warning.count, warning.first_line) == (1, 2)
+    assert "nsp: false" in warning.message
+
+
+def test_a_corpus_without_visible_text_is_refused() -> None:
+    err = error_of(b"\x01\x02\n\x03\n\n\x7f\n")
+    assert err.code == "no_text"
 
 
 def test_error_message_has_path_line_and_byte(tmp_path: Path) -> None:
@@ -459,6 +468,54 @@ def test_blank_line_warning_thresholds() -> None:
     assert set(warnings_by_code(scan_bytes(four))) == {"one_sentence_documents"}
 
 
+# -- text that is not what it seems (issue 9) ------------------------------------------------------------
+
+
+def test_lines_are_normalized_to_nfc_and_counted() -> None:
+    nfc = "Le café de l'été.\nUne élève arrive.\n\nSans accent.\nRien ici.\n"
+    nfd = unicodedata.normalize("NFD", nfc).encode()
+    assert nfd != nfc.encode()
+    report = scan_bytes(nfd)
+    assert documents_of(nfd) == documents_of(nfc.encode())
+    assert report.stats.nfc_normalized_lines == 2
+    assert report.stats.sha256 == hashlib.sha256(nfd).hexdigest()  # the bytes as given
+    warning = warnings_by_code(report)["unnormalized_text"]
+    assert (warning.count, warning.first_line) == (2, 1)
+    for chunk_size in (1, 3, 7):
+        assert scan_bytes(nfd, chunk_size).to_dict() == report.to_dict()
+    assert "unnormalized_text" not in warnings_by_code(scan_bytes(nfc.encode()))
+
+
+def test_lines_of_only_format_characters_are_blank() -> None:
+    # Two files concatenated without a blank line, the second starting with its byte-order mark; a
+    # zero-width space and a word joiner alone on a line.
+    data = "One.\nTwo.\n\ufeff\nThree.\nFour.\n \u200b\u2060 \nFive.\nSix.\n".encode()
+    assert documents_of(data) == [(["One.", "Two."], 1), (["Three.", "Four."], 4), (["Five.", "Six."], 7)]
+    report = scan_bytes(data)
+    assert report.stats.invisible_lines == 2
+    warning = warnings_by_code(report)["invisible_lines"]
+    assert (warning.count, warning.first_line) == (2, 3)
+    assert scan_bytes(data, chunk_size=1).to_dict() == report.to_dict()
+
+
+def test_documents_without_visible_text_are_counted_and_named() -> None:
+    data = two_docs("Fine text.", "More.") + b"\n\x01\x02\n\x1b[0m\n\nGood.\nAgain.\n\n\x07\n"
+    report = scan_bytes(data)
+    assert [sentences for sentences, _ in documents_of(data)][2] == ["\x01\x02", "\x1b[0m"]
+    warning = warnings_by_code(report)["documents_without_text"]
+    assert (warning.count, warning.first_line) == (1, 13)  # "\x1b[0m" has visible text: "[0m"
+    data = two_docs("Fine.", "More.") + b"\n\x01\x02\n\x7f\n\nGood.\nAgain.\n\n\x07\n"
+    warning = warnings_by_code(scan_bytes(data))["documents_without_text"]
+    assert (warning.count, warning.first_line) == (2, 7)
+    assert "line(s) 7, 13" in warning.message
+
+
+def test_characters_of_scripts_without_spaces_are_counted() -> None:
+    data = "日本語の文です。\nภาษาไทย\n\nEnglish words only.\n中文。\n".encode()
+    assert scan_bytes(data).stats.unspaced_script_characters == 7 + 7 + 2
+    assert scan_bytes(data, chunk_size=2).stats.unspaced_script_characters == 16
+
+
 # -- consumers -----------------------------------------------------------------------------------------
 
 
@@ -494,16 +551,16 @@ def test_iter_documents_is_lazy_and_raises_at_the_problem(tmp_path: Path) -> Non
     assert info.value.line == 11
 
 
-def test_reader_yields_the_single_document_before_rejecting_the_corpus(tmp_path: Path) -> None:
+def test_reader_yields_the_last_document_before_rejecting_the_corpus(tmp_path: Path) -> None:
     path = tmp_path / "corpus.txt"
-    path.write_bytes(b"Only.\nOne document.\n")
+    path.write_bytes(b"\x01\x02\n\x03 \x04\n")
     reader = CorpusReader(path)
     collected = []
     with pytest.raises(CorpusFormatError) as info:
         for doc in reader:
             collected.append(doc)
-    assert collected == [["Only.", "One document."]]
-    assert info.value.code == "too_few_documents"
+    assert collected == [["\x01\x02", "\x03 \x04"]]
+    assert info.value.code == "no_text"
 
 
 def test_module_imports_no_heavy_dependencies() -> None:

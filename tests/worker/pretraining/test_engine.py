@@ -10,27 +10,37 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from tests.support import tiny_run_hyperparameters, write_documents
+from tests.support import nan_loss_on, tiny_run_hyperparameters, write_documents
 from worker.pretraining import engine
 from worker.pretraining.base_model import load_base_model
-from worker.pretraining.engine import TrainingError, resolve_precision, run_pretraining
+from worker.pretraining.engine import resolve_precision, run_pretraining
 from worker.pretraining.layout import CHECKPOINT_MANIFEST, MODEL_MANIFEST
 from worker.pretraining.records import (
     CheckpointSaved,
     EvalMetrics,
     LogLine,
     MetricsRecord,
+    ModelManifest,
     Progress,
+    RunWarning,
+    StepSkipped,
     TrainingFailed,
     TrainingFinished,
     TrainingRecord,
     TrainingStarted,
     TrainMetrics,
 )
-from worker.pretraining.run_checkpoints import ResumeError
+from worker.pretraining.run_checkpoints import ResumeError, latest_checkpoint
 from worker.pretraining.sinks import read_jsonl
-from worker.pretraining.trainer import PretrainingTrainer
+from worker.pretraining.trainer import (
+    NonFiniteLossError,
+    NonFiniteWeightsError,
+    PretrainingTrainer,
+    TrainingError,
+    non_finite_parameter,
+)
 
 pytestmark = pytest.mark.slow  # trains a tiny BERT: `pytest -m "not slow"` skips it
 
@@ -332,6 +342,55 @@ def test_crash_during_export_is_finished_without_an_extra_step(
     assert result.model_path is not None and (result.model_path / MODEL_MANIFEST).is_file()
 
 
+def test_a_diverging_run_fails_and_keeps_its_last_good_checkpoint(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # From step 5 on every loss is NaN, as when the learning rate is far too high.
+    monkeypatch.setattr("worker.pretraining.trainer.pretraining_loss", nan_loss_on(lambda n: n >= 5))
+    out = tmp_path / "run"
+    h = tiny_run_hyperparameters(
+        max_steps=20, checkpoint_every_steps=2, eval_every_steps=0, max_nonfinite_steps=3
+    )
+    records: list[TrainingRecord] = []
+    with pytest.raises(NonFiniteLossError, match="3 steps in a row, up to step 7") as failure:
+        run_pretraining(tiny_bert_dir, tiny_corpus, out, h, cache_dir=cache_dir, sink=records.append)
+    assert failure.value.step == 7
+    assert [(r.step, r.consecutive) for r in records if isinstance(r, StepSkipped)] == [
+        (5, 1),
+        (6, 2),
+        (7, 3),
+    ]
+    assert isinstance(records[-1], TrainingFailed) and "NonFiniteLossError" in records[-1].error
+    # Steps 5 and 6 were not applied: checkpoint-6 holds the weights of step 4, finite, and it loads.
+    checkpoints = out / "checkpoints"
+    assert latest_checkpoint(checkpoints) == checkpoints / "checkpoint-6"
+    before, after = (
+        load_file(checkpoints / name / "model.safetensors") for name in ("checkpoint-4", "checkpoint-6")
+    )
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not (out / "model").exists() and not (out / "result.json").exists()
+    assert non_finite_parameter(load_base_model(checkpoints / "checkpoint-6").model) is None
+    # The metrics file is JSON: the NaN losses are null with a flag, never a bare NaN.
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl"))
+    train = _train(read_jsonl(out / "metrics.jsonl"))
+    assert train[5].non_finite == {"loss": "nan", "grad_norm": "nan"} and math.isnan(train[5].loss)
+    assert train[6].skipped_steps == 2 and train[4].skipped_steps == 0 and math.isfinite(train[4].loss)
+
+
+def test_weights_that_are_not_finite_are_never_exported(full_run: dict[str, Any], tmp_path: Path) -> None:
+    model_dir = full_run["result"].model_path
+    manifest = ModelManifest.model_validate_json((model_dir / MODEL_MANIFEST).read_text())
+    loaded = load_base_model(model_dir)
+    with torch.no_grad():
+        loaded.model.bert.encoder.layer[0].attention.self.query.weight[0, 0] = math.nan
+    with pytest.raises(
+        NonFiniteWeightsError, match=r"bert\.encoder\.layer\.0\.attention\.self\.query\.weight"
+    ):
+        engine.export_model(loaded.model, loaded.tokenizer, tmp_path / "model", manifest)
+    assert list(tmp_path.iterdir()) == []  # not even a temporary directory
+
+
 def test_max_runtime_stops_evaluated_and_exported(
     tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -400,17 +459,45 @@ def test_minilm_trains_a_few_steps(
         cache_dir=cache_dir,
     )
     assert result.status == "completed" and result.steps == 3
-    (warning,) = result.warnings
+    # The synthetic words are many wordpieces to MiniLM's vocabulary: its corpus warnings come first.
+    *corpus_warnings, warning = result.warnings
+    assert all(w.code != "newly_initialized_parameters" for w in corpus_warnings)
     assert warning.code == "newly_initialized_parameters" and warning.parameters
     assert all(p.startswith("cls.") for p in warning.parameters)
     assert 0.2 <= (result.baseline_metrics["eval"].next_sentence_accuracy or 0) <= 0.8
     assert result.model_path is not None and (result.model_path / "model.safetensors").is_file()
 
 
+def test_corpus_warnings_reach_every_place_a_user_looks(
+    tmp_path: Path, tiny_bert_dir: Path, blank_line_corpus: Path, cache_dir: Path
+) -> None:
+    out = tmp_path / "run"
+    h = tiny_run_hyperparameters(max_steps=2, eval_every_steps=0, checkpoint_every_steps=0)
+    records: list[TrainingRecord] = []
+    result = run_pretraining(
+        tiny_bert_dir, blank_line_corpus, out, h, cache_dir=cache_dir, sink=records.append
+    )
+    (started,) = [r for r in records if isinstance(r, TrainingStarted)]
+    codes = [w.code for w in started.warnings]
+    assert "blank_line_after_every_sentence" in codes and "is_next_share" in codes
+    blank = started.warnings[codes.index("blank_line_after_every_sentence")]
+    assert blank.count and blank.first_line == 1 and blank.message
+    # One list, one shape: the result, result.json, the model's manifest and the log say the same.
+    assert result.warnings == started.warnings
+    for stored in (
+        json.loads((out / "result.json").read_text()),
+        json.loads((out / "model" / MODEL_MANIFEST).read_text()),
+    ):
+        assert [RunWarning.model_validate(w) for w in stored["warnings"]] == started.warnings
+    said = [r.message for r in records if isinstance(r, LogLine)]
+    assert all(f"warning: {w.message}" in said for w in started.warnings)
+
+
 def test_max_seq_length_beyond_positions_is_refused(
     tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path
 ) -> None:
-    with pytest.raises(TrainingError, match="max_seq_length"):
+    # The tiny BERT has 64 position embeddings: the refusal says the value to use.
+    with pytest.raises(TrainingError, match="use max_seq_length 64 or less"):
         run_pretraining(
             tiny_bert_dir,
             tiny_corpus,

@@ -70,12 +70,12 @@ def test_is_next_share_is_one_half(tokenized):
     assert abs((labels == IS_NEXT).mean() - 0.5) <= 0.03
 
 
-def test_single_sentence_chunks_are_always_paired_at_random(tokenizer, documents):
+def test_google_balance_pairs_single_sentence_chunks_always_at_random(tokenizer, documents):
     # Google's rule: a chunk of one sentence cannot be split into A and B, so B comes from another
     # document. With targets shorter than any sentence every chunk is one sentence.
     long_sentences = [[s for s in doc if len(s.split()) >= 8] for doc in documents]
     docs = tokenize_documents(tokenizer, [doc for doc in long_sentences if doc])
-    plan = collect(docs, max_seq_length=8, short_seq_prob=0.0)
+    plan = collect(docs, max_seq_length=8, short_seq_prob=0.0, balance="google")
     a_sentences = np.searchsorted(docs.sentence_bounds, np.array(plan.a_start), side="right")
     assert len(plan) > 1000
     assert set(plan.next_sentence_label) == {RANDOM_NEXT}
@@ -188,3 +188,92 @@ def test_nsp_needs_two_documents(tokenizer):
     docs = tokenize_documents(tokenizer, [["just one document.", "with two sentences."]])
     with pytest.raises(ValueError, match="at least 2 documents"):
         collect(docs)
+
+
+# -- balanced next-sentence labels (the default) ---------------------------------------------------------
+
+
+def sentence_of(docs: TokenizedDocuments, token_offsets) -> np.ndarray:
+    return np.searchsorted(docs.sentence_bounds, token_offsets, side="right") - 1
+
+
+@pytest.fixture(scope="module")
+def corpora(tokenizer, documents, tokenized) -> dict[str, TokenizedDocuments]:
+    """Corpora whose documents all hold at least two sentences, from easy to hard for IsNext."""
+    return {
+        "as written (2 to 40 sentences)": tokenize_documents(tokenizer, documents[:600]),
+        "long documents": tokenized,
+        "two sentences each": tokenize_documents(tokenizer, [doc[:2] for doc in documents[:1200]]),
+        "three sentences each": tokenize_documents(
+            tokenizer, [doc[:3] for doc in documents if len(doc) >= 3]
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "corpus",
+    ["as written (2 to 40 sentences)", "long documents", "two sentences each", "three sentences each"],
+)
+@pytest.mark.parametrize(("max_seq_length", "short_seq_prob"), [(128, 0.1), (64, 0.0), (16, 0.1), (8, 0.0)])
+def test_balanced_is_next_share_is_one_half_on_documents_of_two_sentences(
+    corpora, corpus, max_seq_length, short_seq_prob
+):
+    # max_seq_length 8: every sentence fills the target alone, where Google's rule gives no IsNext at all.
+    docs = corpora[corpus]
+    for seed in (1, 2, 3):
+        plan = collect(docs, seed=seed, max_seq_length=max_seq_length, short_seq_prob=short_seq_prob)
+        labels = np.array(plan.next_sentence_label)
+        assert len(labels) > 1000
+        assert abs((labels == IS_NEXT).mean() - 0.5) <= 0.02, (corpus, seed)
+
+
+def test_google_balance_stays_below_one_half_where_balanced_does_not(corpora):
+    docs = corpora["two sentences each"]
+    google = np.array(collect(docs, max_seq_length=64, balance="google").next_sentence_label)
+    balanced = np.array(collect(docs, max_seq_length=64).next_sentence_label)
+    assert (google == IS_NEXT).mean() < 0.4  # each document's last sentence alone is always random
+    assert abs((balanced == IS_NEXT).mean() - 0.5) <= 0.02
+
+
+@pytest.mark.parametrize("max_seq_length", [8, 64])
+def test_balanced_pairs_keep_the_structure(corpora, max_seq_length):
+    # A is a run of sentences of one document; an IsNext B is the sentence run right after A's last
+    # sentence in the same document; a random B comes from another document.
+    docs = corpora["as written (2 to 40 sentences)"]
+    plan = collect(docs, max_seq_length=max_seq_length, short_seq_prob=0.0)
+    a0, a1, b0, b1 = (np.array(column) for column in (plan.a_start, plan.a_end, plan.b_start, plan.b_end))
+    labels = np.array(plan.next_sentence_label)
+    assert np.all(document_of(docs, a0) == document_of(docs, a1 - 1))
+    assert np.all(document_of(docs, b0) == document_of(docs, b1 - 1))
+    is_next = labels == IS_NEXT
+    assert np.all(document_of(docs, a0[is_next]) == document_of(docs, b0[is_next]))
+    assert np.all(document_of(docs, a0[~is_next]) != document_of(docs, b0[~is_next]))
+    # B starts where A ends, unless truncation trimmed tokens between them.
+    whole = is_next & ~np.array(plan.truncated)
+    assert whole.sum() > 100 or max_seq_length == 8  # there, sentences are longer than the target
+    assert np.all(b0[whole] == a1[whole])
+    assert np.all(b0[is_next] >= a1[is_next])
+    if max_seq_length == 8:  # every A is one sentence here: IsNext comes from A's true next sentence
+        assert is_next.sum() > 1000
+        assert np.all(sentence_of(docs, b0[is_next]) == sentence_of(docs, a0[is_next]) + 1)
+
+
+# -- planning time ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_planning_is_linear_in_a_long_document():
+    # Two documents of 300,000 sentences each. Drawing a random B used to copy the rest of the other
+    # document's sentence offsets (minutes here); it is now a binary search (seconds). No timing inside
+    # the test: the timeout catches a quadratic planner.
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 9, size=600_000)
+    sentence_bounds = np.concatenate([[0], np.cumsum(lengths)])
+    docs = TokenizedDocuments(
+        np.zeros(int(sentence_bounds[-1]), dtype=np.int32), sentence_bounds, np.array([0, 300_000, 600_000])
+    )
+    for balance in ("balanced", "google"):
+        plan = collect(docs, max_seq_length=16, short_seq_prob=0.0, balance=balance)
+        assert len(plan) > 100_000
+        labels = np.array(plan.next_sentence_label)
+        assert (labels == RANDOM_NEXT).sum() > 50_000

@@ -3,6 +3,7 @@ through JSON (metrics.jsonl), read the names bertpt 0.1 wrote, and refuse what d
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 from pathlib import Path
@@ -16,6 +17,7 @@ from worker.pretraining.records import (
     MetricsRecord,
     ModelManifest,
     Progress,
+    StepSkipped,
     TrainingFinished,
     TrainingOutcome,
     TrainingResult,
@@ -45,11 +47,27 @@ EVAL = EvalMetrics(masked_lm_loss=6.0, masked_lm_accuracy=0.2, perplexity=math.e
         Progress(step=3, max_steps=10),
         LogLine(message="hello"),
         TrainingFinished(step=10, status="completed", model_path=Path("/runs/r/model")),
+        StepSkipped(
+            step=4, reason="non_finite_loss", loss=None, grad_norm=None, consecutive=2, skipped_steps=3
+        ),
     ],
 )
 def test_records_pickle_and_round_trip_through_json(record: object) -> None:
     assert pickle.loads(pickle.dumps(record)) == record
     assert parse_record(record.model_dump_json()) == record  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("value", "flag"), [(math.nan, "nan"), (math.inf, "inf"), (-math.inf, "-inf")])
+def test_a_metric_that_is_not_finite_is_null_and_flagged_in_json(value: float, flag: str) -> None:
+    metrics = TRAIN.model_copy(update={"loss": value, "grad_norm": math.nan})
+    line = MetricsRecord(split="train", step=3, metrics=metrics).model_dump_json()
+    parsed = json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in {line}"))
+    assert parsed["metrics"]["loss"] is None and parsed["metrics"]["grad_norm"] is None
+    assert parsed["metrics"]["non_finite"] == {"loss": flag, "grad_norm": "nan"}
+    assert TRAIN.json_object()["non_finite"] == {}
+    back = parse_record(line)
+    assert isinstance(back, MetricsRecord) and isinstance(back.metrics, TrainMetrics)
+    assert str(back.metrics.loss) == str(value) and math.isnan(back.metrics.grad_norm or 0.0)
 
 
 def test_bertpt_0_1_metric_names_are_read_as_berts() -> None:

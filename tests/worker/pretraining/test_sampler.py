@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow  # prepares a corpus and builds a trainer on the t
 
 
 def test_length_grouping_with_prepared_split(
-    prepared: Any, make_trainer: Callable[[], PretrainingTrainer]
+    prepared: Any, make_trainer: Callable[..., PretrainingTrainer]
 ) -> None:
     lengths = prepared.train.lengths
     sampler = LengthGroupedSampler(lengths, 8, seed=3)

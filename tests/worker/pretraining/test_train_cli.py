@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import TINY_RUN
+from tests.support import TINY_RUN, with_one_bad_weight
 from worker.pretraining.hyperparameters import Hyperparameters
 
 pytestmark = pytest.mark.slow  # trains a tiny BERT: `pytest -m "not slow"` skips it
@@ -53,6 +53,36 @@ def test_cli_bad_config_is_one_line_naming_the_field(
         (line,) = [line for line in result.output.splitlines() if line.strip()]
         assert line.startswith("error:") and field in line
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_a_base_with_a_weight_that_is_not_finite(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path
+) -> None:
+    from click.testing import CliRunner
+
+    broken = with_one_bad_weight(tiny_bert_dir, tmp_path / "diverged")
+    args = ["train", "--base", str(broken), "--corpus", str(tiny_corpus), "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(_cli(), args, terminal_width=200)
+    assert result.exit_code == 2, result.output
+    assert "tensor bert.encoder.layer.1.output.dense.weight holds NaN" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_shows_the_corpus_warnings(
+    tmp_path: Path, tiny_bert_dir: Path, blank_line_corpus: Path, cache_dir: Path
+) -> None:
+    from click.testing import CliRunner
+
+    args = ["train", "--base", str(tiny_bert_dir), "--corpus", str(blank_line_corpus)]
+    args += ["--out", str(tmp_path / "run"), "--cache-dir", str(cache_dir), "--max-steps", "2"]
+    args += ["--max-seq-length", "64", "--batch-size", "8", "--eval-documents", "6"]
+    result = CliRunner().invoke(_cli(), args, terminal_width=400)
+    assert result.exit_code == 0, result.output
+    stored = json.loads((tmp_path / "run" / "result.json").read_text())["warnings"]
+    assert {"blank_line_after_every_sentence", "is_next_share"} <= {w["code"] for w in stored}
+    output = " ".join(result.output.split())  # the console wraps long lines
+    for warning in stored:
+        assert " ".join(warning["message"].split()) in output, warning["code"]
 
 
 def test_cli_runs_a_job_and_prints_the_summary(

@@ -1,12 +1,26 @@
-"""PretrainingTrainer: the run state checkpoints carry across attempts, and the optimizer's weight decay."""
+"""PretrainingTrainer: the run state checkpoints carry across attempts, the optimizer's weight decay, resume
+without alarms, and steps whose numbers are not finite."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
-from worker.pretraining.trainer import PretrainingTrainer, RunState
+from tests.support import nan_loss_on
+from worker.pretraining.records import MetricsRecord, StepSkipped, TrainingRecord, TrainMetrics
+from worker.pretraining.trainer import (
+    NonFiniteLossError,
+    NonFiniteWeightsError,
+    PretrainingTrainer,
+    RunState,
+    TrainingError,
+    non_finite_parameter,
+)
 
 # The "state" of a bertpt 0.1 checkpoint manifest (mlm_*/nsp_* names, the step repeated, {} before any log).
 STATE_0_1 = {
@@ -46,7 +60,7 @@ def test_the_state_round_trips_through_a_manifest() -> None:
 
 
 @pytest.mark.slow  # prepares a corpus and builds a trainer on the tiny BERT
-def test_weight_decay_spares_layernorm_and_bias(make_trainer: Callable[[], PretrainingTrainer]) -> None:
+def test_weight_decay_spares_layernorm_and_bias(make_trainer: Callable[..., PretrainingTrainer]) -> None:
     trainer = make_trainer()
     optimizer = trainer.create_optimizer()
     assert trainer.model is not None
@@ -59,3 +73,123 @@ def test_weight_decay_spares_layernorm_and_bias(make_trainer: Callable[[], Pretr
     assert all("LayerNorm" in n or n.endswith("bias") for n in spared)
     assert not any("LayerNorm" in n or n.endswith("bias") for n in decayed)
     assert "bert.embeddings.word_embeddings.weight" in decayed  # also the tied MLM decoder
+
+
+@pytest.mark.slow  # prepares a corpus and builds a trainer on the tiny BERT
+def test_resume_reties_the_decoder_without_a_missing_keys_message(
+    make_trainer: Callable[..., PretrainingTrainer], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    trainer = make_trainer()
+    trainer.save_model(str(tmp_path / "checkpoint"))
+    capfd.readouterr()
+    resumed = make_trainer()
+    resumed._load_from_checkpoint(str(tmp_path / "checkpoint"))
+    assert "missing keys" not in capfd.readouterr().err  # the decoder aliases are not stored, by design
+    assert resumed.model is not None
+    decoder = resumed.model.cls.predictions.decoder
+    assert decoder.weight.data_ptr() == resumed.model.bert.embeddings.word_embeddings.weight.data_ptr()
+
+    weights = tmp_path / "checkpoint" / "model.safetensors"
+    tensors = load_file(weights)
+    del tensors["bert.pooler.dense.weight"]
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(TrainingError, match=r"missing \['bert.pooler.dense.weight'\]"):
+        make_trainer()._load_from_checkpoint(str(tmp_path / "checkpoint"))
+
+
+@pytest.mark.slow  # trains the tiny BERT 10 steps
+def test_non_finite_steps_are_not_applied_but_counted_and_reported(
+    make_trainer: Callable[..., PretrainingTrainer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("worker.pretraining.trainer.pretraining_loss", nan_loss_on(lambda n: n in (3, 4)))
+    records: list[TrainingRecord] = []
+    trainer = make_trainer(sink=records.append)
+    trainer.train()
+
+    skipped = [r for r in records if isinstance(r, StepSkipped)]
+    assert [(r.step, r.reason, r.loss, r.consecutive, r.skipped_steps) for r in skipped] == [
+        (3, "non_finite_loss", None, 1, 1),
+        (4, "non_finite_loss", None, 2, 2),
+    ]
+    assert trainer.state.global_step == 10 and trainer.run_state.skipped_steps == 2
+    # Neither the optimizer nor the learning-rate schedule moved on the two skipped steps.
+    assert trainer.optimizer is not None and trainer.lr_scheduler is not None
+    assert {int(state["step"]) for state in trainer.optimizer.state.values()} == {8}
+    assert getattr(trainer.lr_scheduler, "scheduler", trainer.lr_scheduler).last_epoch == 8
+    assert trainer.model is not None and non_finite_parameter(trainer.model) is None
+    train = {r.step: r.metrics for r in records if isinstance(r, MetricsRecord) and r.split == "train"}
+    assert isinstance(train[3], TrainMetrics) and math.isnan(train[3].loss)  # not Trainer's 0.0
+    assert train[3].masked_lm_loss is None  # no applied step in that window
+    assert train[3].non_finite["loss"] == "nan" and train[4].skipped_steps == 2
+    assert all(math.isfinite(train[step].loss) for step in (1, 2, 5, 10))
+    assert train[10].skipped_steps == 2 and train[2].skipped_steps == 0
+    # As JSON: null and the flag, never a bare NaN; read back, the NaN returns.
+    line = MetricsRecord(split="train", step=3, metrics=train[3]).model_dump_json()
+    assert "NaN" not in line and '"loss":null' in line and '"non_finite":{' in line
+    assert math.isnan(MetricsRecord.model_validate_json(line).metrics.loss)
+
+
+@pytest.mark.slow  # trains the tiny BERT a few steps
+def test_non_finite_steps_in_a_row_stop_the_run_with_a_hint(
+    make_trainer: Callable[..., PretrainingTrainer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("worker.pretraining.trainer.pretraining_loss", nan_loss_on(lambda n: n >= 3))
+    records: list[TrainingRecord] = []
+    trainer = make_trainer(sink=records.append, max_nonfinite_steps=3)
+    with pytest.raises(
+        NonFiniteLossError, match="for 3 steps in a row, up to step 5: lower learning_rate"
+    ) as e:
+        trainer.train()
+    assert e.value.step == 5
+    assert [r.consecutive for r in records if isinstance(r, StepSkipped)] == [1, 2, 3]
+    assert trainer.model is not None and non_finite_parameter(trainer.model) is None
+
+
+def test_non_finite_parameter_names_the_first_one(tokenizer: Any) -> None:
+    from transformers import BertForPreTraining
+
+    from tests.support import tiny_config
+
+    model = BertForPreTraining(tiny_config(tokenizer))
+    assert non_finite_parameter(model) is None
+    with torch.no_grad():
+        model.bert.encoder.layer[1].output.dense.weight[2, 3] = math.inf
+        model.cls.seq_relationship.bias[0] = math.nan
+    assert non_finite_parameter(model) == "bert.encoder.layer.1.output.dense.weight"
+
+
+@pytest.mark.slow  # builds a trainer on the tiny BERT
+def test_weights_that_are_not_finite_are_never_checkpointed(
+    make_trainer: Callable[..., PretrainingTrainer], tmp_path: Path
+) -> None:
+    trainer = make_trainer()
+    assert trainer.model is not None
+    with torch.no_grad():
+        trainer.model.bert.pooler.dense.bias[1] = math.inf
+    with pytest.raises(
+        NonFiniteWeightsError, match=r"parameter bert\.pooler\.dense\.bias holds NaN or infinite"
+    ):
+        trainer._save_checkpoint(trainer.model, None)
+    assert not any(Path(str(trainer.args.output_dir)).glob("checkpoint-*"))
+
+
+@pytest.mark.slow  # builds a trainer on the tiny BERT
+def test_fp16_overflows_are_counted_but_left_to_the_loss_scaler(
+    make_trainer: Callable[..., PretrainingTrainer],
+) -> None:
+    records: list[TrainingRecord] = []
+    trainer = make_trainer(sink=records.append, max_nonfinite_steps=2)
+    trainer.args.fp16 = True  # the decision only (fp16 needs a GPU): a finite loss, an infinite gradient
+    for _ in range(3):
+        trainer._step_loss, trainer._step_grad_norm = torch.tensor(7.0), torch.tensor(math.inf)
+        trainer._before_update()
+        assert trainer._skip_update
+    assert [(r.reason, r.loss, r.consecutive) for r in records if isinstance(r, StepSkipped)] == [
+        ("fp16_overflow", 7.0, 0)
+    ] * 3
+    assert trainer.run_state.skipped_steps == 3  # counted, and no NonFiniteLossError: the scale goes down
+    trainer._step_loss, trainer._step_grad_norm = torch.tensor(7.0), torch.tensor(1.5)
+    trainer._before_update()
+    assert not trainer._skip_update and trainer.run_state.skipped_steps == 3
