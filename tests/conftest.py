@@ -34,6 +34,7 @@ from tests.support import (
     TenantKey,
     save_checkpoint,
     tiny_config,
+    wordpiece_tokenizer,
     write_documents,
 )
 from tests.synthetic import synthetic_documents, synthetic_vocabulary
@@ -51,24 +52,10 @@ def documents() -> list[list[str]]:
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uncased BERT WordPiece tokenizer for that text, saved like a checkpoint's (vocab.txt,
     tokenizer.json, tokenizer_config.json)."""
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertTokenizerFast
-
     vocabulary = synthetic_vocabulary(synthetic_documents())
-    wordpiece = BertWordPieceTokenizer({token: i for i, token in enumerate(vocabulary)}, lowercase=True)
     out = tmp_path_factory.mktemp("tokenizer")
-    wordpiece.save_model(str(out))
-    # Not BertTokenizerFast(vocab_file=...): transformers 5 builds a 5-token vocabulary from it.
-    tokenizer = BertTokenizerFast(
-        tokenizer_object=wordpiece._tokenizer,
-        unk_token="[UNK]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        mask_token="[MASK]",
-        do_lower_case=True,
-    )
-    tokenizer.save_pretrained(out)
+    wordpiece_tokenizer(vocabulary).save_pretrained(out)
+    (out / "vocab.txt").write_text("".join(f"{token}\n" for token in vocabulary), encoding="utf-8")
     return out
 
 

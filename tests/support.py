@@ -72,6 +72,30 @@ def tiny_config(tokenizer: Any, **overrides: Any) -> Any:
     return BertConfig(**values)
 
 
+def wordpiece_tokenizer(vocabulary: Iterable[str], *, lowercase: bool = True, prefix: str = "##") -> Any:
+    """A BertTokenizerFast over ``vocabulary`` (duplicates dropped, ids in order), uncased or cased
+    (accents kept), with ``prefix`` marking word continuations. Not ``BertTokenizerFast(vocab_file=...)``:
+    transformers 5 builds a 5-token vocabulary from it."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    wordpiece = BertWordPieceTokenizer(
+        {token: i for i, token in enumerate(dict.fromkeys(vocabulary))},
+        lowercase=lowercase,
+        strip_accents=False if not lowercase else None,
+        wordpieces_prefix=prefix,
+    )
+    return BertTokenizerFast(
+        tokenizer_object=wordpiece._tokenizer,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+        do_lower_case=lowercase,
+    )
+
+
 def save_checkpoint(model: Any, tokenizer: Any, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)

@@ -9,7 +9,7 @@ import unicodedata
 import numpy as np
 import pytest
 
-from tests.support import write_documents
+from tests.support import wordpiece_tokenizer, write_documents
 from tests.synthetic import FUNCTION_WORDS, SPECIAL_TOKENS
 from worker.pretraining.collator import PretrainingCollator
 from worker.pretraining.corpus import CorpusFormatError
@@ -172,27 +172,6 @@ def codes(prepared) -> dict[str, dict]:
     return {w.code: w.model_dump(exclude_none=True) for w in prepared.warnings}
 
 
-def make_tokenizer(vocabulary: list[str], *, lowercase: bool, prefix: str = "##"):
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertTokenizerFast
-
-    wordpiece = BertWordPieceTokenizer(
-        {token: i for i, token in enumerate(dict.fromkeys(vocabulary))},
-        lowercase=lowercase,
-        strip_accents=False if not lowercase else None,
-        wordpieces_prefix=prefix,
-    )
-    return BertTokenizerFast(
-        tokenizer_object=wordpiece._tokenizer,
-        unk_token="[UNK]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        mask_token="[MASK]",
-        do_lower_case=lowercase,
-    )
-
-
 def paragraphs(documents: list[list[str]]) -> list[list[str]]:
     """Each document as paragraphs of four sentences a line (one paragraph per line)."""
     return [[" ".join(doc[i : i + 4]) for i in range(0, len(doc), 4)] for doc in documents]
@@ -300,7 +279,7 @@ def test_nfd_text_is_read_as_nfc(tmp_path, documents):
         *"abcdefghijklmnopqrstuvwxyzé",
         *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyzé"),
     ]
-    cased = make_tokenizer(vocabulary, lowercase=False)
+    cased = wordpiece_tokenizer(vocabulary, lowercase=False)
     text = [["café and été.", "the élève and the café."] for _ in range(30)]
     nfd = [[unicodedata.normalize("NFD", s) for s in doc] for doc in text]
     corpus = write_documents(tmp_path / "nfd.txt", nfd)
@@ -395,7 +374,7 @@ def test_whole_word_masking_that_cannot_work_is_refused(tmp_path, documents, tok
     with pytest.raises(PreparationError, match="'##'"):
         prepare_corpus(
             corpus,
-            make_tokenizer(vocabulary, lowercase=True, prefix="@@"),
+            wordpiece_tokenizer(vocabulary, lowercase=True, prefix="@@"),
             tmp_path / "cache",
             PreparationConfig(whole_word_mask=True),
         )
