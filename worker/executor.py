@@ -260,6 +260,7 @@ def _succeed(recorder: RunRecorder, result: TrainingResult) -> RunStatus | None:
             "skipped_steps": result.skipped_steps,
         }
     )
+    recorder.add_warnings(result.warnings)  # what training found (skipped steps) after it started
     final_step = result.final_metrics_step if result.final_metrics_step is not None else result.steps
     for split, metrics in result.final_metrics.items():
         recorder.latest[split] = stored_metrics(metrics, final_step)

@@ -8,8 +8,10 @@ The message says what is wrong and what to do, in the run's own terms (``corpus 
 - ``base_model_error``: the base checkpoint cannot be loaded or trained;
 - ``hyperparameter_error``: the parameters do not validate, or do not fit the model;
 - ``resume_error``: the run's output directory holds a different run;
-- ``non_finite_loss``: ``max_nonfinite_steps`` steps in a row had a NaN or infinite loss or gradient (with
-  ``step``); the checkpoints written before stay;
+- ``training_error``: the run cannot go on as asked (its directory holds something else, a checkpoint
+  does not fit the model);
+- ``non_finite_loss``: ``max_nonfinite_steps`` steps in a row had a NaN or infinite loss or gradient, or
+  an evaluation's loss was (with ``step``); the checkpoints written before stay;
 - ``non_finite_weights``: the weights became NaN or infinite (with ``step``): nothing was saved or exported;
 - ``out_of_memory``: the GPU (or host) ran out of memory;
 - ``input_error``: an input named by the run is gone (a corpus, a checkpoint's files);
@@ -133,8 +135,8 @@ def describe_failure(exc: BaseException, job: TrainingJob) -> RunFailure:
     if isinstance(exc, NonFiniteWeightsError):
         return RunFailure("non_finite_weights", clean(str(exc)), {"step": exc.step})
     if isinstance(exc, TrainingError):
-        # What the engine refuses before training: parameters that do not fit the model or the device.
-        return RunFailure("hyperparameter_error", clean(str(exc)))
+        # The output directory holds something else, a checkpoint does not fit the model.
+        return RunFailure("training_error", clean(str(exc)))
     if _is_out_of_memory(exc):
         where = "host" if isinstance(exc, MemoryError) else "device"
         h = job.hyperparameters

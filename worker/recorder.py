@@ -267,8 +267,12 @@ class RunRecorder:
             + (f", resuming from the checkpoint of step {record.step}" if resumed else ""),
             data={**record.json_object(include=_STARTED_FIELDS), "attempt": self.attempt},
         )
+        self.add_warnings(record.warnings)
+
+    def add_warnings(self, warnings: list[RunWarning]) -> None:
+        """Keep the warnings not known yet (an attempt repeats its predecessor's), one event each."""
         known = {(w.code, w.message) for w in self.warnings}
-        for warning in record.warnings:
+        for warning in warnings:
             if (warning.code, warning.message) not in known:
                 self.warnings.append(warning)
                 self._state_changed = True

@@ -25,7 +25,12 @@ from app.runs.states import RunStatus
 from app.storage import Storage
 from worker.pretraining.corpus import NSP_MIN_DOCUMENTS
 from worker.pretraining.hyperparameters import Hyperparameters, load_hyperparameters
-from worker.pretraining.model_files import BaseModelError, max_position_embeddings, read_config
+from worker.pretraining.model_files import (
+    BaseModelError,
+    max_position_embeddings,
+    read_config,
+    sequence_length_error,
+)
 
 __all__ = ["MAX_METADATA_BYTES", "CreatedRun", "create_run"]
 
@@ -184,9 +189,6 @@ def _check_sequence_length(hyperparameters: Hyperparameters, base: ResolvedBaseM
         positions = max_position_embeddings(read_config(base.local_path))
     except BaseModelError:
         return  # the worker refuses it with the reason
-    if positions is not None and hyperparameters.max_seq_length > positions:
-        raise ValidationFailed(
-            "hyperparameters.max_seq_length",
-            f"max_seq_length {hyperparameters.max_seq_length} exceeds the {positions} position embeddings of "
-            f"{base.spec}; use at most {positions}",
-        )
+    too_long = sequence_length_error(hyperparameters.max_seq_length, positions, str(base.spec))
+    if too_long is not None:
+        raise ValidationFailed("hyperparameters.max_seq_length", f"max_seq_length {too_long}")

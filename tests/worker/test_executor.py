@@ -219,8 +219,7 @@ def test_a_diverging_run_fails_clearly_and_its_last_good_checkpoint_continues(
 ) -> None:
     from app.base_models.service import resolve_base_model
     from app.models import Tenant
-    from worker.pretraining.base_model import load_base_model
-    from worker.pretraining.trainer import non_finite_parameter
+    from worker.pretraining.base_model import load_base_model, non_finite_parameter
 
     # The real training process, with NaN losses from the third batch on.
     monkeypatch.setattr("worker.executor.run_training_job", children.diverging_from_step_3)
@@ -239,7 +238,8 @@ def test_a_diverging_run_fails_clearly_and_its_last_good_checkpoint_continues(
 
     run = factory.get_run(run_id)
     assert run.error is not None and (run.error["type"], run.error["step"]) == ("non_finite_loss", 4)
-    assert "2 steps in a row, up to step 4: lower learning_rate" in run.error["message"]
+    assert "2 steps in a row, steps 3 to 4: lower learning_rate" in run.error["message"]
+    assert run.error["message"].endswith("the checkpoint of step 2 is intact")
     assert run.progress["skipped_steps"] == 2 and run.output_storage_key is None
     assert run.latest["train"]["loss"] is None and run.latest["train"]["non_finite"]["loss"] == "nan"
     events = _events(factory, run_id)

@@ -61,9 +61,13 @@ def test_a_killed_training_process_is_explained() -> None:
 
 
 def test_non_finite_failures_keep_their_step_and_hint() -> None:
-    failure = describe_failure(NonFiniteLossError(12, 5, fp16=True), JOB)
+    exc = NonFiniteLossError(12, "the loss was NaN", fp16=True, from_start=False, last_checkpoint=None)
+    failure = describe_failure(exc, JOB)
     assert (failure.type, failure.details) == ("non_finite_loss", {"step": 12})
-    assert "lower learning_rate, use bf16 instead of fp16" in failure.message
+    assert failure.message == (
+        "the loss was NaN: lower learning_rate, use bf16 instead of fp16 (fp16's range is small), check the "
+        "data (and max_grad_norm); no checkpoint was written"
+    )
     failure = describe_failure(NonFiniteWeightsError("bert.pooler.dense.bias", 30), JOB)
     assert failure.as_error() == {
         "type": "non_finite_weights",

@@ -34,6 +34,7 @@ __all__ = [
     "LoadedBase",
     "load_base_model",
     "newly_initialized_warning",
+    "non_finite_parameter",
     "resolve_base",
     "tied_aliases",
 ]
@@ -154,12 +155,19 @@ _HEAD_GROUPS = (
 
 def _probable_origin(parameters: list[str]) -> str:
     """What kind of checkpoint lacks exactly these parameters, when that is clear."""
-    if any(p.startswith("cls.predictions.transform.") for p in parameters):
+    lacks_mlm = any(p.startswith("cls.predictions.") for p in parameters)
+    lacks_nsp = any(p.startswith("cls.seq_relationship.") for p in parameters)
+    if lacks_mlm and lacks_nsp:
         return " (the checkpoint is probably a bare encoder, e.g. a sentence-embedding model)"
-    if all(p.startswith(("cls.seq_relationship.", "bert.pooler.")) for p in parameters):
+    if lacks_nsp:
         return (
             " (the checkpoint has a masked-LM head but no next-sentence head, e.g. one saved from "
             "BertForMaskedLM)"
+        )
+    if lacks_mlm:
+        return (
+            " (the checkpoint has a next-sentence head but no masked-LM head, e.g. one saved from "
+            "BertForNextSentencePrediction)"
         )
     return ""
 
@@ -184,6 +192,16 @@ def newly_initialized_warning(parameters: list[str]) -> RunWarning:
             "adapts these parameters."
         )
     return RunWarning(code=NEWLY_INITIALIZED, message=message, parameters=list(parameters))
+
+
+def non_finite_parameter(model: Any) -> str | None:
+    """The name of the first parameter holding a NaN or an infinity, None if all are finite (one device
+    sync for the whole model)."""
+    names, finite = zip(
+        *((name, torch.isfinite(p).all()) for name, p in model.named_parameters()), strict=True
+    )
+    bad = (~torch.stack(list(finite))).nonzero()
+    return names[int(bad[0])] if bad.numel() else None
 
 
 def tied_aliases(model: Any) -> set[str]:
@@ -250,6 +268,13 @@ def load_base_model(base: str | os.PathLike[str], *, attn_implementation: str = 
             "checkpoint's parameter names do not match BERT's"
         )
     _check_tying(model, label)
+    overflow = non_finite_parameter(model)
+    if overflow is not None:  # finite in the file (checked above), not in float32: e.g. 1e300 in float64
+        raise BaseModelError(
+            f"{label}: parameter {overflow} does not fit float32, the precision bertpt trains in (a value "
+            "beyond about 3.4e38 became infinite): the checkpoint is broken or was not saved from a float32, "
+            "bf16 or fp16 model"
+        )
     if model.bert.embeddings.word_embeddings.weight.shape[0] != model.config.vocab_size:
         raise BaseModelError(f"{label}: config.vocab_size does not match the embedding matrix after loading")
     warnings = [newly_initialized_warning(missing)] if missing else []

@@ -14,6 +14,12 @@ import click
 from worker.pretraining.cli_options import schema_options, schema_overrides
 from worker.pretraining.corpus import CorpusFormatError
 from worker.pretraining.hyperparameters import HyperparameterError, PreparationConfig, load_hyperparameters
+from worker.pretraining.model_files import (
+    BaseModelError,
+    max_position_embeddings,
+    read_config,
+    sequence_length_error,
+)
 
 __all__ = ["fail", "prepare_command"]
 
@@ -42,6 +48,18 @@ def preparation_report(prepared: Any, seconds: float) -> dict[str, Any]:
         "eval": manifest["splits"].get("eval"),
         "config": manifest["config"],
     }
+
+
+def _sequence_length_error(tokenizer_path: str, max_seq_length: int) -> str | None:
+    """When the tokenizer is a checkpoint's directory: whether max_seq_length fits its model."""
+    directory = Path(tokenizer_path)
+    if not (directory / "config.json").is_file():
+        return None  # a tokenizer alone (or a hub id): the model is not known here
+    try:
+        positions = max_position_embeddings(read_config(directory))
+    except BaseModelError:
+        return None  # not a BERT config: the preparation only needs the tokenizer
+    return sequence_length_error(max_seq_length, positions, f"the model in {directory}")
 
 
 @click.command("prepare")
@@ -85,7 +103,6 @@ def prepare_command(
 ) -> None:
     """Validate CORPUS (one sentence per line, a blank line between documents; .txt or .txt.gz) and
     build NSP/MLM training instances; prints one JSON object of statistics."""
-    from worker.pretraining.model_files import BaseModelError
     from worker.pretraining.prepare import PreparationError, prepare_corpus
 
     started = time.perf_counter()
@@ -93,6 +110,9 @@ def prepare_command(
         hyperparameters = load_hyperparameters(config_path, schema_overrides(PreparationConfig, options))
     except HyperparameterError as exc:
         fail(str(exc), 2)
+    too_long = _sequence_length_error(tokenizer_path, hyperparameters.max_seq_length)
+    if too_long is not None:
+        fail(f"max_seq_length: {too_long}", 2)
     try:
         prepared = prepare_corpus(
             corpus,

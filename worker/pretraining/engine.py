@@ -29,12 +29,12 @@ from typing import Any, Literal
 
 import torch
 
-from worker.pretraining.base_model import LoadedBase, load_base_model
+from worker.pretraining.base_model import LoadedBase, load_base_model, non_finite_parameter
 from worker.pretraining.collator import PretrainingCollator
-from worker.pretraining.hyperparameters import Hyperparameters, load_hyperparameters
+from worker.pretraining.hyperparameters import HyperparameterError, Hyperparameters, load_hyperparameters
 from worker.pretraining.layout import CHECKPOINT_MANIFEST, MODEL_MANIFEST, RunLayout
 from worker.pretraining.masking import MaskingConfig, TokenMasker
-from worker.pretraining.model_files import weight_files
+from worker.pretraining.model_files import sequence_length_error, weight_files
 from worker.pretraining.prepare import PreparedData, file_sha256, prepare_corpus, prepare_eval_corpus
 from worker.pretraining.records import (
     LogLine,
@@ -65,7 +65,6 @@ from worker.pretraining.trainer import (
     RunState,
     StopCheck,
     TrainingError,
-    non_finite_parameter,
     steps_per_epoch,
     total_steps,
     training_arguments,
@@ -77,6 +76,7 @@ logger = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16", "fp16"]
 MANIFEST_FORMAT = 1  # of bertpt_manifest.json
+SKIPPED_STEPS = "skipped_steps"  # the code of the warning of a run that skipped steps
 _clock = time.monotonic  # the wall clock of max_runtime_seconds (tests replace it)
 
 
@@ -88,9 +88,11 @@ def resolve_precision(precision: str, *, cuda: bool | None = None) -> Precision:
             return "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp16" and not cuda:
-        raise TrainingError("precision: fp16 mixed precision needs a GPU; use fp32 or bf16 on the CPU")
+        raise HyperparameterError(
+            [("precision", "fp16 mixed precision needs a GPU; use fp32 or bf16 on the CPU")]
+        )
     if precision not in ("fp32", "bf16", "fp16"):
-        raise TrainingError(f"precision: unknown value {precision!r}")
+        raise HyperparameterError([("precision", f"unknown value {precision!r}")])
     return precision  # type: ignore[return-value]
 
 
@@ -120,8 +122,9 @@ def run_pretraining(
     interrupted in ``out_dir`` continues from its newest complete checkpoint if it is the same run (same
     base weights, corpus, data and hyperparameters; otherwise ResumeError), and a run already completed
     there is returned as is.
-    Raises BaseModelError, HyperparameterError, PreparationError / CorpusFormatError, ResumeError or
-    TrainingError for what cannot run.
+    Raises BaseModelError, HyperparameterError (also for parameters that do not fit the model or the
+    device), PreparationError / CorpusFormatError, ResumeError or TrainingError for what cannot run, and
+    NonFiniteLossError / NonFiniteWeightsError (TrainingErrors) when the numbers stop being finite.
     """
     attempt_started = _clock()
     h = _hyperparameters(hyperparameters)
@@ -184,7 +187,8 @@ def run_pretraining(
                 trainer, layout, run_info, loaded, data.key, warnings, precision, start, say
             )
         except BaseException as exc:
-            emit(TrainingFailed(step=trainer.state.global_step, error=f"{type(exc).__name__}: {exc}"))
+            step = getattr(exc, "step", trainer.state.global_step)  # where a NaN was met, if that is why
+            emit(TrainingFailed(step=step, error=f"{type(exc).__name__}: {exc}"))
             raise
         emit(TrainingFinished(step=result.steps, status=result.status, model_path=result.model_path))
         return result
@@ -222,14 +226,18 @@ def _load_base(base: str | os.PathLike[str], h: Hyperparameters, say: Any) -> Lo
     for warning in loaded.warnings:
         say(f"warning: {warning.message}")
     config = loaded.config
-    if h.max_seq_length > config.max_position_embeddings:
-        positions = config.max_position_embeddings
-        raise TrainingError(
-            f"max_seq_length: {h.max_seq_length} is more than the model's {positions} position embeddings; "
-            f"use max_seq_length {positions} or less"
-        )
+    too_long = sequence_length_error(h.max_seq_length, config.max_position_embeddings)
+    if too_long is not None:
+        raise HyperparameterError([("max_seq_length", too_long)])
     if h.nsp and config.type_vocab_size < 2:
-        raise TrainingError("nsp: the model has a single token type, so it cannot tell segment A from B")
+        raise HyperparameterError(
+            [
+                (
+                    "nsp",
+                    "the model has a single token type, so it cannot tell segment A from B; set nsp to false",
+                )
+            ]
+        )
     return loaded
 
 
@@ -454,7 +462,7 @@ def _train_and_export(
         final_metrics=run_state.last_eval,
         final_metrics_step=run_state.last_eval_step,
         train_metrics=run_state.last_train,
-        warnings=warnings,
+        warnings=[*warnings, *_training_warnings(run_state, step)],
         runtime_seconds=round(run_state.runtime_seconds + trainer.attempt_seconds(), 3),
         samples_seen=run_state.samples_seen,
         tokens_seen=run_state.tokens_seen,
@@ -497,6 +505,24 @@ def _versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
+
+
+def _training_warnings(run_state: RunState, steps: int) -> list[RunWarning]:
+    """What the training itself found, for the result: optimizer steps skipped as not finite."""
+    if not run_state.skipped_steps:
+        return []
+    return [
+        RunWarning(
+            code=SKIPPED_STEPS,
+            count=run_state.skipped_steps,
+            message=(
+                f"{run_state.skipped_steps} of the {steps} optimizer steps were not applied because their "
+                "loss or gradient was not finite (NaN or infinite; see the step_skipped events): the model "
+                "trained on fewer steps than asked. If there are many, lower learning_rate, use bf16 rather "
+                "than fp16, or check the data."
+            ),
+        )
+    ]
 
 
 def export_model(model: Any, tokenizer: Any, target: Path, manifest: ModelManifest) -> Path:

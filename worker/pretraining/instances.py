@@ -30,6 +30,7 @@ Differences from Google's script, all deliberate:
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -252,26 +253,35 @@ def _plan_packed(
     rng: random.Random,
 ) -> Iterator[InstancePlan]:
     """MLM-only: the whole target goes to one segment, ``[CLS] sentences [SEP]``, whole sentences
-    accumulated within a document (RoBERTa's DOC-SENTENCES). An over-long single sentence keeps a
-    random window."""
+    accumulated within a document (RoBERTa's DOC-SENTENCES): a chunk closes before the sentence that
+    would take it past its target, so no text is cut off but that of a single sentence longer than a
+    segment, which keeps a random window."""
     max_num_tokens = max_seq_length - 2  # [CLS] tokens [SEP]
     for doc in document_ids:
         plan = InstancePlan.empty()
         bounds = _document_bounds(docs, doc)
         target, short = _target_length(rng, max_num_tokens, short_seq_prob)
         start = bounds[0]
-        for end in bounds[1:]:
-            if end - start >= target or end == bounds[-1]:
-                a0, a1 = start, end
-                truncated = a1 - a0 > max_num_tokens
-                if truncated:
-                    offset = rng.randint(0, (a1 - a0) - max_num_tokens)
-                    a0, a1 = a0 + offset, a0 + offset + max_num_tokens
-                if a1 > a0:
-                    plan.add(a0, a1, a1, a1, IS_NEXT, short, truncated)
-                start = end
+        for previous, end in itertools.pairwise(bounds):
+            if end - start > target and previous > start:  # the sentence [previous, end) does not fit
+                _add_packed(plan, start, previous, max_num_tokens, short, rng)
+                start = previous
                 target, short = _target_length(rng, max_num_tokens, short_seq_prob)
+        _add_packed(plan, start, bounds[-1], max_num_tokens, short, rng)
         yield plan
+
+
+def _add_packed(
+    plan: InstancePlan, a0: int, a1: int, max_num_tokens: int, short: bool, rng: random.Random
+) -> None:
+    """The chunk [a0, a1) as one MLM-only instance; a random window of it if it is one sentence longer
+    than a segment."""
+    truncated = a1 - a0 > max_num_tokens
+    if truncated:
+        offset = rng.randint(0, (a1 - a0) - max_num_tokens)
+        a0, a1 = a0 + offset, a0 + offset + max_num_tokens
+    if a1 > a0:
+        plan.add(a0, a1, a1, a1, IS_NEXT, short, truncated)
 
 
 def _concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -40,6 +40,7 @@ __all__ = [
     "non_finite_tensor",
     "read_config",
     "read_safetensors_header",
+    "sequence_length_error",
     "summarize_config",
     "weight_files",
 ]
@@ -133,6 +134,17 @@ def max_position_embeddings(config: dict[str, Any]) -> int | None:
     """The longest sequence the model takes (config.json ``max_position_embeddings``), None if unstated."""
     positions = config.get("max_position_embeddings")
     return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def sequence_length_error(max_seq_length: int, positions: int | None, model: str = "the model") -> str | None:
+    """Why ``max_seq_length`` does not fit ``model``'s ``positions`` position embeddings (with the value
+    to use), None if it fits or the positions are unknown."""
+    if positions is None or max_seq_length <= positions:
+        return None
+    return (
+        f"{max_seq_length} is more than the {positions} position embeddings of {model}; use max_seq_length "
+        f"{positions} or less"
+    )
 
 
 def is_model_file(name: str) -> bool:

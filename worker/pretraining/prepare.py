@@ -427,6 +427,7 @@ class _SplitWriter:
     truncated: int = 0
     predicted: int = 0
     unk: int = 0
+    text_tokens: int = 0  # instance tokens that are not [CLS], [SEP] or another special token ([UNK] is)
 
     def write(self, docs: TokenizedDocuments, plan: InstancePlan) -> None:
         if not len(plan):
@@ -468,8 +469,9 @@ class _SplitWriter:
         self.truncated += int(np.count_nonzero(plan.truncated))
         self.covered[instance_token_positions(plan)] = True
         unk_id = self.tokenizer.unk_token_id
-        if unk_id is not None:
-            self.unk += int(np.count_nonzero(values == unk_id))
+        unk = int(np.count_nonzero(values == unk_id)) if unk_id is not None else 0
+        self.unk += unk
+        self.text_tokens += int(np.count_nonzero(~self.masker.is_special[values])) + unk
 
     def _static_masks(
         self, values: np.ndarray, offsets: np.ndarray
@@ -500,7 +502,15 @@ class _SplitWriter:
         candidates = np.add.reduceat((~self.masker.is_special[values]).astype(np.int64), offsets[:-1])
         return int(np.minimum(_expected_predictions(np.diff(offsets), config), candidates).sum())
 
-    def summary(self, *, documents: int, corpus_tokens: int) -> SplitSummary:
+    def summary(self, *, documents: int, corpus_tokens: int, nsp: bool) -> SplitSummary:
+        """The split's statistics. Raises PreparationError for a split with nothing to predict."""
+        if self.instances and not self.predicted:
+            raise PreparationError(
+                f"the {self.split} split has no token that can be predicted: its text is all [UNK] or "
+                f"special tokens (unk_rate {self.unk / max(self.text_tokens, 1):.1%}), so the masked-LM loss "
+                "is not defined. The tokenizer does not fit this text: use a checkpoint whose vocabulary "
+                "covers it."
+            )
         n = max(self.instances, 1)
         tokens = max(self.tokens, 1)
         return SplitSummary(
@@ -509,12 +519,12 @@ class _SplitWriter:
             instances=self.instances,
             tokens=self.tokens,
             shards=self.shards,
-            is_next_share=round(self.is_next / n, 4),
+            is_next_share=round(self.is_next / n, 4) if nsp else None,
             mean_length=round(self.tokens / n, 2),
             short_target_share=round(self.short_targets / n, 4),
             truncated_pairs=self.truncated,
             masked_share=round(self.predicted / tokens, 4),
-            unk_rate=round(self.unk / tokens, 6),
+            unk_rate=round(self.unk / max(self.text_tokens, 1), 6),
             tokens_used_share=round(int(np.count_nonzero(self.covered)) / max(corpus_tokens, 1), 4),
         )
 
@@ -574,7 +584,9 @@ def _write_split(
                 writer.write(docs, buffered)
                 buffered = InstancePlan.empty()
     writer.write(docs, buffered)
-    return writer.summary(documents=len(document_ids), corpus_tokens=_document_tokens(docs, document_ids))
+    return writer.summary(
+        documents=len(document_ids), corpus_tokens=_document_tokens(docs, document_ids), nsp=config.nsp
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -651,12 +663,18 @@ def _split_documents(
         raise PreparationError(
             f"eval_documents: next-sentence prediction needs at least {NSP_MIN_DOCUMENTS} held-out documents"
         )
-    minimum_train = NSP_MIN_DOCUMENTS if config.nsp else 1
+    minimum_train = smallest_hold_out = NSP_MIN_DOCUMENTS if config.nsp else 1
     if n_docs - n_eval < minimum_train:
+        setting = "eval_documents" if config.eval_documents is not None else "eval_fraction"
+        fix = (
+            f"lower {setting}"
+            if n_docs - smallest_hold_out >= minimum_train
+            else f"set {setting} to 0 (any other value holds out at least {smallest_hold_out})"
+        )
         raise PreparationError(
             f"the corpus has {n_docs} usable documents{_without_text_note(tokenized)}; holding out {n_eval} "
-            f"for evaluation leaves {n_docs - n_eval} for training (need at least {minimum_train}). Lower "
-            "eval_fraction/eval_documents or give a separate eval corpus."
+            f"for evaluation leaves {max(n_docs - n_eval, 0)} for training (need at least {minimum_train}): "
+            f"{fix}, or give a separate eval corpus."
         )
     return docs, sorted(order[n_eval:]), sorted(order[:n_eval])
 
@@ -705,6 +723,8 @@ def _corpus_warnings(
         replaced.add("documents_without_text")
     if tokenized.resplit_warnings is not None:  # sentences are no longer lines
         replaced.update(SENTENCE_COUNT_WARNINGS)
+    if not config.nsp:  # one document is a problem for next-sentence prediction only
+        replaced.add("single_document")
     warnings = [w for w in tokenized.report.warnings if w.code not in replaced]
     warnings.extend(tokenized.resplit_warnings or [])
     if tokenized.dropped_documents:
@@ -778,7 +798,7 @@ def _split_warnings(
     warnings: list[RunWarning] = []
     low, high = IS_NEXT_SHARE_RANGE
     share = summary.is_next_share
-    if config.nsp and summary.instances >= IS_NEXT_MIN_INSTANCES and not low <= share <= high:
+    if share is not None and summary.instances >= IS_NEXT_MIN_INSTANCES and not low <= share <= high:
         cause = (
             "Google's rule (nsp_balance: google) pairs every one-sentence chunk with a random B: set "
             "nsp_balance: balanced"
@@ -841,7 +861,6 @@ def _corpus_summary(tokenized: _TokenizedCorpus) -> dict[str, Any]:
     found = tokenized.findings
     return {
         **tokenized.report.stats.to_dict(),
-        "warnings": [w.model_dump(exclude_none=True) for w in tokenized.report.warnings],
         "tokens": tokenized.tokens,
         "wordpieces_per_word": round(tokenized.tokens / max(tokenized.words, 1), 4),
         "empty_sentences_dropped": tokenized.empty_sentences,
@@ -937,7 +956,10 @@ def prepare_corpus(
             _check_documents(eval_tokenized, config, "the eval corpus")
             _check_scripts(config, eval_tokenized, "the eval corpus")
         docs, train_ids, eval_ids = _split_documents(tokenized, config, eval_tokenized is not None)
-        say(f"creating instances from {len(train_ids)} training documents")
+        if tokenized.documents.num_documents == 1 and eval_ids:
+            say("creating instances from the one document, around its held-out block")
+        else:
+            say(f"creating instances from {len(train_ids)} training documents")
         static = config.masking == "static"
         passes = config.dupe_factor if static else 1
         splits = {
@@ -975,11 +997,47 @@ def prepare_corpus(
             "corpus": _corpus_summary(tokenized),
             "eval_corpus": _corpus_summary(eval_tokenized) if eval_tokenized else None,
             "splits": {name: split.model_dump() for name, split in splits.items()},
-            "warnings": _warnings_of(corpora, splits, {"train": "train", "eval": "eval"}, config),
+            "warnings": [
+                *_warnings_of(corpora, splits, {"train": "train", "eval": "eval"}, config),
+                *_overlap_warnings(tokenized, eval_tokenized),
+            ],
             "seconds": round(time.perf_counter() - started, 3),
         }
 
     return _cache_entry(Path(cache_dir), key, build, say)
+
+
+def _document_digests(docs: TokenizedDocuments) -> list[bytes]:
+    """A digest of each document's token ids (equal documents, equal digests)."""
+    tokens = docs.sentence_bounds[docs.document_bounds]
+    return [
+        hashlib.blake2b(docs.token_ids[tokens[d] : tokens[d + 1]].tobytes(), digest_size=16).digest()
+        for d in range(docs.num_documents)
+    ]
+
+
+def _overlap_warnings(
+    tokenized: _TokenizedCorpus, eval_tokenized: _TokenizedCorpus | None
+) -> list[dict[str, Any]]:
+    """An eval corpus whose documents are also training documents measures memorized text."""
+    if eval_tokenized is None:
+        return []
+    training = set(_document_digests(tokenized.documents))
+    evaluated = _document_digests(eval_tokenized.documents)
+    shared = sum(digest in training for digest in evaluated)
+    if not shared:
+        return []
+    warning = RunWarning(
+        code="eval_overlaps_training",
+        count=shared,
+        source="eval_corpus",
+        message=(
+            f"{shared} of the {len(evaluated)} documents of the eval corpus are also in the training corpus: "
+            "their evaluation measures text the model trains on, not held-out text. Remove them from one "
+            "of the corpora, or hold out part of the corpus (eval_fraction) instead of an eval corpus."
+        ),
+    )
+    return [warning.model_dump(exclude_none=True)]
 
 
 def prepare_eval_corpus(

@@ -199,8 +199,10 @@ class RunWarning(_Record):
 class SplitSummary(_Record):
     """The instances of one prepared split, drawn from ``documents`` documents.
 
-    ``masked_share`` is the share of instance tokens that are prediction targets (special tokens, [UNK]
-    included, never are; with dynamic whole-word masking, those of the first epoch's masks);
+    ``is_next_share`` the share of IsNext pairs (None without next-sentence prediction); ``masked_share``
+    the share of instance tokens that are prediction targets (special tokens, [UNK] included, never are;
+    with dynamic whole-word masking, those of the first epoch's masks); ``unk_rate`` the share of [UNK]
+    among the instances' text tokens (special tokens left out, like the corpus's ``unk_rate``);
     ``tokens_used_share`` the share of the split's corpus tokens that reach at least one instance (the
     rest is lost to truncation). None: written before bertpt reported it.
     """
@@ -210,7 +212,7 @@ class SplitSummary(_Record):
     instances: int
     tokens: int
     shards: list[str]
-    is_next_share: float
+    is_next_share: float | None
     mean_length: float
     short_target_share: float
     truncated_pairs: int

@@ -29,9 +29,9 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
 
-from worker.pretraining.base_model import tied_aliases
+from worker.pretraining.base_model import non_finite_parameter, tied_aliases
 from worker.pretraining.hyperparameters import Hyperparameters
-from worker.pretraining.layout import CHECKPOINT_MANIFEST, TRAINER_STATE, checkpoint_name
+from worker.pretraining.layout import CHECKPOINT_MANIFEST, TRAINER_STATE, checkpoint_name, checkpoint_step
 from worker.pretraining.loss import LossTotals, pretraining_loss
 from worker.pretraining.masking import IGNORE_INDEX
 from worker.pretraining.records import (
@@ -47,6 +47,7 @@ from worker.pretraining.records import (
 )
 from worker.pretraining.run_checkpoints import (
     complete_checkpoints,
+    latest_checkpoint,
     publish_directory,
     rotate_checkpoints,
     temporary_sibling,
@@ -59,13 +60,13 @@ from worker.pretraining.trainer_api import require_trainer_api
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "FP16_OVERFLOW_ALLOWANCE",
     "NonFiniteLossError",
     "NonFiniteWeightsError",
     "PretrainingTrainer",
     "RunState",
     "StopCheck",
     "TrainingError",
-    "non_finite_parameter",
     "steps_per_epoch",
     "total_steps",
     "training_arguments",
@@ -73,6 +74,10 @@ __all__ = [
 
 StopCheck = Callable[[], bool]
 CHECKPOINT_FORMAT = 1  # of bertpt_checkpoint.json
+# fp16 overflows in a row that are left to the loss scaler before they count towards max_nonfinite_steps:
+# halving from torch's initial scale of 2**16, 24 of them reach 2**-8, where scaling no longer explains
+# the overflow (the gradients themselves are out of fp16's range).
+FP16_OVERFLOW_ALLOWANCE = 24
 
 
 class TrainingError(RuntimeError):
@@ -80,17 +85,28 @@ class TrainingError(RuntimeError):
 
 
 class NonFiniteLossError(TrainingError):
-    """``max_nonfinite_steps`` optimizer steps in a row had a loss or a gradient norm that was not finite
-    (each was skipped, so the weights are those of the last good step)."""
+    """The loss went NaN or infinite for good: ``max_nonfinite_steps`` optimizer steps in a row were
+    skipped (so the weights are those of the last applied step), or an evaluation's loss was not finite.
+    ``step``: the step it happened at. The message names the likely cause: the base checkpoint or the
+    data when no step of the run ever had a finite loss, the training otherwise."""
 
-    def __init__(self, step: int, consecutive: int, *, fp16: bool):
+    def __init__(self, step: int, what: str, *, fp16: bool, from_start: bool, last_checkpoint: Path | None):
         self.step = step
-        hint = "use bf16 instead of fp16 (fp16's range is small); " if fp16 else ""
-        super().__init__(
-            f"the loss or its gradient was not finite (NaN or infinite) for {consecutive} steps in a row, "
-            f"up to step {step}: lower learning_rate, {hint}check the data (and max_grad_norm); the last "
-            "checkpoint written before is intact"
+        bf16 = "use bf16 instead of fp16 (fp16's range is small)"
+        if from_start:
+            cause = (
+                "no training step had been applied yet, so the training is not the cause: the base "
+                "checkpoint computes NaN or infinite values on this data (weights too large for the "
+                f"precision, or a broken model){f'; {bf16}' if fp16 else ''}"
+            )
+        else:
+            cause = f"lower learning_rate, {bf16 + ', ' if fp16 else ''}check the data (and max_grad_norm)"
+        kept = (
+            f"the checkpoint of step {checkpoint_step(last_checkpoint.name)} is intact"
+            if last_checkpoint is not None
+            else "no checkpoint was written"
         )
+        super().__init__(f"{what}: {cause}; {kept}")
 
 
 class NonFiniteWeightsError(TrainingError):
@@ -102,16 +118,6 @@ class NonFiniteWeightsError(TrainingError):
             f"parameter {parameter} holds NaN or infinite values at step {step}: the training diverged; "
             "lower learning_rate and resume from an earlier checkpoint"
         )
-
-
-def non_finite_parameter(model: torch.nn.Module) -> str | None:
-    """The name of the first parameter holding a NaN or an infinity, None if all are finite (one device
-    sync for the whole model)."""
-    names, finite = zip(
-        *((name, torch.isfinite(p).all()) for name, p in model.named_parameters()), strict=True
-    )
-    bad = (~torch.stack(list(finite))).nonzero()
-    return names[int(bad[0])] if bad.numel() else None
 
 
 def steps_per_epoch(num_instances: int, batch_size: int, gradient_accumulation_steps: int) -> int:
@@ -245,6 +251,7 @@ class PretrainingTrainer(Trainer):
         self._step_grad_norm: Any = None
         self._skip_update = False  # the step under way is not applied
         self._nonfinite_in_a_row = 0
+        self._overflows_in_a_row = 0  # fp16 overflows in a row (the scaler's own business, at first)
         self._schedule_before_skip: dict[str, Any] | None = None
         require_trainer_api()
         super().__init__(*args, **kwargs)
@@ -376,7 +383,7 @@ class PretrainingTrainer(Trainer):
         if not self._skip_update:
             self._window.merge(self._step_totals)  # the logged losses are those of applied steps
             self._step_totals.reset()
-            self._nonfinite_in_a_row = 0
+            self._nonfinite_in_a_row = self._overflows_in_a_row = 0
             return
         self._step_totals.reset()
         if self.lr_scheduler is not None:
@@ -389,7 +396,8 @@ class PretrainingTrainer(Trainer):
             reason = "fp16_overflow"  # the scaler skips it too, and lowers its scale
         else:
             reason = "non_finite_grad_norm"
-        if reason != "fp16_overflow":
+        self._overflows_in_a_row = self._overflows_in_a_row + 1 if reason == "fp16_overflow" else 0
+        if reason != "fp16_overflow" or self._overflows_in_a_row > FP16_OVERFLOW_ALLOWANCE:
             self._nonfinite_in_a_row += 1
         self.emit(
             StepSkipped(
@@ -405,7 +413,22 @@ class PretrainingTrainer(Trainer):
             parameter = non_finite_parameter(self.accelerator.unwrap_model(self.model))
             if parameter is not None:  # an update went wrong before: the weights are the cause
                 raise NonFiniteWeightsError(parameter, step)
-            raise NonFiniteLossError(step, self._nonfinite_in_a_row, fp16=self.args.fp16)
+            raise self._non_finite_loss(
+                step,
+                f"the loss or its gradient was not finite (NaN or infinite) for {self._nonfinite_in_a_row} "
+                f"steps in a row, steps {step - self._nonfinite_in_a_row + 1} to {step}",
+                applied=step - self.run_state.skipped_steps,  # this step is among the skipped ones
+            )
+
+    def _non_finite_loss(self, step: int, what: str, *, applied: int) -> NonFiniteLossError:
+        """The error for a loss that went non-finite at ``step``, ``applied`` optimizer steps into the run."""
+        return NonFiniteLossError(
+            step,
+            what,
+            fp16=bool(self.args.fp16),
+            from_start=applied <= 0,
+            last_checkpoint=latest_checkpoint(Path(str(self.args.output_dir))),
+        )
 
     def _take_tokens_seen(self) -> int:
         if self._tokens_seen is not None:
@@ -501,6 +524,17 @@ class PretrainingTrainer(Trainer):
                 break
             results[name] = metrics
             self.emit(MetricsRecord(split=name, step=step, metrics=metrics))
+            losses = {
+                "masked_lm_loss": metrics.masked_lm_loss,
+                "next_sentence_loss": metrics.next_sentence_loss,
+            }
+            bad = next((n for n, v in losses.items() if v is not None and not math.isfinite(v)), None)
+            if bad is not None:  # what follows (training on, comparing with it, exporting) would be garbage
+                raise self._non_finite_loss(
+                    step,
+                    f"the {bad} of the {name} split is {getattr(metrics, bad)} at step {step}",
+                    applied=step - self.run_state.skipped_steps,
+                )
         if results and eval_dataset is None:
             self.run_state.last_eval = results
             self.run_state.last_eval_step = step

@@ -214,7 +214,9 @@ def test_max_seq_length_must_fit_the_model_positions(
     error = assert_error(
         submit(client, alice, body), 422, "validation_error", "hyperparameters.max_seq_length"
     )
-    assert "16 position embeddings" in error["message"] and "use at most 16" in error["message"]
+    assert (
+        "16 position embeddings" in error["message"] and "use max_seq_length 16 or less" in error["message"]
+    )
     body["hyperparameters"] = {"max_seq_length": 16}
     assert submit(client, alice, body).status_code == 201
     assert len(enqueued) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from tests.support import save_checkpoint, tiny_config, with_one_bad_weight
-from worker.pretraining.base_model import NEWLY_INITIALIZED, load_base_model
+from worker.pretraining.base_model import NEWLY_INITIALIZED, load_base_model, non_finite_parameter
 from worker.pretraining.model_files import BaseModelError
 
 
@@ -73,6 +74,21 @@ def test_masked_lm_checkpoint_is_said_to_lack_only_the_nsp_head(tmp_path: Path, 
     assert "masked-LM loss well above" not in warning.message  # its MLM head was loaded
 
 
+def test_next_sentence_checkpoint_is_said_to_lack_only_the_mlm_head(tmp_path: Path, tokenizer: Any) -> None:
+    from transformers import BertForNextSentencePrediction
+
+    torch.manual_seed(0)
+    model = BertForNextSentencePrediction(tiny_config(tokenizer))
+    loaded = load_base_model(save_checkpoint(model, tokenizer, tmp_path / "nsp"))
+    assert all(p.startswith("cls.predictions.") for p in loaded.newly_initialized)
+    (warning,) = loaded.warnings
+    assert (
+        "bare encoder" not in warning.message
+        and "next-sentence head but no masked-LM head" in warning.message
+    )
+    assert "masked-LM loss well above" in warning.message and "50%" not in warning.message
+
+
 def test_minilm_only_heads_are_new(minilm_dir: Path) -> None:
     from safetensors import safe_open
 
@@ -121,6 +137,20 @@ def test_a_weight_that_is_not_finite_is_refused_naming_the_tensor(
         load_base_model(broken)
 
 
+def test_a_weight_beyond_float32_is_refused_naming_it(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    directory = tmp_path / "float64"
+    shutil.copytree(tiny_bert_dir, directory)
+    weights = {k: v.double() for k, v in load_file(directory / "model.safetensors").items()}
+    weights["bert.encoder.layer.0.output.dense.weight"][0, 0] = 1e300  # finite in float64, not in float32
+    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(
+        BaseModelError, match=r"parameter bert\.encoder\.layer\.0\.output\.dense\.weight does not fit float32"
+    ):
+        load_base_model(directory)
+
+
 def test_vocab_size_disagreement_is_refused(tmp_path: Path, tiny_bert_dir: Path) -> None:
     directory = tmp_path / "bad-config"
     shutil.copytree(tiny_bert_dir, directory)
@@ -146,3 +176,14 @@ def test_missing_directory_and_offline_hub(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BaseModelError, match="offline"):
         load_base_model("bertpt-tests/no-such-model")
+
+
+def test_non_finite_parameter_names_the_first_one(tokenizer: Any) -> None:
+    from transformers import BertForPreTraining
+
+    model = BertForPreTraining(tiny_config(tokenizer))
+    assert non_finite_parameter(model) is None
+    with torch.no_grad():
+        model.bert.encoder.layer[1].output.dense.weight[2, 3] = math.inf
+        model.cls.seq_relationship.bias[0] = math.nan
+    assert non_finite_parameter(model) == "bert.encoder.layer.1.output.dense.weight"

@@ -46,7 +46,8 @@ def test_cli_prints_one_json_object(tmp_path, sample_corpus, tokenizer_dir):
         "seconds",
     ):
         assert key in report, key
-    assert report["corpus"]["documents"] > 500 and report["corpus"]["warnings"] == []
+    assert report["corpus"]["documents"] > 500 and report["warnings"] == []
+    assert "warnings" not in report["corpus"]  # one list of warnings: the report's
     assert report["config"]["max_seq_length"] == 64 and report["config"]["seed"] == 5
     assert 0.4 < report["is_next_share"] < 0.55
     assert 0.05 < report["short_target_share"] < 0.15
@@ -133,12 +134,12 @@ def problem_corpora(documents: list[list[str]]) -> dict[str, tuple[str, list[str
             text([doc[:2] for doc in documents[:200]]),
             ["--max-seq-length", "16", "--nsp-balance", "google"],
         ),
-        "tokenizer_mismatch": (text([CHINESE] * 40 + documents[:10]), []),
+        # No held-out split: one of only Chinese documents would be refused (nothing to predict).
+        "tokenizer_mismatch": (text([CHINESE] * 40 + documents[:10]), ["--eval-fraction", "0"]),
         "unknown_tokens": (text([*documents[:60], *[CHINESE] * 20]), []),
         "unnormalized_text": (text(nfd), []),
         "documents_without_text": (text([*documents[:20], CONTROL])[:-1], []),
         "invisible_lines": (text(documents[:20]).replace("\n\n", "\n\ufeff\n", 1), []),
-        "single_document": (text([[s for doc in documents[:10] for s in doc]]), ["--no-nsp"]),
         "one_sentence_documents": (text([*documents[:20], ["Lonely."]]), []),
         "duplicate_documents": (text([*documents[:20], documents[0]]), []),
     }
@@ -154,7 +155,6 @@ def problem_corpora(documents: list[list[str]]) -> dict[str, tuple[str, list[str
         "unnormalized_text",
         "documents_without_text",
         "invisible_lines",
-        "single_document",
         "one_sentence_documents",
         "duplicate_documents",
     ],
@@ -177,6 +177,20 @@ def test_cli_shows_each_corpus_problem(tmp_path, documents, tokenizer_dir, code)
     report = json.loads(result.stdout)
     assert code in [warning["code"] for warning in report["warnings"]]
     assert any(line.startswith(f"warning: {code}") for line in result.stderr.splitlines()), result.stderr
+
+
+def test_cli_one_document_trains_masked_lm_only_without_a_word_against_it(tmp_path, documents, tokenizer_dir):
+    corpus = tmp_path / "book.txt"
+    corpus.write_text("\n".join(s for doc in documents[:10] for s in doc) + "\n", encoding="utf-8")
+    args = ["prepare", str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "out")]
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 1 and "Set nsp to false" in refused.stderr
+    result = CliRunner().invoke(cli, [*args, "--no-nsp"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    # The reader's single_document warning says "train it with nsp: false": done, so not repeated.
+    assert report["warnings"] == [] and report["is_next_share"] is None
+    assert report["eval"]["instances"] > 0  # a block of the document is held out
 
 
 @pytest.mark.parametrize(
@@ -205,3 +219,11 @@ def test_cli_refuses_whole_word_masking_on_chinese(tmp_path, tokenizer_dir):
     result = CliRunner().invoke(cli, [*args, "--whole-word-mask"])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: whole_word_mask:") and "without spaces" in result.stderr
+
+
+def test_cli_refuses_a_sequence_length_the_checkpoint_cannot_take(tmp_path, small_corpus, tiny_bert_dir):
+    args = ["prepare", str(small_corpus), "--tokenizer", str(tiny_bert_dir), "--out", str(tmp_path)]
+    result = CliRunner().invoke(cli, [*args, "--max-seq-length", "128"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: max_seq_length: 128 is more than the 64 position embeddings")
+    assert "use max_seq_length 64 or less" in result.stderr and not any(tmp_path.iterdir())

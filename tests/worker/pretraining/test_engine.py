@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ from safetensors.torch import load_file
 
 from tests.support import nan_loss_on, tiny_run_hyperparameters, write_documents
 from worker.pretraining import engine
-from worker.pretraining.base_model import load_base_model
+from worker.pretraining.base_model import load_base_model, non_finite_parameter
 from worker.pretraining.engine import resolve_precision, run_pretraining
+from worker.pretraining.hyperparameters import HyperparameterError
 from worker.pretraining.layout import CHECKPOINT_MANIFEST, MODEL_MANIFEST
 from worker.pretraining.records import (
     CheckpointSaved,
@@ -39,7 +41,6 @@ from worker.pretraining.trainer import (
     NonFiniteWeightsError,
     PretrainingTrainer,
     TrainingError,
-    non_finite_parameter,
 )
 
 pytestmark = pytest.mark.slow  # trains a tiny BERT: `pytest -m "not slow"` skips it
@@ -352,7 +353,7 @@ def test_a_diverging_run_fails_and_keeps_its_last_good_checkpoint(
         max_steps=20, checkpoint_every_steps=2, eval_every_steps=0, max_nonfinite_steps=3
     )
     records: list[TrainingRecord] = []
-    with pytest.raises(NonFiniteLossError, match="3 steps in a row, up to step 7") as failure:
+    with pytest.raises(NonFiniteLossError, match="3 steps in a row, steps 5 to 7: lower") as failure:
         run_pretraining(tiny_bert_dir, tiny_corpus, out, h, cache_dir=cache_dir, sink=records.append)
     assert failure.value.step == 7
     assert [(r.step, r.consecutive) for r in records if isinstance(r, StepSkipped)] == [
@@ -360,7 +361,9 @@ def test_a_diverging_run_fails_and_keeps_its_last_good_checkpoint(
         (6, 2),
         (7, 3),
     ]
+    assert str(failure.value).endswith("the checkpoint of step 6 is intact")
     assert isinstance(records[-1], TrainingFailed) and "NonFiniteLossError" in records[-1].error
+    assert records[-1].step == 7  # where it failed, as the error says
     # Steps 5 and 6 were not applied: checkpoint-6 holds the weights of step 4, finite, and it loads.
     checkpoints = out / "checkpoints"
     assert latest_checkpoint(checkpoints) == checkpoints / "checkpoint-6"
@@ -376,6 +379,43 @@ def test_a_diverging_run_fails_and_keeps_its_last_good_checkpoint(
     train = _train(read_jsonl(out / "metrics.jsonl"))
     assert train[5].non_finite == {"loss": "nan", "grad_norm": "nan"} and math.isnan(train[5].loss)
     assert train[6].skipped_steps == 2 and train[4].skipped_steps == 0 and math.isfinite(train[4].loss)
+
+
+def test_a_run_that_skipped_steps_says_so_when_it_completes(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("worker.pretraining.trainer.pretraining_loss", nan_loss_on(lambda n: n in (2, 5)))
+    h = tiny_run_hyperparameters(max_steps=6, checkpoint_every_steps=0, eval_every_steps=0)
+    out = tmp_path / "run"
+    result = run_pretraining(tiny_bert_dir, tiny_corpus, out, h, cache_dir=cache_dir)
+    assert result.status == "completed" and result.skipped_steps == 2
+    warning = result.warnings[-1]
+    assert (warning.code, warning.count) == ("skipped_steps", 2)
+    assert warning.message.startswith("2 of the 6 optimizer steps were not applied")
+    assert json.loads((out / "result.json").read_text())["warnings"][-1]["code"] == "skipped_steps"
+
+
+def test_a_base_model_that_computes_nan_fails_before_training(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    # Finite weights too large for float32 arithmetic: the embeddings sum to infinity, LayerNorm to NaN.
+    broken = tmp_path / "huge"
+    shutil.copytree(tiny_bert_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights["bert.embeddings.position_embeddings.weight"].fill_(3e38)
+    weights["bert.embeddings.word_embeddings.weight"].fill_(3e38)
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    records: list[TrainingRecord] = []
+    h = tiny_run_hyperparameters(max_steps=6)
+    with pytest.raises(NonFiniteLossError) as failure:
+        run_pretraining(broken, tiny_corpus, tmp_path / "run", h, cache_dir=cache_dir, sink=records.append)
+    message = str(failure.value)
+    assert message.startswith("the masked_lm_loss of the eval split is nan at step 0: no training step")
+    assert "the base checkpoint computes NaN or infinite values" in message
+    assert message.endswith("no checkpoint was written") and failure.value.step == 0
+    assert not [r for r in records if isinstance(r, MetricsRecord) and r.split == "train"]
 
 
 def test_weights_that_are_not_finite_are_never_exported(full_run: dict[str, Any], tmp_path: Path) -> None:
@@ -497,7 +537,9 @@ def test_max_seq_length_beyond_positions_is_refused(
     tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path
 ) -> None:
     # The tiny BERT has 64 position embeddings: the refusal says the value to use.
-    with pytest.raises(TrainingError, match="use max_seq_length 64 or less"):
+    with pytest.raises(
+        HyperparameterError, match=r"^max_seq_length: 128 is more .* use max_seq_length 64 or less"
+    ):
         run_pretraining(
             tiny_bert_dir,
             tiny_corpus,
@@ -510,5 +552,5 @@ def test_max_seq_length_beyond_positions_is_refused(
 def test_precision_resolution() -> None:
     assert resolve_precision("auto", cuda=False) == "fp32"
     assert resolve_precision("bf16", cuda=False) == "bf16"
-    with pytest.raises(TrainingError, match="fp16"):
+    with pytest.raises(HyperparameterError, match=r"^precision: fp16 mixed precision needs a GPU"):
         resolve_precision("fp16", cuda=False)

@@ -119,7 +119,7 @@ def test_nsp_off_gives_single_segment_instances(tmp_path, small_corpus, tokenize
     )
     train = prepared.train
     assert all(train[k]["segment_b_start"] == len(train[k]["input_ids"]) for k in range(len(train)))
-    assert prepared.manifest["splits"]["train"]["is_next_share"] == 1.0
+    assert prepared.manifest["splits"]["train"]["is_next_share"] is None  # no pairs, no share
 
 
 def test_separate_eval_corpus_holds_nothing_out(tmp_path, small_corpus, sample_corpus, tokenizer):
@@ -248,6 +248,35 @@ def test_some_unknown_tokens_warn(tmp_path, documents, tokenizer):
     assert "tokenizer_mismatch" not in codes(prepared)
 
 
+def test_the_split_unk_rate_is_the_share_of_the_text(tmp_path, documents, tokenizer):
+    # Special tokens are not text: the split's unk_rate and the corpus's measure the same thing (every
+    # token is used here, so they agree).
+    chinese = ["这是一个用中文写的句子。", "它有很多汉字。"]
+    corpus = write_documents(tmp_path / "some.txt", [*documents[:60], *[chinese] * 20])
+    config = PreparationConfig(max_seq_length=512, nsp=False, eval_fraction=0, short_seq_prob=0)
+    prepared = prepare_corpus(corpus, tokenizer, tmp_path / "cache", config)
+    train = prepared.manifest["splits"]["train"]
+    assert train["tokens_used_share"] == 1.0
+    assert train["unk_rate"] == pytest.approx(prepared.manifest["corpus"]["unk_rate"], abs=1e-4)
+
+
+@pytest.mark.parametrize("role", ["corpus", "eval_corpus"])
+def test_a_split_with_nothing_to_predict_is_refused(tmp_path, documents, tokenizer, role):
+    emoji = write_documents(tmp_path / "emoji.txt", [["🚀 🎉 🌍", "🙂 🙂 🚲", "🎉 🚀"]] * 40)
+    ordinary = write_documents(tmp_path / "ordinary.txt", documents[:60])
+    corpus, eval_corpus = (emoji, ordinary) if role == "corpus" else (ordinary, emoji)
+    split = "train" if role == "corpus" else "eval"
+    with pytest.raises(PreparationError, match=f"the {split} split has no token that can be predicted"):
+        prepare_corpus(
+            corpus,
+            tokenizer,
+            tmp_path / "cache",
+            PreparationConfig(max_seq_length=64),
+            eval_corpus=eval_corpus,
+        )
+    assert not any((tmp_path / "cache").glob("*/manifest.json"))
+
+
 def test_masked_share_counts_only_tokens_that_can_be_predicted(tmp_path, documents, tokenizer):
     # [UNK] is never a prediction target: a corpus that is mostly [UNK] predicts few tokens.
     corpus = write_documents(
@@ -327,7 +356,7 @@ def test_one_document_trains_mlm_only_with_a_contiguous_held_out_block(tmp_path,
     prepared = prepare_corpus(
         corpus, tokenizer, tmp_path / "cache", PreparationConfig(max_seq_length=64, nsp=False)
     )
-    assert [w.code for w in prepared.warnings] == ["single_document"]
+    assert prepared.warnings == []  # one document is no problem without NSP
     held_out = prepared.eval
     assert held_out is not None and len(prepared.train) > 10
     sentence_of: dict[tuple[int, ...], int] = {}  # every 5-gram of tokens names its sentence (checked)
@@ -398,6 +427,7 @@ def test_every_warning_reaches_the_manifest_with_its_source(tmp_path, documents,
     assert [(w.code, w.source) for w in prepared.warnings] == [
         ("one_sentence_documents", "eval_corpus"),
         ("duplicate_documents", "eval_corpus"),
+        ("eval_overlaps_training", "eval_corpus"),  # its first 30 documents are training documents
     ]
     assert prepared.manifest["warnings"] == [w.model_dump(exclude_none=True) for w in prepared.warnings]
     reference = prepare_eval_corpus(
@@ -405,3 +435,40 @@ def test_every_warning_reaches_the_manifest_with_its_source(tmp_path, documents,
     )
     assert {w.source for w in reference.warnings} == {"reference_corpus"}
     assert prepared.manifest["splits"]["train"]["tokens_used_share"] > 0.8
+
+
+def test_a_hold_out_too_large_says_what_would_work(tmp_path, documents, tokenizer):
+    two = write_documents(tmp_path / "two.txt", documents[:2])
+    with pytest.raises(
+        PreparationError, match=r"leaves 0 for training .*: set eval_fraction to 0 \(any other"
+    ):
+        prepare_corpus(
+            two, tokenizer, tmp_path / "cache", PreparationConfig(max_seq_length=64, eval_fraction=0.01)
+        )
+    sixty = write_documents(tmp_path / "sixty.txt", documents[:60])
+    with pytest.raises(
+        PreparationError, match=r"holding out 100 .* leaves 0 for training .*: lower eval_documents"
+    ):
+        prepare_corpus(
+            sixty, tokenizer, tmp_path / "cache", PreparationConfig(max_seq_length=64, eval_documents=100)
+        )
+
+
+def test_an_eval_corpus_that_repeats_training_documents_warns(tmp_path, documents, tokenizer):
+    corpus = write_documents(tmp_path / "train.txt", documents[:60])
+    eval_corpus = write_documents(tmp_path / "eval.txt", [*documents[100:110], *documents[5:8]])
+    config = PreparationConfig(max_seq_length=64)
+    prepared = prepare_corpus(corpus, tokenizer, tmp_path / "cache", config, eval_corpus=eval_corpus)
+    warning = codes(prepared)["eval_overlaps_training"]
+    assert (warning["count"], warning["source"]) == (3, "eval_corpus")
+    assert "3 of the 13 documents of the eval corpus are also in the training corpus" in warning["message"]
+    itself = prepare_corpus(corpus, tokenizer, tmp_path / "cache", config, eval_corpus=corpus)
+    assert codes(itself)["eval_overlaps_training"]["count"] == 60
+    apart = prepare_corpus(
+        corpus,
+        tokenizer,
+        tmp_path / "cache",
+        config,
+        eval_corpus=write_documents(tmp_path / "apart.txt", documents[100:110]),
+    )
+    assert "eval_overlaps_training" not in codes(apart)
