@@ -77,6 +77,8 @@ logger = logging.getLogger(__name__)
 Precision = Literal["fp32", "bf16", "fp16"]
 MANIFEST_FORMAT = 1  # of bertpt_manifest.json
 SKIPPED_STEPS = "skipped_steps"  # the code of the warning of a run that skipped steps
+# A final held-out masked-LM loss more than this share above the baseline's warns (eval_loss_increased).
+EVAL_LOSS_INCREASE_WARNING = 0.01
 _clock = time.monotonic  # the wall clock of max_runtime_seconds (tests replace it)
 
 
@@ -508,21 +510,33 @@ def _versions() -> dict[str, str]:
 
 
 def _training_warnings(run_state: RunState, steps: int) -> list[RunWarning]:
-    """What the training itself found, for the result: optimizer steps skipped as not finite."""
-    if not run_state.skipped_steps:
-        return []
-    return [
-        RunWarning(
-            code=SKIPPED_STEPS,
-            count=run_state.skipped_steps,
-            message=(
-                f"{run_state.skipped_steps} of the {steps} optimizer steps were not applied because their "
-                "loss or gradient was not finite (NaN or infinite; see the step_skipped events): the model "
-                "trained on fewer steps than asked. If there are many, lower learning_rate, use bf16 rather "
-                "than fp16, or check the data."
-            ),
+    """What the training itself found, for the result: optimizer steps skipped as not finite, and a
+    held-out masked-LM loss that ended above the baseline's."""
+    warnings: list[RunWarning] = []
+    skipped = run_state.skipped_steps
+    if skipped:
+        message = (
+            f"{skipped} of the {steps} optimizer steps were not applied because their loss or gradient was "
+            "not finite (NaN or infinite; see the step_skipped events): the model trained on fewer steps "
+            "than asked. If there are many, lower learning_rate, use bf16 rather than fp16, or check the "
+            "data."
         )
-    ]
+        warnings.append(RunWarning(code=SKIPPED_STEPS, count=skipped, message=message))
+    before, after = run_state.baseline.get("eval"), run_state.last_eval.get("eval")
+    if (
+        before is not None
+        and after is not None
+        and run_state.last_eval_step
+        and after.masked_lm_loss > before.masked_lm_loss * (1 + EVAL_LOSS_INCREASE_WARNING)
+    ):
+        message = (
+            f"the held-out masked_lm_loss rose from {before.masked_lm_loss:.4f} (the base checkpoint, step "
+            f"0) to {after.masked_lm_loss:.4f} at step {run_state.last_eval_step}: this training made the "
+            "model worse on held-out domain text. The learning rate is probably too high (or the warm-up "
+            "too short); compare the eval curve with the training loss."
+        )
+        warnings.append(RunWarning(code="eval_loss_increased", message=message))
+    return warnings
 
 
 def export_model(model: Any, tokenizer: Any, target: Path, manifest: ModelManifest) -> Path:

@@ -40,6 +40,7 @@ from worker.pretraining.trainer import (
     NonFiniteLossError,
     NonFiniteWeightsError,
     PretrainingTrainer,
+    RunState,
     TrainingError,
 )
 
@@ -554,3 +555,20 @@ def test_precision_resolution() -> None:
     assert resolve_precision("bf16", cuda=False) == "bf16"
     with pytest.raises(HyperparameterError, match=r"^precision: fp16 mixed precision needs a GPU"):
         resolve_precision("fp16", cuda=False)
+
+
+def test_a_held_out_loss_above_the_baseline_warns() -> None:
+    def state(after: float) -> RunState:
+        metrics = [
+            EvalMetrics(masked_lm_loss=v, masked_lm_accuracy=0.1, perplexity=math.exp(v))
+            for v in (7.0, after)
+        ]
+        return RunState(baseline={"eval": metrics[0]}, last_eval={"eval": metrics[1]}, last_eval_step=40)
+
+    (warning,) = engine._training_warnings(state(9.5), 40)
+    assert warning.code == "eval_loss_increased"
+    assert warning.message.startswith(
+        "the held-out masked_lm_loss rose from 7.0000 (the base checkpoint, step 0) to 9.5000 at step 40"
+    )
+    assert engine._training_warnings(state(7.05), 40) == []  # within 1%: noise, not a verdict
+    assert engine._training_warnings(state(6.0), 40) == []
