@@ -198,8 +198,9 @@ class PretrainingTrainer(Trainer):
     the learning-rate schedule moves (with fp16, the loss scaler lowers its scale as usual). It is counted
     (``skipped_steps``) and reported (a :class:`~worker.pretraining.records.StepSkipped` record);
     ``max_nonfinite_steps`` of them in a row raise :class:`NonFiniteLossError` (fp16 overflows with a
-    finite loss are the scaler's business and do not count). Weights that are not finite are never saved.
-    Deciding costs one device sync per optimizer step.
+    finite loss are the scaler's business and count only after ``FP16_OVERFLOW_ALLOWANCE`` in a row), and
+    so does an evaluation whose loss is not finite. Weights that are not finite are never saved. Deciding
+    costs one device sync per optimizer step.
     """
 
     # compute_loss normalizes by the predicted tokens / sequences of the whole accumulated step.
