@@ -90,10 +90,20 @@ class RunLatest(BaseModel):
 
 
 class RunError(BaseModel):
+    """Why a run failed: ``type`` (see ``worker/failures.py``), a ``message`` saying what to do, and the
+    details that locate it when there are (null otherwise)."""
+
     model_config = ConfigDict(extra="ignore")
 
-    type: str
+    type: str = Field(examples=["non_finite_loss"])
     message: str
+    step: int | None = Field(None, description="The optimizer step it happened at (non_finite_*).")
+    corpus_id: str | None = Field(None, description="The corpus that cannot be read (corpus_format_error).")
+    line: int | None = Field(None, description="Its 1-based line (corpus_format_error).")
+    code: str | None = Field(None, description="The kind of corpus problem (corpus_format_error).")
+    exit_code: int | None = Field(
+        None, description="How the training process ended (training_process_died; negative: a signal)."
+    )
 
 
 class RunPublic(BaseModel):

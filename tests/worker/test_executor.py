@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from app.db import session_scope
 from app.models import Run, RunCheckpoint, RunEvent
 from app.runs import live
-from app.runs.schemas import RunProgress
+from app.runs.schemas import RunError, RunProgress
 from app.runs.states import RunStatus
 from tests.support import TINY_HYPERPARAMETERS, Factory
 from tests.worker import children
@@ -61,7 +61,11 @@ def test_a_missing_input_fails_the_run_before_training(
     assert [event.type for event in _events(factory, run_id)] == ["claimed", "failed"]
     assert _stream(factory, run_id)[-1] == (
         "status",
-        {"status": "failed", "progress": RunProgress().model_dump(), "error": run.error},
+        {
+            "status": "failed",
+            "progress": RunProgress().model_dump(),
+            "error": RunError.model_validate(run.error).model_dump(),
+        },
     )
 
 
@@ -238,6 +242,7 @@ def test_a_diverging_run_fails_clearly_and_its_last_good_checkpoint_continues(
 
     run = factory.get_run(run_id)
     assert run.error is not None and (run.error["type"], run.error["step"]) == ("non_finite_loss", 4)
+    assert RunError.model_validate(run.error).step == 4  # what REST and the live stream show
     assert "2 steps in a row, steps 3 to 4: lower learning_rate" in run.error["message"]
     assert run.error["message"].endswith("the checkpoint of step 2 is intact")
     assert run.progress["skipped_steps"] == 2 and run.output_storage_key is None
