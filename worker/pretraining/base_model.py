@@ -233,7 +233,8 @@ def load_base_model(base: str | os.PathLike[str], *, attn_implementation: str = 
     label = str(base)
     directory = resolve_base(base)
     try:
-        config = inspect_model_dir(directory).config
+        # The weights' values are checked once loaded, in float32 (below): not read twice here.
+        config = inspect_model_dir(directory, check_values=False).config
     except BaseModelError as exc:
         raise BaseModelError(f"{label}: {exc}") from None
     tokenizer = load_tokenizer(directory, label=label)
@@ -268,12 +269,13 @@ def load_base_model(base: str | os.PathLike[str], *, attn_implementation: str = 
             "checkpoint's parameter names do not match BERT's"
         )
     _check_tying(model, label)
-    overflow = non_finite_parameter(model)
-    if overflow is not None:  # finite in the file (checked above), not in float32: e.g. 1e300 in float64
+    bad = non_finite_parameter(model)
+    if bad is not None:
+        kind = "NaN" if torch.isnan(model.get_parameter(bad)).any() else "Inf"
         raise BaseModelError(
-            f"{label}: parameter {overflow} does not fit float32, the precision bertpt trains in (a value "
-            "beyond about 3.4e38 became infinite): the checkpoint is broken or was not saved from a float32, "
-            "bf16 or fp16 model"
+            f"{label}: parameter {bad} holds {kind} values in float32, the precision bertpt trains in: the "
+            "checkpoint is broken (a training run that diverged, a damaged file, or values beyond float32's "
+            "range of about 3.4e38). Use an earlier checkpoint or re-export the model"
         )
     if model.bert.embeddings.word_embeddings.weight.shape[0] != model.config.vocab_size:
         raise BaseModelError(f"{label}: config.vocab_size does not match the embedding matrix after loading")

@@ -70,7 +70,7 @@ def test_cli_refuses_a_base_with_a_weight_that_is_not_finite(
     args = ["train", "--base", str(broken), "--corpus", str(tiny_corpus), "--out", str(tmp_path / "run")]
     result = CliRunner().invoke(_cli(), args, terminal_width=200)
     assert result.exit_code == 2, result.output
-    assert "tensor bert.encoder.layer.1.output.dense.weight holds NaN" in result.output
+    assert "parameter bert.encoder.layer.1.output.dense.weight holds NaN values" in result.output
     assert not (tmp_path / "run").exists()
 
 
