@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from worker.pretraining.masking import IGNORE_INDEX
 from worker.pretraining.records import EvalMetrics
 
-__all__ = ["LossTotals", "PretrainingLoss", "gather_positions", "pretraining_loss"]
+__all__ = ["LossTotals", "PretrainingLoss", "gather_positions", "pretraining_loss", "train_loss"]
 
 
 @dataclass
@@ -121,6 +121,13 @@ def pretraining_loss(
     )
 
 
+def train_loss(terms: Mapping[str, float | None]) -> float:
+    """The pre-training loss from :meth:`LossTotals.train_terms`: ``masked_lm_loss`` +
+    ``next_sentence_loss`` (the terms that have a value); NaN when none has."""
+    present = [v for v in (terms["masked_lm_loss"], terms["next_sentence_loss"]) if v is not None]
+    return math.fsum(present) if present else math.nan
+
+
 def _perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
@@ -158,6 +165,10 @@ class LossTotals:
         for name, value in other._sums.items():
             self._add(name, value)
         self.samples += other.samples
+
+    def all_finite(self) -> torch.Tensor:
+        """Whether every sum is finite, as a bool tensor on the device (no host sync)."""
+        return torch.stack([torch.isfinite(value).all() for value in self._sums.values()]).all()
 
     def values(self) -> dict[str, float]:
         return {name: float(value.item()) for name, value in self._sums.items()}

@@ -32,7 +32,7 @@ from transformers.trainer_callback import ExportableState, PrinterCallback, Prog
 from worker.pretraining.base_model import non_finite_parameter, tied_aliases
 from worker.pretraining.hyperparameters import Hyperparameters
 from worker.pretraining.layout import CHECKPOINT_MANIFEST, TRAINER_STATE, checkpoint_name, checkpoint_step
-from worker.pretraining.loss import LossTotals, pretraining_loss
+from worker.pretraining.loss import LossTotals, pretraining_loss, train_loss
 from worker.pretraining.masking import IGNORE_INDEX
 from worker.pretraining.records import (
     CheckpointSaved,
@@ -248,7 +248,6 @@ class PretrainingTrainer(Trainer):
         self._paused = 0.0
         self._tokens_seen: torch.Tensor | None = None
         self._normalizers: tuple[Any, Any] = (None, None)
-        self._step_loss: torch.Tensor | None = None  # the loss of the optimizer step being accumulated
         self._step_grad_norm: Any = None
         self._skip_update = False  # the step under way is not applied
         self._nonfinite_in_a_row = 0
@@ -318,8 +317,6 @@ class PretrainingTrainer(Trainer):
             self._step_totals.add(out, tokens=tokens, samples=int(inputs["input_ids"].shape[0]))
             self._tokens_seen = tokens if self._tokens_seen is None else self._tokens_seen + tokens
             self.run_state.samples_seen += int(inputs["input_ids"].shape[0])
-            loss = out.loss.detach()
-            self._step_loss = loss if self._step_loss is None else self._step_loss + loss
         return (out.loss, out) if return_outputs else out.loss
 
     # ---- steps that are not applied
@@ -372,21 +369,24 @@ class PretrainingTrainer(Trainer):
         return norm
 
     def _before_update(self) -> None:
-        """Right before the optimizer step: apply it only if the step's loss and gradient norm are finite."""
-        loss, norm = self._step_loss, self._step_grad_norm
-        self._step_loss = self._step_grad_norm = None
-        if loss is None:  # nothing was computed (cannot happen in Trainer's loop)
+        """Right before the optimizer step: apply it only if the step's losses (the sums accumulated in
+        ``_step_totals``) and its gradient norm are finite."""
+        totals, norm = self._step_totals, self._step_grad_norm
+        self._step_grad_norm = None
+        if totals.empty:  # nothing was computed (cannot happen in Trainer's loop)
             self._skip_update = False
             return
-        norm = torch.as_tensor(norm if norm is not None else 0.0, device=loss.device, dtype=torch.float32)
-        loss_finite, norm_finite = torch.stack([torch.isfinite(loss), torch.isfinite(norm)]).tolist()
+        finite = totals.all_finite()
+        norm = torch.as_tensor(norm if norm is not None else 0.0, device=finite.device, dtype=torch.float32)
+        loss_finite, norm_finite = torch.stack([finite, torch.isfinite(norm).all()]).tolist()
         self._skip_update = not (loss_finite and norm_finite)
         if not self._skip_update:
-            self._window.merge(self._step_totals)  # the logged losses are those of applied steps
-            self._step_totals.reset()
+            self._window.merge(totals)  # the logged losses are those of applied steps
+            totals.reset()
             self._nonfinite_in_a_row = self._overflows_in_a_row = 0
             return
-        self._step_totals.reset()
+        loss = train_loss(totals.train_terms()) if loss_finite else None
+        totals.reset()
         if self.lr_scheduler is not None:
             self._schedule_before_skip = copy.deepcopy(self.lr_scheduler.state_dict())
         self.run_state.skipped_steps += 1
@@ -404,7 +404,7 @@ class PretrainingTrainer(Trainer):
             StepSkipped(
                 step=step,
                 reason=reason,
-                loss=float(loss) if loss_finite else None,
+                loss=loss,
                 grad_norm=float(norm) if norm_finite else None,
                 consecutive=self._nonfinite_in_a_row,
                 skipped_steps=self.run_state.skipped_steps,
@@ -487,8 +487,7 @@ class PretrainingTrainer(Trainer):
         terms = self._window.train_terms()
         # Not Trainer's running loss, which one NaN would poison for the rest of the run (its NaN filter
         # costs a device sync per batch): the sum of the window's terms, over its applied steps only.
-        present = [v for v in (terms["masked_lm_loss"], terms["next_sentence_loss"]) if v is not None]
-        loss = math.fsum(present) if present else math.nan
+        loss = train_loss(terms)
         self._window.reset()
         self._window_started, self._paused = now, 0.0
         grad_norm = logs.get("grad_norm")

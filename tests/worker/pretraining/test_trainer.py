@@ -12,6 +12,7 @@ import torch
 
 from tests.support import nan_loss_on
 from worker.pretraining.base_model import non_finite_parameter
+from worker.pretraining.loss import PretrainingLoss
 from worker.pretraining.records import MetricsRecord, StepSkipped, TrainingRecord, TrainMetrics
 from worker.pretraining.trainer import (
     FP16_OVERFLOW_ALLOWANCE,
@@ -176,7 +177,21 @@ def test_fp16_overflows_are_counted_but_left_to_the_loss_scaler(
     trainer.args.fp16 = True  # the decision only (fp16 needs a GPU): a finite loss, an infinite gradient
 
     def step(grad_norm: float) -> None:
-        trainer._step_loss, trainer._step_grad_norm = torch.tensor(7.0), torch.tensor(grad_norm)
+        # A step whose 10 predicted tokens cost 70 (masked_lm_loss 7.0), then its gradient norm.
+        trainer._step_totals.add(
+            PretrainingLoss(
+                loss=torch.tensor(7.0),
+                masked_lm_loss=torch.tensor(7.0),
+                next_sentence_loss=None,
+                masked_lm_loss_sum=torch.tensor(70.0),
+                masked_lm_correct=torch.tensor(1),
+                masked_lm_count=torch.tensor(10),
+                next_sentence_loss_sum=None,
+                next_sentence_correct=None,
+                next_sentence_count=None,
+            )
+        )
+        trainer._step_grad_norm = torch.tensor(grad_norm)
         trainer._before_update()
 
     for _ in range(3):
