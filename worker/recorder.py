@@ -208,7 +208,7 @@ class RunRecorder:
             return
         baseline = record.step == 0 and record.split not in self.baseline
         if baseline:
-            self.baseline[record.split] = {**stored, "step": 0}
+            self.baseline[record.split] = stored
         label = f"baseline {record.split}" if baseline else record.split
         self.add_event(
             RunEventType.EVALUATION,
@@ -216,7 +216,7 @@ class RunRecorder:
             data={
                 "split": record.split,
                 "step": record.step,
-                "metrics": record.metrics.json_object(exclude_none=True),
+                "metrics": {name: value for name, value in stored.items() if name != "step"},
                 "baseline": baseline,
             },
         )
