@@ -201,7 +201,8 @@ class SplitSummary(_Record):
 
     ``is_next_share`` the share of IsNext pairs (None without next-sentence prediction); ``masked_share``
     the share of instance tokens that are prediction targets (special tokens, [UNK] included, never are;
-    with dynamic whole-word masking, those of the first epoch's masks); ``unk_rate`` the share of [UNK]
+    with dynamic whole-word masking, those of the first epoch's masks, drawn for up to 1,024 instances a
+    shard); ``unk_rate`` the share of [UNK]
     among the instances' text tokens (special tokens left out, like the corpus's ``unk_rate``);
     ``tokens_used_share`` the share of the split's corpus tokens that reach at least one instance (the
     rest is lost to truncation). None: written before bertpt reported it.

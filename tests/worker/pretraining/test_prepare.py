@@ -299,6 +299,22 @@ def test_masked_share_counts_only_tokens_that_can_be_predicted(tmp_path, documen
         assert reported < 0.1
 
 
+def test_whole_word_masked_share_from_a_sample_is_close(tmp_path, small_corpus, tokenizer, monkeypatch):
+    from worker.pretraining import prepare
+
+    monkeypatch.setattr(prepare, "WHOLE_WORD_MASK_SAMPLE", 40)  # of some 1,500 instances
+    config = PreparationConfig(max_seq_length=64, whole_word_mask=True, eval_fraction=0)
+    prepared = prepare_corpus(small_corpus, tokenizer, tmp_path / "cache", config)
+    train = prepared.train
+    masker = TokenMasker.from_tokenizer(MaskingConfig.from_hyperparameters(config), tokenizer)
+    collator = PretrainingCollator(pad_token_id=tokenizer.pad_token_id, masker=masker, seed=config.seed)
+    predicted = int((collator([train[k] for k in range(len(train))])["labels"] != IGNORE_INDEX).sum())
+    assert len(train) > 1_000
+    assert prepared.manifest["splits"]["train"]["masked_share"] == pytest.approx(
+        predicted / train.num_tokens, abs=0.005
+    )
+
+
 def test_nfd_text_is_read_as_nfc(tmp_path, documents):
     # A cased vocabulary with "é" and no accent stripping: decomposed "é" would be [UNK].
     words = ["café", "été", "élève", "the", "and", "."]
