@@ -44,6 +44,41 @@ class Settings(BaseSettings):
         description="Cap on the total uncompressed size of a checkpoint archive (guards against archive "
         "bombs; safetensors barely compress, so this is far above any honest archive's ratio).",
     )
+    max_decompressed_bytes: int = Field(
+        default=8 * GiB,
+        gt=0,
+        description="Cap on the text of one corpus once decompressed (a .txt.gz inflated; a .txt counts as "
+        "it is), checked while it inflates. gzip compresses text about 4 times: a .txt.gz as large as "
+        "MAX_UPLOAD_BYTES allows fits.",
+    )
+    max_compression_ratio: float = Field(
+        default=100.0,
+        gt=1,
+        description="Cap on the bytes an upload (corpus .txt.gz, checkpoint .tar.gz or .zip) decompresses to "
+        "per compressed byte read, checked while it inflates, past its first MiB: text compresses 3 to 10 "
+        "times and weights hardly at all, while a gzip bomb (a megabyte of gzip holding a gigabyte of "
+        "newlines) is about 1,000; it is refused after a few megabytes of work.",
+    )
+    max_concurrent_uploads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Uploads one API process handles at once; more are answered 429 with Retry-After. Fewer "
+        "than API_THREADS, so that uploads never hold every thread. Default: half of API_THREADS (at "
+        "least 1).",
+    )
+    stale_upload_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A temporary upload file (in the storage's .tmp) that nothing has written to for this "
+        "long was left by a process that died, and is removed: at the API's start and by the periodic "
+        "sweep. Younger ones belong to uploads in progress.",
+    )
+    shutdown_grace_seconds: int = Field(
+        default=20,
+        ge=0,
+        description="On SIGTERM, how long an API process lets the requests in flight finish before it "
+        "cancels them and stops uploads still running (a few seconds more); the process then exits.",
+    )
     hf_hub_offline: bool = Field(
         default=False,
         # The variable Hugging Face's own libraries read, so one switch turns the whole deployment offline.
@@ -65,6 +100,27 @@ class Settings(BaseSettings):
         ge=0,
         description="Workers send the task of a run still queued this long after its last send again (a "
         "send that failed, a lost message; a duplicate does nothing). 0: never.",
+    )
+    heartbeat_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="A worker holding a run refreshes its heartbeat about once a second; a run whose "
+        "heartbeat is older than this is taken back by the reaper (its worker died or lost the database): "
+        "queued again to resume from its newest checkpoint while attempts are left, else failed; a run in "
+        "cancelling is cancelled. The API and every worker reap, every quarter of this (at most a minute).",
+    )
+    housekeeping: bool = Field(
+        default=True,
+        description="Run the housekeeping thread (the reaper of runs whose worker stopped answering, the "
+        "sweeps of runs left queued and of abandoned upload files) in this process; API processes and "
+        "workers all run it by default (it is safe to run many).",
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Attempts a run gets when they are interrupted by something that is not its owner's "
+        "doing (the training process killed, out of memory, the worker lost); each resumes from the newest "
+        "complete checkpoint. A resume by the owner (POST /v1/runs/{id}/resume) grants this many again.",
     )
     api_threads: int = Field(
         default=8,
@@ -112,6 +168,20 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("unsafe settings for ENV=prod: " + "; ".join(problems))
         return self
+
+    @model_validator(mode="after")
+    def _leave_threads_to_other_requests(self) -> Settings:
+        uploads = self.max_concurrent_uploads
+        if uploads is not None and self.api_threads > 1 and uploads >= self.api_threads:
+            raise ValueError(
+                f"MAX_CONCURRENT_UPLOADS ({uploads}) must be below API_THREADS ({self.api_threads}), so that "
+                "uploads never hold every thread of the API"
+            )
+        return self
+
+    def concurrent_uploads(self) -> int:
+        """``MAX_CONCURRENT_UPLOADS``, or its default: half of ``API_THREADS``, at least 1."""
+        return self.max_concurrent_uploads or max(1, self.api_threads // 2)
 
 
 @lru_cache(maxsize=1)

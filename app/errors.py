@@ -13,6 +13,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "ServiceUnavailable",
+    "TooManyRequests",
     "Unauthorized",
     "ValidationFailed",
 ]
@@ -57,22 +58,28 @@ class Conflict(AppError):
 
 
 class PayloadTooLarge(AppError):
+    """Beyond a size cap; the message names the setting. ``message`` replaces the usual one (a cap that is
+    not a number of bytes: the compression ratio)."""
+
     code = "payload_too_large"
 
     def __init__(
         self,
-        limit: int,
+        limit: float,
         *,
         param: str | None = None,
         what: str = "upload",
         setting: str = "MAX_UPLOAD_BYTES",
+        message: str | None = None,
     ) -> None:
         super().__init__(
-            f"the {what} exceeds the limit of {limit:,} bytes ({setting}); make it smaller or ask the "
+            message
+            or f"the {what} exceeds the limit of {limit:,} bytes ({setting}); make it smaller or ask the "
             "operator to raise the limit",
             param=param,
         )
         self.limit = limit
+        self.setting = setting
 
 
 class ValidationFailed(AppError):
@@ -82,6 +89,17 @@ class ValidationFailed(AppError):
 
     def __init__(self, param: str, message: str) -> None:
         super().__init__(message, param=param)
+
+
+class TooManyRequests(AppError):
+    """This process is busy with as much of this kind of work as it takes at once; ``retry_after`` (seconds)
+    goes out as the ``Retry-After`` header."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ServiceUnavailable(AppError):

@@ -1,4 +1,5 @@
-"""What the upload services read: a file arriving in chunks, plus the form fields sent with it.
+"""What the upload services read: a file arriving in chunks, plus the form fields sent with it; and the
+caps on what a compressed upload may inflate to, with the one error a client gets when one is broken.
 
 The API implements it on top of the raw multipart request stream (``app.api.multipart``), so a large
 upload is validated while it arrives and never held in memory or spooled to a second temporary file;
@@ -12,7 +13,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-__all__ = ["CHUNK_SIZE", "IncomingFile", "LocalFileUpload", "clean_filename"]
+from app.errors import PayloadTooLarge
+from worker.pretraining.inflate import InflateLimitExceeded
+
+__all__ = [
+    "CHUNK_SIZE",
+    "IncomingFile",
+    "LocalFileUpload",
+    "clean_filename",
+    "inflated_too_much",
+]
 
 CHUNK_SIZE = 1 << 20
 
@@ -65,3 +75,19 @@ def clean_filename(filename: str) -> str:
     characters. For display and extension checks only: storage keys never use it."""
     name = PurePosixPath(filename.replace("\\", "/")).name.strip()
     return name[-255:]
+
+
+def inflated_too_much(
+    exc: InflateLimitExceeded, *, what: str, filename: str, size_setting: str
+) -> PayloadTooLarge:
+    """The 413 of an upload that decompresses beyond a cap (its size: ``size_setting``, or
+    ``MAX_COMPRESSION_RATIO``), naming the file and the setting."""
+    setting = size_setting if exc.cap == "size" else "MAX_COMPRESSION_RATIO"
+    advice = "make it smaller" if exc.cap == "size" else "is it a decompression bomb? Upload it uncompressed"
+    return PayloadTooLarge(
+        exc.limit,
+        param="file",
+        setting=setting,
+        message=f"the {what} {filename!r} is refused: {exc} ({setting}); {advice}, or ask the operator to "
+        "raise the limit",
+    )

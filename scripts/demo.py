@@ -380,7 +380,7 @@ def run_demo(processes: Processes, args: argparse.Namespace, started_at: float) 
 
 
 def download_model(client: httpx.Client, run_id: str) -> Path:
-    archive = DEMO / f"{run_id}-model.tar.gz"
+    archive = DEMO / f"{run_id}-model.tar"
     target = DEMO / "models" / run_id
     with client.stream("GET", f"/v1/runs/{run_id}/model") as response:
         if response.status_code != 200:
@@ -402,7 +402,7 @@ def download_model(client: httpx.Client, run_id: str) -> Path:
                 out.write(chunk)
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    with tarfile.open(archive, "r:gz") as tar:
+    with tarfile.open(archive, "r:") as tar:
         tar.extractall(target, filter="data")
     folders = [path for path in target.iterdir() if path.is_dir()]
     model_dir = folders[0] if len(folders) == 1 else target

@@ -7,12 +7,15 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import json
 import os
 import random
+import re
 import secrets
 import shutil
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,8 @@ from app.storage import LocalStorage
 from app.storage.keys import checkpoint_key, corpus_key, run_checkpoint_key
 from worker.pretraining.hyperparameters import Hyperparameters
 from worker.pretraining.model_files import inspect_model_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 POSTGRES_URL = os.environ.get(
     "BERTPT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -308,6 +313,13 @@ def gzip_bytes(content: bytes) -> bytes:
     return gzip.compress(content, mtime=0)
 
 
+def gzip_bomb(size: int = 16 << 20) -> bytes:
+    """``size`` newlines, gzipped about 230 to 1 (a tester's 1 MB .txt.gz held 1 GiB of them): built in
+    milliseconds, refused by the ratio cap after one piece of output."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    return packer.compress(b"\n" * size) + packer.flush()
+
+
 def safetensors_bytes(shapes: dict[str, tuple[int, ...]], *, dtype: str = "F32") -> bytes:
     """A well-formed safetensors file of zero tensors with these names and shapes (no torch needed)."""
     import json
@@ -459,3 +471,24 @@ class Factory:
             for model in (Run, Corpus, Checkpoint):
                 session.execute(delete(model).where(model.tenant_id == self.tenant_id))
             session.execute(delete(Tenant).where(Tenant.id == self.tenant_id))
+
+
+# -- the README's examples: a user copies them, so tests run them as written ------------------------------
+
+
+def readme_corpus_example() -> bytes:
+    """The corpus of the README's "The corpus format" (its first ``text`` block)."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## The corpus format") :]
+    match = re.search(r"```text\n(.*?)```", section, re.DOTALL)
+    assert match, "README.md: no ```text block under 'The corpus format'"
+    return match.group(1).encode()
+
+
+def readme_run_example() -> dict[str, Any]:
+    """The body of the README's ``POST /v1/runs`` example (``corpus_id`` left as written)."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"-d '(\{\"base_model\".*?)'", readme)
+    assert match, "README.md: no run example (-d '{\"base_model\": ...}')"
+    body: dict[str, Any] = json.loads(match.group(1))
+    return body

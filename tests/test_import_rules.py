@@ -20,7 +20,7 @@ modules = [m.name for m in pkgutil.walk_packages(app.__path__, "app.")]
 for name in modules:
     importlib.import_module(name)
 import app.api.main
-from app.base_models.registry import BUILTIN_MODELS
+from worker.pretraining.builtin_models import BUILTIN_MODELS
 from app.base_models.service import _builtin_public
 app.api.main.create_app()
 for model in BUILTIN_MODELS.values():

@@ -17,8 +17,8 @@ from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
 from app.config import Settings, get_settings
+from app.housekeeping import Housekeeper, start_housekeeping
 from app.queue import create_celery
-from worker.sweeper import QueuedRunSweeper, start_sweeper
 
 __all__ = ["app", "create_worker_app"]
 
@@ -31,17 +31,19 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
 
 app = create_worker_app()
 
-_sweeper: QueuedRunSweeper | None = None
+_housekeeper: Housekeeper | None = None
 
 
 @worker_ready.connect
-def _start_sweeping(**_: Any) -> None:
-    """In the worker's main process, once its pool is up: the sweep of runs left queued."""
-    global _sweeper
-    _sweeper = start_sweeper(get_settings())
+def _start_housekeeping(**_: Any) -> None:
+    """In the worker's main process, once its pool is up: the reaper and the sweep of runs left queued."""
+    global _housekeeper
+    settings = get_settings()
+    if settings.housekeeping:
+        _housekeeper = start_housekeeping(settings)
 
 
 @worker_shutdown.connect
-def _stop_sweeping(**_: Any) -> None:
-    if _sweeper is not None:
-        _sweeper.stop()
+def _stop_housekeeping(**_: Any) -> None:
+    if _housekeeper is not None:
+        _housekeeper.stop()

@@ -9,13 +9,14 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import redis
 from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory
+from app.queue import RunEnqueuer, create_celery, enqueue_run
 from app.runs.live import create_redis
 from app.storage import Storage, get_storage
 
@@ -34,6 +35,8 @@ class WorkerContext:
     storage: Storage
     redis: redis.Redis | None  # None: no live stream (the database still gets everything)
     worker_id: str
+    # Sends a run's task (a retried attempt's); with None, the sweep of queued runs sends it in time.
+    enqueue: RunEnqueuer = lambda run_id: None
     # How often the supervisor writes progress, refreshes the heartbeat and looks for a cancel request.
     poll_interval_seconds: float = 1.0
     # How long a training process may take to stop (it checkpoints first) before it is terminated.
@@ -47,6 +50,7 @@ def build_worker_context(settings: Settings, *, worker_id: str | None = None) ->
         storage=get_storage(settings),
         redis=create_redis(settings.redis_url, socket_timeout=10),
         worker_id=worker_id or default_worker_id(),
+        enqueue=partial(enqueue_run, celery=create_celery(settings)),
     )
 
 

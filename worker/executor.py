@@ -15,10 +15,13 @@
    prepared, which the library does not interrupt, the child is terminated instead).
 4. **Finish** (the ``succeed``, ``stop`` or ``fail`` transition): succeeded (``output_storage_key`` = the
    final model directory), cancelled, or failed with
-   ``{type, message}`` for the user (tracebacks go to this log only). A child that dies without a word
-   (killed, crashed) fails the run with a clear message; its checkpoints stay, and because the output
+   ``{type, message}`` for the user (tracebacks go to this log only).
+5. **Retry** an attempt interrupted by something that is not the owner's doing (a child that dies without
+   a word, out of memory: :data:`~worker.failures.RETRIED_FAILURES`): the ``retry`` transition queues the
+   run again and its task is sent; the next claim (attempt + 1) resumes it exactly, because the output
    directory is per run and ``run_pretraining(resume=True)`` continues from the newest complete
-   checkpoint, running the same run again (queued once more) resumes it.
+   checkpoint (weights, optimizer, scheduler, data position). After ``MAX_ATTEMPTS`` the run fails, and
+   the message says how its owner resumes it. A run being cancelled is stopped instead.
 
 Every write after the claim is fenced by the claim's attempt number: if the run is taken away meanwhile,
 the child is stopped and nothing more is written.
@@ -37,12 +40,13 @@ import billiard
 from app.db import session_scope
 from app.runs import lifecycle
 from app.runs.events import RunEventType, add_event
+from app.runs.lifecycle import Interruption
 from app.runs.live import LivePublisher
 from app.runs.schemas import RunEventPublic
 from app.runs.states import RunStatus, Trigger, target
 from app.storage.keys import run_directory_key, run_model_key
 from worker.context import WorkerContext, get_worker_context
-from worker.failures import RunFailure, describe_process_death
+from worker.failures import RETRIED_FAILURES, RunFailure, describe_process_death
 from worker.inputs import InputError, build_training_job
 from worker.job import TrainingJob
 from worker.pretraining.records import TrainingResult
@@ -53,6 +57,9 @@ __all__ = ["ChildOutcome", "execute_run", "supervise"]
 
 logger = logging.getLogger(__name__)
 
+# The share of HEARTBEAT_TIMEOUT_SECONDS after which a supervisor that could not renew its lease stops
+# its training (the reaper takes the run back after the whole timeout).
+LEASE_MARGIN = 0.6
 _RECEIVE_TIMEOUT_SECONDS = 0.2
 _DRAIN_TIMEOUT_SECONDS = 0.5
 
@@ -87,6 +94,40 @@ def execute_run(run_id: str, *, context: WorkerContext | None = None) -> RunStat
             f"under run {run_id}",
         )
         return _fail(recorder, failure)
+
+
+def _retry_or_fail(recorder: RunRecorder, failure: RunFailure, context: WorkerContext) -> RunStatus | None:
+    """An attempt interrupted by ``failure`` (not the owner's doing): the next attempt resumes the run
+    while attempts are left; otherwise the run fails, saying how its owner can resume it. A run being
+    cancelled is stopped: nobody wants it continued."""
+    recorder.adopt_checkpoints()  # the newest complete checkpoint is what the next attempt resumes from
+    interrupted = Interruption(
+        recorder.run_id,
+        recorder.attempt,
+        recorder.resumed_after_attempt,
+        context.settings.max_attempts,
+        recorder.progress.step,
+        recorder.last_checkpoint_step,
+    )
+    data = {
+        "reason": failure.as_error(),
+        "attempt": recorder.attempt,
+        "checkpoint_step": interrupted.checkpoint_step,
+    }
+    if recorder.status == RunStatus.CANCELLING:
+        return _finish(recorder, Trigger.STOP, interrupted.cancelled(failure.message), data=data)
+    message = interrupted.message(failure.message)
+    if interrupted.retried:
+        if not recorder.retry(message, data=data):
+            logger.warning(
+                "run %s: no longer held by attempt %d; not retried", recorder.run_id, recorder.attempt
+            )
+            return None
+        logger.warning("run %s: %s", recorder.run_id, message)
+        context.enqueue(recorder.run_id)
+        return RunStatus.QUEUED
+    details = {**failure.details, "checkpoint_step": interrupted.checkpoint_step}
+    return _fail(recorder, RunFailure(failure.type, message, details, failure.traceback))
 
 
 def _claim(run_id: str, context: WorkerContext) -> RunRecorder | None:
@@ -133,7 +174,7 @@ def _execute_claimed(recorder: RunRecorder, context: WorkerContext) -> RunStatus
         },
     )
     outcome = supervise(job, recorder, context)
-    return _record_outcome(outcome, recorder)
+    return _record_outcome(outcome, recorder, context)
 
 
 def supervise(job: TrainingJob, recorder: RunRecorder, context: WorkerContext) -> ChildOutcome:
@@ -151,6 +192,7 @@ def supervise(job: TrainingJob, recorder: RunRecorder, context: WorkerContext) -
     outcome = ChildOutcome()
     stop_sent_at: float | None = None
     next_flush = 0.0
+    lease_renewed_at = time.monotonic()
 
     def receive(message: ChildMessage) -> None:
         if isinstance(message, TrainingResult):
@@ -171,11 +213,18 @@ def supervise(job: TrainingJob, recorder: RunRecorder, context: WorkerContext) -
             if now >= next_flush:
                 next_flush = now + context.poll_interval_seconds
                 beat = recorder.flush()
-                if not beat.owned and not outcome.lost:
+                if beat.confirmed:
+                    lease_renewed_at = now
+                # A lease not renewed for most of the heartbeat timeout is given up before the reaper can
+                # hand the run to another attempt: two attempts never write the run's directory at once.
+                lapsed = now - lease_renewed_at > LEASE_MARGIN * context.settings.heartbeat_timeout_seconds
+                if (not beat.owned or lapsed) and not outcome.lost:
                     logger.warning(
-                        "run %s: no longer owned by attempt %d; stopping its training",
+                        "run %s: %s; stopping its training",
                         job.run_id,
-                        recorder.attempt,
+                        f"attempt {recorder.attempt} no longer holds it"
+                        if not beat.owned
+                        else "the database has been unreachable too long to keep the run's lease",
                     )
                     outcome.lost = True
                     stop.set()
@@ -219,10 +268,13 @@ def supervise(job: TrainingJob, recorder: RunRecorder, context: WorkerContext) -
     return outcome
 
 
-def _record_outcome(outcome: ChildOutcome, recorder: RunRecorder) -> RunStatus | None:
+def _record_outcome(outcome: ChildOutcome, recorder: RunRecorder, context: WorkerContext) -> RunStatus | None:
     if outcome.lost:
         return None
     failure = outcome.failure
+    if failure is not None and failure.type in RETRIED_FAILURES and not outcome.cancelled_while_preparing:
+        logger.error("run %s: %s\n%s", recorder.run_id, failure.message, failure.traceback or "")
+        return _retry_or_fail(recorder, failure, context)
     if failure is not None and not outcome.cancelled_while_preparing:
         logger.error(
             "run %s failed (%s): %s\n%s",
@@ -245,9 +297,9 @@ def _record_outcome(outcome: ChildOutcome, recorder: RunRecorder) -> RunStatus |
         return _finish(recorder, Trigger.STOP, message, data=data)
     if result is not None:
         return _succeed(recorder, result)
-    death = describe_process_death(outcome.exitcode, last_checkpoint_step=recorder.last_checkpoint_step)
+    death = describe_process_death(outcome.exitcode)
     logger.error("run %s: %s", recorder.run_id, death.message)
-    return _fail(recorder, death, logged=True)
+    return _retry_or_fail(recorder, death, context)
 
 
 def _succeed(recorder: RunRecorder, result: TrainingResult) -> RunStatus | None:

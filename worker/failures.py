@@ -13,9 +13,12 @@ The message says what is wrong and what to do, in the run's own terms (``corpus 
 - ``non_finite_loss``: ``max_nonfinite_steps`` steps in a row had a NaN or infinite loss or gradient, or
   an evaluation's loss was (with ``step``); the checkpoints written before stay;
 - ``non_finite_weights``: the weights became NaN or infinite (with ``step``): nothing was saved or exported;
-- ``out_of_memory``: the GPU (or host) ran out of memory;
+- ``out_of_memory``: the GPU (or host) ran out of memory, in every attempt;
 - ``input_error``: an input named by the run is gone (a corpus, a checkpoint's files);
-- ``training_process_died``: the training process ended without a result (killed, crashed);
+- ``training_process_died``: the training process ended without a result (killed, crashed), in every
+  attempt the run had;
+- ``worker_lost``: the worker holding the run stopped answering, in every attempt (set by the reaper,
+  :func:`app.runs.lifecycle.reap_expired`);
 - ``internal_error``: anything else (a bug): a generic message, the details in the worker log.
 """
 
@@ -30,7 +33,13 @@ from typing import Any
 
 from worker.job import TrainingJob
 
-__all__ = ["RunFailure", "describe_failure", "describe_process_death", "scrub_paths"]
+__all__ = ["RETRIED_FAILURES", "RunFailure", "describe_failure", "describe_process_death", "scrub_paths"]
+
+# Failures that are not the owner's doing: the attempt is retried from the newest complete checkpoint
+# (up to MAX_ATTEMPTS). Out of memory is among them because another process (or a fragmented device)
+# may have caused it; if the run alone does not fit, every attempt fails the same way, and the last one
+# says what to change.
+RETRIED_FAILURES = frozenset({"training_process_died", "out_of_memory"})
 
 
 @dataclass(frozen=True)
@@ -153,8 +162,9 @@ def describe_failure(exc: BaseException, job: TrainingJob) -> RunFailure:
     )
 
 
-def describe_process_death(exitcode: int | None, *, last_checkpoint_step: int | None) -> RunFailure:
-    """The training process ended without reporting a result or an error."""
+def describe_process_death(exitcode: int | None) -> RunFailure:
+    """The training process ended without reporting a result or an error: how it ended (what becomes of
+    the run, retried or failed, is the executor's to say)."""
     if exitcode is not None and exitcode < 0:
         import signal
 
@@ -166,13 +176,6 @@ def describe_process_death(exitcode: int | None, *, last_checkpoint_step: int | 
             how += " (often the host's out-of-memory killer)"
     else:
         how = f"exited with status {exitcode}"
-    resume = (
-        f"; its last checkpoint (step {last_checkpoint_step}) is kept, so the run can be resumed"
-        if last_checkpoint_step is not None
-        else ""
-    )
     return RunFailure(
-        "training_process_died",
-        f"the training process {how} before finishing{resume}",
-        {"exit_code": exitcode},
+        "training_process_died", f"the training process {how} before finishing", {"exit_code": exitcode}
     )

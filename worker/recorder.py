@@ -29,7 +29,7 @@ from app.models import Run, RunCheckpoint, utcnow
 from app.runs import lifecycle
 from app.runs.events import EventLevel, RunEventType, add_event
 from app.runs.lifecycle import ClaimedRun, Heartbeat
-from app.runs.live import LiveMessage, LivePublisher, StatusMessage
+from app.runs.live import LiveMessage, LivePublisher, RewindMessage, StatusMessage
 from app.runs.schemas import RunCheckpointPublic, RunError, RunEventPublic, RunProgress
 from app.runs.states import RunStatus, Trigger, target
 from app.storage.keys import run_checkpoint_key
@@ -48,6 +48,7 @@ from worker.pretraining.records import (
     TrainingStarted,
     TrainMetrics,
 )
+from worker.pretraining.run_checkpoints import complete_checkpoints
 
 __all__ = ["ENDING_EVENTS", "RunRecorder", "directory_digest", "stored_metrics"]
 
@@ -105,8 +106,13 @@ class _CheckpointRow:
     kept_steps: list[int]
 
 
+@dataclass(frozen=True)
+class _Rewind:
+    step: int | None  # the checkpoint this attempt resumes from (None: from the beginning)
+
+
 # A write waiting for the next flush.
-_Pending = MetricsRecord | _EventRow | _CheckpointRow
+_Pending = MetricsRecord | _EventRow | _CheckpointRow | _Rewind
 
 
 def _summary(metrics: Mapping[str, float]) -> str:
@@ -129,6 +135,7 @@ class RunRecorder:
     ) -> None:
         self.run_id = claimed.id
         self.attempt = claimed.attempt
+        self.resumed_after_attempt = claimed.resumed_after_attempt
         self.session_factory = session_factory
         self.publisher = publisher
         self.layout = RunLayout(run_dir) if run_dir is not None else None
@@ -137,6 +144,7 @@ class RunRecorder:
         self.training_started = False
         self.cancel_requested = False
         self.last_checkpoint_step: int | None = None
+        self.checkpoint_steps: set[int] = set()  # those with a row
         self.progress = RunProgress()
         self.latest: dict[str, dict[str, Any]] = {}
         self.baseline: dict[str, dict[str, Any]] = {}
@@ -159,7 +167,8 @@ class RunRecorder:
         self.baseline = dict(run.baseline or {})
         self.warnings = [RunWarning.model_validate(w) for w in run.warnings or []]
         steps = select(RunCheckpoint.step).where(RunCheckpoint.run_id == self.run_id)
-        self.last_checkpoint_step = max(session.scalars(steps), default=None)
+        self.checkpoint_steps = set(session.scalars(steps))
+        self.last_checkpoint_step = max(self.checkpoint_steps, default=None)
 
     # ---- records from the training process
 
@@ -259,6 +268,14 @@ class RunRecorder:
             data=data.json_object(),
         )
         resumed = record.resumed_from_step is not None
+        if self.attempt > 1:
+            # What an interrupted attempt recorded past the checkpoint this one resumes from is superseded.
+            self._pending.append(_Rewind(record.resumed_from_step))
+            self.checkpoint_steps = {
+                s for s in self.checkpoint_steps if s <= (record.resumed_from_step or -1)
+            }
+            self.last_checkpoint_step = max(self.checkpoint_steps, default=None)
+            self.adopt_checkpoints()
         self._update_progress(step=record.step, total_steps=record.max_steps)
         self.add_event(
             RunEventType.TRAINING_STARTED,
@@ -289,26 +306,44 @@ class RunRecorder:
                 "run %s: checkpoint outside the run's directory ignored: %s", self.run_id, record.path
             )
             return
+        metrics: dict[str, Any] = {split: values.json_object() for split, values in record.metrics.items()}
+        if self._record_checkpoint(record.step, record.path, metrics, record.kept_steps):
+            self._update_progress(tokens_seen=record.tokens_seen)
+
+    def adopt_checkpoints(self) -> list[int]:
+        """Record the complete checkpoints in the run's directory that no record announced (the training
+        process was killed before its message left it), so that the rows show what a resume starts
+        from; returns their steps."""
+        if self.layout is None:
+            return []
+        on_disk = complete_checkpoints(self.layout.checkpoints)
+        kept = [step for step, _ in on_disk]
+        return [
+            step
+            for step, path in on_disk
+            if step not in self.checkpoint_steps and self._record_checkpoint(step, path, {}, kept)
+        ]
+
+    def _record_checkpoint(
+        self, step: int, path: Path, metrics: dict[str, Any], kept_steps: list[int]
+    ) -> bool:
         try:
-            size, sha256 = directory_digest(record.path)
+            size, sha256 = directory_digest(path)
         except FileNotFoundError:  # rotated away already
-            return
-        self.last_checkpoint_step = record.step
-        self._update_progress(tokens_seen=record.tokens_seen)
+            return False
+        self.checkpoint_steps = {s for s in self.checkpoint_steps if s in kept_steps} | {step}
+        self.last_checkpoint_step = max(self.checkpoint_steps)
         checkpoint = RunCheckpointPublic(
-            step=record.step,
-            created_at=utcnow(),
-            metrics={split: metrics.json_object() for split, metrics in record.metrics.items()},
-            size_bytes=size,
-            sha256=sha256,
+            step=step, created_at=utcnow(), metrics=metrics, size_bytes=size, sha256=sha256
         )
-        key = run_checkpoint_key(self.run_id, record.step)
-        self._pending.append(_CheckpointRow(checkpoint, key, record.kept_steps))
+        key = run_checkpoint_key(self.run_id, step)
+        self._pending.append(_CheckpointRow(checkpoint, key, kept_steps))
         self.add_event(
             RunEventType.CHECKPOINT_SAVED,
-            f"checkpoint saved at step {record.step} ({size / 1e6:,.1f} MB)",
-            data={"step": record.step, "size_bytes": size, "sha256": sha256},
+            f"checkpoint saved at step {step} ({size / 1e6:,.1f} MB)",
+            data={"step": step, "size_bytes": size, "sha256": sha256},
         )
+        return True
 
     # ---- writes
 
@@ -340,6 +375,11 @@ class RunRecorder:
                     )
                     lifecycle.forget_checkpoints(session, self.run_id, item.kept_steps)
                     messages.append(checkpoint)
+                case _Rewind():
+                    lifecycle.write_metrics(session, self.run_id, metrics)  # this attempt's, before it
+                    metrics = []
+                    lifecycle.rewind(session, self.run_id, item.step)
+                    messages.append(RewindMessage(step=item.step, attempt=self.attempt))
                 case _:
                     assert_never(item)
         lifecycle.write_metrics(session, self.run_id, metrics)
@@ -376,7 +416,9 @@ class RunRecorder:
                 messages = self._write_pending(session)
         except DBAPIError as exc:
             logger.warning("run %s: database write failed, retrying at the next flush (%s)", self.run_id, exc)
-            return Heartbeat(owned=True, cancel_requested=self.cancel_requested, status=self.status)
+            return Heartbeat(
+                owned=True, cancel_requested=self.cancel_requested, status=self.status, confirmed=False
+            )
         self._pending = []
         self.status = beat.status or self.status
         self.cancel_requested = beat.cancel_requested
@@ -397,32 +439,59 @@ class RunRecorder:
         data: Mapping[str, Any] | None = None,
         error: Mapping[str, Any] | None = None,
         output_storage_key: str | None = None,
-        retries: int = 5,
     ) -> bool:
         """The end of the run (``trigger`` is succeed, fail or stop): what is still buffered, the closing
         event and the run's final state, in one transaction (retried while the database is unreachable);
         then the closing messages on the live stream. False when this attempt no longer holds the run."""
-        status = target(trigger)
-        if status != RunStatus.SUCCEEDED:
+        if target(trigger) != RunStatus.SUCCEEDED:
             self.progress = self.progress.model_copy(update={"eta_seconds": None})
         self.add_event(
             ENDING_EVENTS[trigger], message, level="error" if trigger == Trigger.FAIL else "info", data=data
         )
+
+        def end(session: Session) -> bool:
+            return lifecycle.finish_run(
+                session,
+                self.run_id,
+                self.attempt,
+                trigger,
+                error=error,
+                output_storage_key=output_storage_key,
+                progress=self._stored_progress(),
+                latest=self.latest,
+                baseline=self.baseline,
+            )
+
+        return self._close(end, target(trigger), error)
+
+    def retry(self, message: str, *, data: Mapping[str, Any]) -> bool:
+        """End this interrupted attempt with the ``retry`` transition (the run is queued for the next
+        one), a ``retrying`` event and what is still buffered; False when it no longer holds the run (or
+        the run is cancelling: it is not retried)."""
+        self.progress = self.progress.model_copy(update={"eta_seconds": None})
+        self.add_event(RunEventType.RETRYING, message, level="warning", data=data)
+
+        def requeue(session: Session) -> bool:
+            lifecycle.heartbeat(session, self.run_id, self.attempt, progress=self._stored_progress())
+            return lifecycle.retry_run(session, self.run_id, self.attempt)
+
+        return self._close(requeue, target(Trigger.RETRY), None)
+
+    def _close(
+        self,
+        transition: Callable[[Session], bool],
+        status: RunStatus,
+        error: Mapping[str, Any] | None,
+        *,
+        retries: int = 5,
+    ) -> bool:
+        """The attempt's last write: ``transition`` and what is buffered, in one transaction (retried while
+        the database is unreachable), then the messages and the new status on the live stream."""
         delay = 1.0
         for attempt in range(retries + 1):
             try:
                 with session_scope(self.session_factory) as session:
-                    owned = lifecycle.finish_run(
-                        session,
-                        self.run_id,
-                        self.attempt,
-                        trigger,
-                        error=error,
-                        output_storage_key=output_storage_key,
-                        progress=self._stored_progress(),
-                        latest=self.latest,
-                        baseline=self.baseline,
-                    )
+                    owned = transition(session)
                     messages = self._write_pending(session) if owned else []
                 break
             except DBAPIError as exc:

@@ -1,6 +1,6 @@
 """Dependencies of the routes, as typed aliases: ``SessionDep``, ``CurrentTenant``, ``StorageDep``,
-``SettingsDep``, and the per-process clients ``EnqueuerDep``, ``LivePublisherDep``, ``AsyncRedisDep``,
-``MetricsCacheDep``, ``StreamOptionsDep``.
+``SettingsDep``, ``UploadSlotDep``, and the per-process clients ``EnqueuerDep``, ``LivePublisherDep``,
+``AsyncRedisDep``, ``MetricsCacheDep``, ``StreamOptionsDep``.
 
 Everything comes from ``request.app.state`` (built once by ``create_app`` and its lifespan), so that each
 app (and each test) has its own settings, database, storage and clients; tests override a dependency
@@ -25,6 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.api.upload_slots import UploadSlots
 from app.config import Settings
 from app.db import end_session
 from app.models import Tenant
@@ -45,6 +46,7 @@ __all__ = [
     "SettingsDep",
     "StorageDep",
     "StreamOptionsDep",
+    "UploadSlotDep",
     "get_current_tenant",
     "get_run_enqueuer",
     "get_session",
@@ -113,6 +115,18 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         await run_in_threadpool(end_session, session, failed=False)
 
 
+async def take_upload_slot(request: Request) -> AsyncIterator[UploadSlots]:
+    """One of the process's upload slots (``MAX_CONCURRENT_UPLOADS``), given back when the route returns;
+    429 with Retry-After when they are all taken. Put it first among a route's parameters, so that an
+    upload over the limit is refused before anything else is done for it."""
+    uploads: UploadSlots = request.app.state.upload_slots
+    uploads.acquire()
+    try:
+        yield uploads
+    finally:
+        uploads.release()
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_from_app)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 EnqueuerDep = Annotated[RunEnqueuer, Depends(get_run_enqueuer)]
@@ -120,6 +134,7 @@ LivePublisherDep = Annotated[LivePublisher, Depends(get_live_publisher)]
 AsyncRedisDep = Annotated[redis.asyncio.Redis, Depends(get_async_redis)]
 MetricsCacheDep = Annotated[MetricBucketCache, Depends(get_metrics_cache)]
 StreamOptionsDep = Annotated[StreamOptions, Depends(get_stream_options)]
+UploadSlotDep = Annotated[UploadSlots, Depends(take_upload_slot, scope="function")]
 # scope="function": the commit happens when the route function returns, so a client never receives a
 # success for a transaction that then fails to commit.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -23,8 +23,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.allowed_methods import AllowedMethodsMiddleware
+from app.api.openapi_links import use_openapi_links
 from app.api.prometheus import MetricsMiddleware, create_registry
 from app.api.routes import checkpoints, corpora, health, models, runs
+from app.api.upload_slots import UploadSlots
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory
 from app.errors import (
@@ -34,14 +37,17 @@ from app.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
+    TooManyRequests,
     Unauthorized,
     ValidationFailed,
 )
+from app.health import ReadinessProbe
+from app.housekeeping import start_housekeeping
 from app.queue import create_celery, enqueue_run
 from app.runs.live import LivePublisher, create_redis
 from app.runs.metric_series import MetricBucketCache
 from app.runs.stream import StreamOptions, open_async_redis
-from app.storage import Storage, get_storage
+from app.storage import Storage, get_storage, sweep_stale_uploads
 from app.tenants.service import Authenticator
 from worker.pretraining.hyperparameters import HyperparameterError
 
@@ -59,6 +65,7 @@ STATUS_BY_ERROR: dict[type[AppError], int] = {
     Conflict: 409,
     PayloadTooLarge: 413,
     ValidationFailed: 422,
+    TooManyRequests: 429,
     ServiceUnavailable: 503,
 }
 _TYPE_BY_STATUS = {
@@ -70,6 +77,7 @@ _TYPE_BY_STATUS = {
     409: "conflict",
     413: "payload_too_large",
     422: "validation_error",
+    429: "too_many_requests",
     503: "service_unavailable",
 }
 
@@ -102,7 +110,26 @@ def create_app(
         app.state.db_slots = anyio.CapacityLimiter(sessions_at_once(settings))
         # Bound to this event loop: the live streams' reads (connections are opened when first used).
         app.state.async_redis = open_async_redis(settings.redis_url, StreamOptions())
+        app.state.upload_slots = UploadSlots(settings.concurrent_uploads())
+        app.state.readiness = ReadinessProbe(session_factory, settings)
+        # What uploads left when a process died mid-write (this one, or another sharing the storage).
+        await anyio.to_thread.run_sync(_sweep_stale_uploads, app.state.storage, settings.stale_upload_seconds)
+        # The reaper and the sweeps run here too, so that a run whose only worker died still ends.
+        sweep_uploads = partial(sweep_stale_uploads, app.state.storage, settings.stale_upload_seconds)
+        housekeeper = (
+            start_housekeeping(settings, extra=[("sweep abandoned upload files", sweep_uploads)])
+            if settings.housekeeping
+            else None
+        )
         yield
+        if housekeeper is not None:
+            housekeeper.stop()
+        # uvicorn has let the requests finish for SHUTDOWN_GRACE_SECONDS, then cancelled the rest; uploads
+        # still running in a thread stop at their next chunk (and remove their temporary files).
+        still_running = await app.state.upload_slots.stop()
+        if still_running:
+            logger.warning("%d upload(s) still running at shutdown", still_running)
+        app.state.readiness.close()
         await app.state.async_redis.aclose()
         publisher_redis.close()
         if engine is not None:
@@ -128,7 +155,9 @@ def create_app(
 
     for router in ROUTERS:
         app.include_router(router)
+    use_openapi_links(app)
     _add_error_handlers(app)
+    app.add_middleware(AllowedMethodsMiddleware)  # inside CORS: preflights are CORS's
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -138,6 +167,16 @@ def create_app(
         )
     app.add_middleware(MetricsMiddleware, metrics=http_metrics)
     return app
+
+
+def _sweep_stale_uploads(storage: Storage, older_than: float) -> None:
+    try:
+        removed = sweep_stale_uploads(storage, older_than)
+    except OSError as exc:
+        logger.warning("could not sweep the storage's temporary files (%s)", exc)
+        return
+    if removed:
+        logger.warning("temporary files left by a process that died: %s", ", ".join(removed))
 
 
 def sessions_at_once(settings: Settings) -> int:
@@ -162,6 +201,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def app_error(_request: Request, exc: AppError) -> JSONResponse:
         status = _status_of(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": str(exc.retry_after)}
         return JSONResponse(error_body(exc.code, exc.message, exc.param), status_code=status, headers=headers)
 
     @app.exception_handler(HyperparameterError)

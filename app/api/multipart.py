@@ -6,8 +6,10 @@ Here python-multipart's push parser is fed straight from the request stream: the
 stores each chunk as it comes, and stops reading (413/422) at the first byte too many or the first bad
 line.
 
-The services are synchronous; they run in a worker thread (``run_in_threadpool``), and each chunk of the
-body is fetched from the event loop with ``anyio.from_thread.run``.
+The services are synchronous; they run in a worker thread (:meth:`~app.api.upload_slots.UploadSlots.run`),
+and each chunk of the body is fetched from the event loop with ``anyio.from_thread.run``. The process's
+:class:`~app.api.upload_slots.UploadSlots` can stop an upload between two chunks, or while it waits for
+one, when the process shuts down.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.errors import BadRequest, PayloadTooLarge, ValidationFailed
+from app.api.upload_slots import UploadSlots
+from app.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, ValidationFailed
 from app.uploads import CHUNK_SIZE
 
 __all__ = ["MultipartUpload", "multipart_request_body"]
@@ -53,8 +56,11 @@ def multipart_request_body(fields: dict[str, str], *, file_description: str) -> 
 class MultipartUpload:
     """The one file part named ``file_field`` and the text fields around it. Use from a worker thread."""
 
-    def __init__(self, request: Request, *, max_bytes: int, file_field: str = "file") -> None:
+    def __init__(
+        self, request: Request, *, max_bytes: int, uploads: UploadSlots, file_field: str = "file"
+    ) -> None:
         self.file_field = file_field
+        self._uploads = uploads
         content_type = request.headers.get("content-type", "")
         media_type, options = parse_options_header(content_type)
         boundary = options.get(b"boundary")
@@ -133,6 +139,7 @@ class MultipartUpload:
         """Feed the parser the next chunk of the request body."""
         if self._eof:
             raise BadRequest("the multipart body ended early")
+        self._uploads.check_running()
         try:
             chunk = anyio.from_thread.run(self._next_chunk)
         except ClientDisconnect:
@@ -149,10 +156,12 @@ class MultipartUpload:
             raise BadRequest(f"malformed multipart body ({exc})") from None
 
     async def _next_chunk(self) -> bytes | None:
-        async for chunk in self._stream:
-            if chunk:
-                return chunk
-        return None
+        with self._uploads.reading():
+            async for chunk in self._stream:
+                if chunk:
+                    return chunk
+            return None
+        raise ServiceUnavailable("the server is shutting down; the upload was stopped, send it again")
 
     # -- parser callbacks -------------------------------------------------------------------------
 

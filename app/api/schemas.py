@@ -7,11 +7,15 @@ from typing import Annotated, Any
 from fastapi import Query, Response
 from pydantic import BaseModel, Field
 
-from app.pagination import MAX_LIMIT
+from app.pagination import CURSOR_PATTERN, ID_CURSOR_PATTERN, MAX_LIMIT
 
-# The query parameters of every list (defaults: ``= DEFAULT_LIMIT`` and ``= None``).
+# The query parameters of every list (defaults: ``= DEFAULT_LIMIT`` and ``= ""``). A cursor's pattern is
+# declared in the schema and checked by app.pagination with a message of its own: one regular expression.
 PageLimit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")]
-PageAfter = Annotated[str | None, Query(description="The next_cursor of the previous page.")]
+_AFTER = "The next_cursor of the previous page; empty or absent: the first page."
+PageAfter = Annotated[str, Query(description=_AFTER, json_schema_extra={"pattern": CURSOR_PATTERN})]
+# A list oldest first by id (a run's events).
+IdAfter = Annotated[str, Query(description=_AFTER, json_schema_extra={"pattern": ID_CURSOR_PATTERN})]
 
 
 class ErrorDetail(BaseModel):
@@ -33,6 +37,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         409: "Conflicts with the current state",
         413: "Upload too large",
         422: "Invalid input",
+        429: "Too many uploads in progress; retry after Retry-After seconds",
         503: "A dependency is unavailable",
     }
     return {status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses}

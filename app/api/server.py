@@ -6,6 +6,10 @@ bound to the same address with ``SO_REUSEPORT``, so that the kernel spreads conn
 burst of connections and keeps them: measured here, one process served every keep-alive client while the
 other sat idle). A supervisor starts them, replaces one that dies, and stops them all on SIGTERM/SIGINT.
 
+On SIGTERM an API process lets the requests in flight finish for ``SHUTDOWN_GRACE_SECONDS``, then cancels
+them; its app's lifespan stops the uploads still running in threads (:mod:`app.api.upload_slots`), and it
+exits. Without that bound, one slow upload kept a process from stopping for as long as it lasted.
+
 Prometheus counters are per process; with several, each writes them to files in
 ``PROMETHEUS_MULTIPROC_DIR`` (a temporary directory unless set) and ``/metrics`` adds them up
 (:func:`app.api.prometheus.create_registry`).
@@ -31,13 +35,17 @@ from typing import Any
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
+from app.config import get_settings
+
 __all__ = ["APP_FACTORY", "Supervisor", "serve"]
 
 logger = logging.getLogger("bertpt.serve")
 
 APP_FACTORY = "app.api.main:create_app"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-STOP_GRACE_SECONDS = 30.0
+# What a worker takes to stop beyond SHUTDOWN_GRACE_SECONDS (stopping uploads, closing its clients) before
+# the supervisor kills it.
+STOP_MARGIN_SECONDS = 15.0
 # Workers dying this soon after their start, this many times in a row, are failing to start.
 EARLY_DEATH_SECONDS = 10.0
 MAX_EARLY_DEATHS = 3
@@ -51,7 +59,8 @@ KEEP_ALIVE_SECONDS = 75
 def _options(log_level: str) -> dict[str, Any]:
     # proxy_headers: behind a reverse proxy in production, trust X-Forwarded-* only from the local one.
     return {"factory": True, "log_level": log_level, "proxy_headers": True,
-            "timeout_keep_alive": KEEP_ALIVE_SECONDS}  # fmt: skip
+            "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+            "timeout_graceful_shutdown": get_settings().shutdown_grace_seconds}  # fmt: skip
 
 
 def serve(*, host: str, port: int, workers: int = 1, log_level: str = "info", reload: bool = False) -> None:
@@ -97,7 +106,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _worker(host: str, port: int, log_level: str) -> None:
     """One API process: its own SO_REUSEPORT socket, one uvicorn server (which handles SIGTERM itself:
-    it finishes the requests in flight, then exits)."""
+    it lets the requests in flight finish for SHUTDOWN_GRACE_SECONDS, then exits)."""
     sock = _bind(host, port)
     config = uvicorn.Config(APP_FACTORY, host=host, port=port, **_options(log_level))
     sock.listen(config.backlog)
@@ -118,8 +127,13 @@ class Supervisor:
         *,
         target: Callable[..., object] = _worker,
         args: tuple[object, ...] | None = None,
+        stop_grace_seconds: float | None = None,
     ) -> None:
         self.address = (host, port)
+        # How long the workers get to stop before they are killed.
+        if stop_grace_seconds is None:
+            stop_grace_seconds = get_settings().shutdown_grace_seconds + STOP_MARGIN_SECONDS
+        self.stop_grace_seconds = stop_grace_seconds
         self.target = target
         self.args = args if args is not None else (host, port, log_level)
         self.workers = workers
@@ -173,20 +187,18 @@ class Supervisor:
                                    process.pid, process.exitcode, lived)  # fmt: skip
                     processes[index], started[index] = self._start(), time.monotonic()
         finally:
-            _stop_all(processes)
+            _stop_all(processes, self.stop_grace_seconds)
 
 
-def _stop_all(processes: list[BaseProcess]) -> None:
+def _stop_all(processes: list[BaseProcess], grace_seconds: float) -> None:
     for process in processes:
         if process.is_alive():
             process.terminate()  # SIGTERM: uvicorn's graceful shutdown
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    deadline = time.monotonic() + grace_seconds
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
-            logger.warning(
-                "API worker %s did not stop in %.0f s; killing it", process.pid, STOP_GRACE_SECONDS
-            )
+            logger.warning("API worker %s did not stop in %.0f s; killing it", process.pid, grace_seconds)
             process.kill()
             process.join()
         _forget_metrics_of(process.pid)

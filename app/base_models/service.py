@@ -12,7 +12,6 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.base_models import repository
-from app.base_models.registry import BUILTIN_MODELS, BuiltinModel
 from app.base_models.schemas import BaseModelPublic
 from app.base_models.spec import SPEC_FORMS, BaseModelKind, BaseModelSpec, BaseModelSpecError
 from app.checkpoints import repository as checkpoints_repository
@@ -23,6 +22,7 @@ from app.models import Run, Tenant
 from app.runs.states import RunStatus
 from app.storage import Storage, get_storage
 from app.storage.keys import run_model_key
+from worker.pretraining.builtin_models import BUILTIN_MODELS, BuiltinModel
 from worker.pretraining.model_files import BaseModelError, ModelDirSummary, inspect_model_dir
 
 __all__ = ["ResolvedBaseModel", "final_model_key", "list_base_models", "resolve_base_model"]

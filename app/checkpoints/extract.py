@@ -1,15 +1,21 @@
-"""Safe extraction of an uploaded checkpoint archive (.tar.gz or .zip of a save_pretrained directory).
+"""Safe extraction of an uploaded checkpoint archive (.tar.gz, .tar or .zip of a save_pretrained
+directory, or an archive bertpt itself served: a run's model or checkpoint download).
 
-Only regular files with the names a Hugging Face BERT checkpoint uses are extracted, flat, into the
-target directory: at the archive's top level or inside one top-level folder. Links, devices, absolute
-paths, ``..``, encrypted members, pickle weights, duplicates and unexpected names are refused before
-anything of theirs is written; member count and total uncompressed size are capped, counted on the bytes
-actually written (archive headers can lie). Nothing is extracted with ``tarfile``/``zipfile``'s own
-extract functions.
+Only regular files with the names a Hugging Face BERT checkpoint uses (and bertpt's manifests) are
+extracted, flat, into the target directory: at the archive's top level or inside one top-level folder.
+The training state of a bertpt checkpoint (optimizer, scheduler, RNG state: what a download with
+``include_optimizer`` adds) is skipped and named in the result (``model_files.is_left_out_of_uploads``).
+Links, devices, absolute paths, ``..``, encrypted members, pickle weights, duplicates and unexpected names
+are refused before anything of theirs is written. The member count is capped, and so is what the archive
+decompresses to (:class:`~worker.pretraining.inflate.InflateLimits`: its size, and its ratio to the
+compressed bytes read), checked as it inflates: a tar.gz's whole stream (headers and skipped members
+included), a zip's members as they are written (archive headers can lie). Nothing is extracted with
+``tarfile``/``zipfile``'s own extract functions.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import stat
 import tarfile
@@ -20,7 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
-from worker.pretraining.model_files import ARCHIVE_FILES, CONVERT_HINT, PICKLE_SUFFIXES, is_model_file
+from worker.pretraining.inflate import GzipError, InflateLimitExceeded, InflateLimits, InflatingReader
+from worker.pretraining.model_files import (
+    ARCHIVE_FILES,
+    CONVERT_HINT,
+    PICKLE_SUFFIXES,
+    is_left_out_of_uploads,
+    is_model_file,
+)
 
 __all__ = [
     "ArchiveError",
@@ -30,7 +43,7 @@ __all__ = [
     "extract_checkpoint_archive",
 ]
 
-ArchiveKind = Literal["tar.gz", "zip"]
+ArchiveKind = Literal["tar.gz", "tar", "zip"]
 
 # Left behind by macOS archivers and git checkouts: skipped silently.
 _JUNK_DIRS = ("__MACOSX",)
@@ -43,37 +56,53 @@ class ArchiveError(ValueError):
 
 
 class ArchiveTooLarge(ArchiveError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the archive unpacks to more than {limit:,} bytes")
-        self.limit = limit
+    """The archive decompresses beyond a cap; ``exceeded`` says which."""
+
+    def __init__(self, exceeded: InflateLimitExceeded) -> None:
+        super().__init__(f"the archive is refused: {exceeded}")
+        self.exceeded = exceeded
+        self.limit = exceeded.limit
 
 
 @dataclass
 class ExtractedFiles:
     names: list[str] = field(default_factory=list)
     bytes: int = 0
+    left_out: list[str] = field(default_factory=list)  # a bertpt checkpoint's training state, skipped
 
 
 def archive_kind(filename: str) -> ArchiveKind | None:
     lower = filename.lower()
     if lower.endswith((".tar.gz", ".tgz")):
         return "tar.gz"
+    if lower.endswith(".tar"):
+        return "tar"
     if lower.endswith(".zip"):
         return "zip"
     return None
 
 
 def extract_checkpoint_archive(
-    archive: Path, kind: ArchiveKind, target: Path, *, max_members: int, max_bytes: int
+    archive: Path,
+    kind: ArchiveKind,
+    target: Path,
+    *,
+    max_members: int,
+    max_bytes: int,
+    max_ratio: float | None = None,
 ) -> ExtractedFiles:
-    """Extract the checkpoint files of ``archive`` into the existing directory ``target``."""
-    extractor = _Extractor(target, max_members=max_members, max_bytes=max_bytes)
+    """Extract the checkpoint files of ``archive`` into the existing directory ``target``; at most
+    ``max_bytes`` decompressed, at most ``max_ratio`` times the compressed bytes (ArchiveTooLarge)."""
+    limits = InflateLimits(max_bytes=max_bytes, max_ratio=max_ratio)
+    extractor = _Extractor(target, max_members=max_members, limits=limits)
     try:
         if kind == "zip":
             _extract_zip(archive, extractor)
         else:
-            _extract_tar(archive, extractor)
-    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            _extract_tar(archive, extractor, gzipped=kind == "tar.gz")
+    except InflateLimitExceeded as exc:
+        raise ArchiveTooLarge(exc) from None
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, GzipError) as exc:
         raise ArchiveError(f"the archive is corrupt or truncated ({exc}); create it again") from None
     except OSError as exc:  # gzip raises BadGzipFile (an OSError) on a non-gzip stream
         raise ArchiveError(f"the archive cannot be read ({exc})") from None
@@ -82,24 +111,31 @@ def extract_checkpoint_archive(
     return extractor.result
 
 
-def _extract_tar(archive: Path, extractor: _Extractor) -> None:
+def _extract_tar(archive: Path, extractor: _Extractor, *, gzipped: bool) -> None:
     with open(archive, "rb") as raw:
-        if raw.read(2) != b"\x1f\x8b":
+        if gzipped and raw.read(2) != b"\x1f\x8b":
             raise ArchiveError("not a gzip-compressed tar archive (.tar.gz); create it with `tar czf`")
-    # Streaming mode: one pass over the compressed data, members handled in order.
-    with tarfile.open(archive, mode="r|gz") as tar:
-        for member in tar:
-            extractor.count_member(member.name)
-            kind = "dir" if member.isdir() else "file" if member.isreg() else _tar_type(member)
-            path = extractor.accept(member.name, kind)
-            if path is None:
-                continue
-            extractor.check_declared_size(member.size)
-            source = tar.extractfile(member)
-            if source is None:  # not reachable for regular files
-                raise ArchiveError(f"archive member {member.name!r} cannot be read")
-            with source:
-                extractor.write(path, source)
+    # Streaming mode: one pass over the (compressed) data, members handled in order. The gzip layer is
+    # ours, so that everything it inflates counts, skipped members and padding too.
+    with open(archive, "rb") as raw:
+        stream = io.BufferedReader(InflatingReader(raw, extractor.limits)) if gzipped else raw
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            _extract_tar_members(tar, extractor)
+
+
+def _extract_tar_members(tar: tarfile.TarFile, extractor: _Extractor) -> None:
+    for member in tar:
+        extractor.count_member(member.name)
+        kind = "dir" if member.isdir() else "file" if member.isreg() else _tar_type(member)
+        path = extractor.accept(member.name, kind)
+        if path is None:
+            continue
+        extractor.check_declared_size(member.size)
+        source = tar.extractfile(member)
+        if source is None:  # not reachable for regular files
+            raise ArchiveError(f"archive member {member.name!r} cannot be read")
+        with source:
+            extractor.write(path, source)
 
 
 def _tar_type(member: tarfile.TarInfo) -> str:
@@ -139,14 +175,14 @@ def _extract_zip(archive: Path, extractor: _Extractor) -> None:
                 continue
             extractor.check_declared_size(info.file_size)
             with zf.open(info) as source:
-                extractor.write(path, source)
+                extractor.write(path, source, compressed=info.compress_size)
 
 
 class _Extractor:
-    def __init__(self, target: Path, *, max_members: int, max_bytes: int) -> None:
+    def __init__(self, target: Path, *, max_members: int, limits: InflateLimits) -> None:
         self.target = target
         self.max_members = max_members
-        self.max_bytes = max_bytes
+        self.limits = limits
         self.result = ExtractedFiles()
         self._members = 0
         self._root: str | None = None  # "" for files at the top level, else the one top-level folder
@@ -178,6 +214,10 @@ class _Extractor:
             )
         self._set_root(parts[0] if len(parts) == 2 else "", raw_name)
         name = parts[-1]
+        if is_left_out_of_uploads(name):
+            if name not in self.result.left_out:
+                self.result.left_out.append(name)
+            return None
         if name.lower().endswith(PICKLE_SUFFIXES):
             raise ArchiveError(
                 f"{name!r} is a pickle file. {CONVERT_HINT} Leave pickle files out of the archive."
@@ -200,16 +240,21 @@ class _Extractor:
             )
 
     def check_declared_size(self, size: int) -> None:
-        if self.result.bytes + size > self.max_bytes:
-            raise ArchiveTooLarge(self.max_bytes)
+        total = self.result.bytes + size
+        self.limits.check(total, total)  # the size only: a ratio of 1
 
-    def write(self, path: Path, source: IO[bytes]) -> None:
+    def write(self, path: Path, source: IO[bytes], *, compressed: int | None = None) -> None:
+        """Copy ``source`` to ``path``, checking the limits at each chunk: the total size, and with
+        ``compressed`` (a zip member's compressed size) the member's own ratio."""
         self.result.names.append(path.name)
+        written = 0
         with open(path, "xb") as out:
             for chunk in _read_chunks(source):
+                written += len(chunk)
                 self.result.bytes += len(chunk)
-                if self.result.bytes > self.max_bytes:
-                    raise ArchiveTooLarge(self.max_bytes)
+                self.limits.check(self.result.bytes, self.result.bytes)
+                if compressed is not None:
+                    self.limits.check(written, compressed)
                 out.write(chunk)
 
 

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.pretraining.records import RunWarning
+
 
 class CheckpointConfig(BaseModel):
     """A summary of the checkpoint's config.json."""
@@ -33,6 +35,17 @@ class CheckpointPublic(BaseModel):
     bytes: int = Field(description="Size of the stored checkpoint files.")
     sha256: str = Field(description="Digest of the archive as uploaded.")
     created_at: datetime
+
+
+class CheckpointUploadPublic(CheckpointPublic):
+    """The answer to an upload: the checkpoint, and what the upload did not keep."""
+
+    warnings: list[RunWarning] = Field(
+        default_factory=list,
+        description="Only in the upload's answer. `training_state_left_out`: the archive held the training "
+        "state of a bertpt checkpoint (a download with include_optimizer), which was not kept: a run from "
+        "this checkpoint starts with its weights and a new optimizer.",
+    )
 
 
 class CheckpointsPublic(BaseModel):

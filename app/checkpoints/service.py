@@ -8,6 +8,7 @@ storage directory, checked (BERT config, safetensors weights, tokenizer), and co
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
@@ -22,10 +23,13 @@ from app.models import Checkpoint, Tenant
 from app.pagination import Page
 from app.storage import Storage
 from app.storage.keys import checkpoint_key
-from app.uploads import IncomingFile, clean_filename
-from worker.pretraining.model_files import BaseModelError, inspect_model_dir
+from app.uploads import IncomingFile, clean_filename, inflated_too_much
+from worker.pretraining.model_files import BaseModelError, inspect_model_dir, training_state_note
+from worker.pretraining.records import RunWarning
 
 __all__ = [
+    "TRAINING_STATE_LEFT_OUT",
+    "UploadedCheckpoint",
     "delete_checkpoint",
     "get_checkpoint",
     "list_checkpoints",
@@ -33,18 +37,25 @@ __all__ = [
 ]
 
 MAX_NAME_CHARS = 200
+TRAINING_STATE_LEFT_OUT = "training_state_left_out"
+
+
+@dataclass
+class UploadedCheckpoint:
+    checkpoint: Checkpoint
+    warnings: list[RunWarning] = field(default_factory=list)  # what the upload did not keep
 
 
 def upload_checkpoint(
     session: Session, storage: Storage, settings: Settings, tenant: Tenant, upload: IncomingFile
-) -> Checkpoint:
+) -> UploadedCheckpoint:
     filename = clean_filename(upload.filename)
     kind = archive_kind(filename)
     if kind is None:
         raise ValidationFailed(
             "file",
-            f"unsupported file type {filename!r}: upload a .tar.gz or .zip of a save_pretrained directory "
-            "(config.json, model.safetensors, tokenizer files)",
+            f"unsupported file type {filename!r}: upload a .tar.gz, .tar or .zip of a save_pretrained "
+            "directory (config.json, model.safetensors, tokenizer files)",
         )
     limit = settings.max_upload_bytes
     checkpoint_id = new_id("ckpt")
@@ -70,13 +81,14 @@ def upload_checkpoint(
                     tree.path,
                     max_members=settings.max_checkpoint_members,
                     max_bytes=settings.max_checkpoint_unpacked_bytes,
+                    max_ratio=settings.max_compression_ratio,
                 )
             except ArchiveTooLarge as exc:
-                raise PayloadTooLarge(
-                    exc.limit,
-                    param="file",
-                    what="unpacked checkpoint",
-                    setting="MAX_CHECKPOINT_UNPACKED_BYTES",
+                raise inflated_too_much(
+                    exc.exceeded,
+                    what="checkpoint archive",
+                    filename=filename,
+                    size_setting="MAX_CHECKPOINT_UNPACKED_BYTES",
                 ) from None
             except ArchiveError as exc:
                 raise ValidationFailed("file", f"invalid checkpoint archive: {exc}") from None
@@ -98,7 +110,10 @@ def upload_checkpoint(
             repository.add(session, checkpoint)
             tree.commit()
     on_rollback(session, lambda: storage.delete(key))
-    return checkpoint
+    warnings = []
+    if files.left_out:
+        warnings.append(RunWarning(code=TRAINING_STATE_LEFT_OUT, message=training_state_note(files.left_out)))
+    return UploadedCheckpoint(checkpoint, warnings)
 
 
 def list_checkpoints(session: Session, tenant: Tenant, *, limit: int, after: str | None) -> Page[Checkpoint]:
@@ -136,7 +151,7 @@ def _checkpoint_name(given: str | None, filename: str) -> str:
             raise ValidationFailed("name", f"the name is longer than {MAX_NAME_CHARS} characters")
         return name
     lower = filename.lower()
-    for suffix in (".tar.gz", ".tgz", ".zip"):
+    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
         if lower.endswith(suffix):
             return filename[: -len(suffix)] or filename
     return filename

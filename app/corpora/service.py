@@ -1,8 +1,9 @@
 """Corpora: streaming upload with validation, listing, deletion.
 
-An upload is hashed, validated (:class:`~worker.pretraining.corpus.CorpusScanner`) and written to a
-temporary storage object in one pass over the incoming chunks. Nothing is kept when it fails: the
-temporary object is removed and no row is written.
+An upload is hashed, validated (:class:`~worker.pretraining.corpus.CorpusScanner`, which also holds a
+.txt.gz to the caps on its decompression as it inflates) and written to a temporary storage object in one
+pass over the incoming chunks. Nothing is kept when it fails: the temporary object is removed and no row
+is written.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from app.models import Corpus, Tenant
 from app.pagination import Page
 from app.storage import Storage
 from app.storage.keys import corpus_key
-from app.uploads import IncomingFile, clean_filename
+from app.uploads import IncomingFile, clean_filename, inflated_too_much
 from worker.pretraining.corpus import CorpusFormatError, CorpusScanner
+from worker.pretraining.inflate import InflateLimitExceeded, InflateLimits
 
 __all__ = ["CorpusUpload", "delete_corpus", "get_corpus", "list_corpora", "upload_corpus"]
 
@@ -45,14 +47,20 @@ def upload_corpus(
     """Validate and store an uploaded corpus (``.txt`` or ``.txt.gz``).
 
     Raises ValidationFailed (``file``: wrong type, or the first format problem with its line and byte
-    offset; ``name``), PayloadTooLarge beyond ``MAX_UPLOAD_BYTES``.
+    offset; ``name``), PayloadTooLarge beyond ``MAX_UPLOAD_BYTES``, or as soon as the text inflates beyond
+    ``MAX_DECOMPRESSED_BYTES`` or ``MAX_COMPRESSION_RATIO`` times what was read.
     """
     filename = _checked_filename(upload.filename)
     limit = settings.max_upload_bytes
     head, chunks = _peek(upload.chunks(), len(GZIP_MAGIC))
     corpus_id = new_id("corp")
     key = corpus_key(corpus_id, gzip=head.startswith(GZIP_MAGIC))
-    scanner = CorpusScanner(path=filename)
+    scanner = CorpusScanner(
+        path=filename,
+        limits=InflateLimits(
+            max_bytes=settings.max_decompressed_bytes, max_ratio=settings.max_compression_ratio
+        ),
+    )
     with storage.open_write(key) as pending:
         try:
             for chunk in chunks:
@@ -63,6 +71,10 @@ def upload_corpus(
             report = scanner.finish()
         except CorpusFormatError as exc:
             raise ValidationFailed("file", f"invalid corpus: {exc}") from None
+        except InflateLimitExceeded as exc:
+            raise inflated_too_much(
+                exc, what="corpus", filename=filename, size_setting="MAX_DECOMPRESSED_BYTES"
+            ) from None
         name = _corpus_name(upload.fields().get("name"), filename)
 
         stats = report.stats

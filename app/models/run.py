@@ -77,6 +77,9 @@ class Run(Base):
     warnings: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     attempt: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    # ``attempt`` when its owner last resumed the run (0: never): the automatic retries of interrupted
+    # attempts (MAX_ATTEMPTS) are counted from it.
+    resumed_after_attempt: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     worker_id: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=text("false"))

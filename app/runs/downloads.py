@@ -1,5 +1,5 @@
 """Download archives of a run: its final model and its kept checkpoints (the archives themselves are
-built and cached by :mod:`app.runs.download_archive`)."""
+laid out and streamed by :mod:`app.runs.download_archive`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from app.base_models.service import final_model_key
 from app.errors import Conflict, NotFound
 from app.models import Run, Tenant
 from app.runs import repository
-from app.runs.download_archive import ArchiveSource, StoredArchive, ensure_archive
+from app.runs.download_archive import ArchiveSource, StreamedArchive, plan_archive
 from app.runs.service import get_run
 from app.runs.states import RunStatus
 from app.storage import Storage
@@ -26,7 +26,7 @@ def checkpoint_archive(
     step: int,
     *,
     include_training_state: bool,
-) -> StoredArchive:
+) -> StreamedArchive:
     run = get_run(session, tenant, run_id)
     checkpoint = repository.checkpoint(session, run.id, step)
     if checkpoint is None:
@@ -44,7 +44,7 @@ def checkpoint_archive(
 
 def model_archive(
     session: Session, storage: Storage, tenant: Tenant, run_id: str, *, include_training_state: bool
-) -> StoredArchive:
+) -> StreamedArchive:
     run = get_run(session, tenant, run_id)
     if run.status != RunStatus.SUCCEEDED:
         raise Conflict(
@@ -63,9 +63,9 @@ def model_archive(
 
 def _run_archive(
     storage: Storage, run: Run, directory_key: str, root: str, *, include_training_state: bool, missing: str
-) -> StoredArchive:
-    """The .tar.gz of one of ``run``'s directories, cached beside its output; Conflict(``missing``) when the
-    directory is gone from storage."""
+) -> StreamedArchive:
+    """The .tar of one of ``run``'s directories (its digest kept beside the run's output); Conflict
+    (``missing``) when the directory is gone from storage."""
     source = ArchiveSource(
         directory_key=directory_key,
         root=root,
@@ -73,6 +73,6 @@ def _run_archive(
         include_training_state=include_training_state,
     )
     try:
-        return ensure_archive(storage, source)
+        return plan_archive(storage, source)
     except FileNotFoundError:
         raise Conflict(missing) from None

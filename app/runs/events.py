@@ -29,6 +29,8 @@ class RunEventType(enum.StrEnum):
     EVALUATION = "evaluation"  # an evaluation of the eval or reference split (data: metrics, baseline)
     CHECKPOINT_SAVED = "checkpoint_saved"  # a checkpoint is kept (data: step, size_bytes, sha256)
     WARNING = "warning"  # something that makes the run worse (data: the warning)
+    RETRYING = "retrying"  # an attempt was interrupted; the next one resumes (data: attempt, checkpoint_step)
+    RESUMED = "resumed"  # its owner resumed a failed or cancelled run (data: checkpoint_step)
     CANCEL_REQUESTED = "cancel_requested"
     CANCELLED = "cancelled"
     FAILED = "failed"  # data: the run's error

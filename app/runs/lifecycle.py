@@ -1,5 +1,6 @@
 """The worker's writes to a run: the sweep of runs left queued, claim, progress and heartbeat, metrics,
-checkpoints, finish. Every status change is a transition of :mod:`app.runs.states`.
+checkpoints, retry, finish; and the reaper's, for runs whose holder stopped answering. Every status change
+is a transition of :mod:`app.runs.states`.
 
 Repository-style functions on a caller's Session; the caller's boundary (``session_scope``) commits.
 Every write after the claim is fenced by the run's ``attempt``: a supervisor whose run was taken away
@@ -9,6 +10,11 @@ learns it from the return value.
 Delivery of the Celery task is at least once, so the claim is one conditional UPDATE: of two deliveries
 of the same run, exactly one moves it from ``queued`` to ``preparing``; the other (and any delivery for a
 run cancelled while it waited) gets None and does nothing.
+
+The heartbeat is the attempt's lease. A run whose heartbeat is older than ``HEARTBEAT_TIMEOUT_SECONDS``
+has lost its holder (the worker was killed, or cannot reach the database): :func:`reap_expired` takes it
+back. Because every write of the old attempt is fenced by ``attempt`` and a held status, the old holder
+changes nothing once the run is queued again, even if it comes back.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from sqlalchemy.orm import Session
 from app.models import Run, RunCheckpoint, RunMetric, utcnow
 from app.queue import RunEnqueuer
 from app.runs import repository
+from app.runs.events import EventLevel, RunEventType, add_event
+from app.runs.live import StatusMessage
+from app.runs.schemas import RunError, RunEventPublic, RunProgress
 from app.runs.states import WORKER_HELD_STATUSES, RunStatus, Trigger, sources, target
 from worker.pretraining.records import MetricsRecord
 
@@ -32,14 +41,21 @@ __all__ = [
     "ENDING_TRIGGERS",
     "ClaimedRun",
     "Heartbeat",
+    "Interruption",
+    "Reaped",
+    "attempt_of",
     "claim_run",
     "finish_run",
     "forget_checkpoints",
     "heartbeat",
     "mark_running",
     "metric_rows",
+    "reap_expired",
     "record_checkpoint",
     "resend_stale_queued",
+    "retry_allowed",
+    "retry_run",
+    "rewind",
     "write_metrics",
 ]
 
@@ -57,16 +73,19 @@ class ClaimedRun:
     attempt: int
     worker_id: str
     started_at: datetime | None
+    resumed_after_attempt: int = 0
 
 
 @dataclass(frozen=True)
 class Heartbeat:
     """The run as the heartbeat found it: whether cancellation was asked for, its status, and whether
-    this attempt still owns it (False: stop working on it)."""
+    this attempt still owns it (False: stop working on it). ``confirmed`` False: the database could not
+    be reached, and the rest is what the attempt knew before (its lease was not renewed)."""
 
     owned: bool
     cancel_requested: bool = False
     status: RunStatus | None = None
+    confirmed: bool = True
 
 
 def resend_stale_queued(
@@ -107,7 +126,7 @@ def claim_run(
             heartbeat_at=now,
             error=None,
         )
-        .returning(Run.id, Run.tenant_id, Run.attempt, Run.started_at)
+        .returning(Run.id, Run.tenant_id, Run.attempt, Run.started_at, Run.resumed_after_attempt)
         .execution_options(synchronize_session=False)
     )
     row = session.execute(statement).one_or_none()
@@ -119,6 +138,40 @@ def claim_run(
         attempt=row.attempt,
         worker_id=worker_id,
         started_at=row.started_at,
+        resumed_after_attempt=row.resumed_after_attempt,
+    )
+
+
+def retry_allowed(attempt: int, resumed_after_attempt: int, max_attempts: int) -> bool:
+    """Whether an interrupted ``attempt`` may be followed by another one: at most ``max_attempts`` since
+    the run was submitted or its owner last resumed it."""
+    return attempt - resumed_after_attempt < max_attempts
+
+
+def attempt_of(attempt: int, resumed_after_attempt: int, max_attempts: int) -> str:
+    """``"attempt 2 of 3"``: an attempt counted as the owner sees it (from the submission or last resume)."""
+    return f"attempt {attempt - resumed_after_attempt} of {max_attempts}"
+
+
+def retry_run(session: Session, run_id: str, attempt: int, *, now: datetime | None = None) -> bool:
+    """The ``retry`` transition (``preparing | running -> queued``) of an interrupted attempt that still
+    holds the run: the next claim (attempt + 1) resumes it from its newest complete checkpoint. The caller
+    sends the task after the commit; ``sent_at`` is set so that the sweep of queued runs does not send it
+    again meanwhile. False when this attempt no longer holds the run, or it is cancelling."""
+    now = now or utcnow()
+    return _transition_held(
+        session, run_id, attempt, Trigger.RETRY, sent_at=now, heartbeat_at=now, error=None
+    )
+
+
+def rewind(session: Session, run_id: str, after_step: int | None) -> None:
+    """Supersede what an interrupted attempt recorded past ``after_step``, the step the next attempt
+    resumes from (None: it starts again from the beginning): its metric points and checkpoint rows. The
+    caller holds the run (it wrote the heartbeat in the same transaction)."""
+    first_dropped = 0 if after_step is None else after_step + 1
+    session.execute(delete(RunMetric).where(RunMetric.run_id == run_id, RunMetric.step >= first_dropped))
+    session.execute(
+        delete(RunCheckpoint).where(RunCheckpoint.run_id == run_id, RunCheckpoint.step >= first_dropped)
     )
 
 
@@ -269,6 +322,120 @@ def forget_checkpoints(session: Session, run_id: str, kept_steps: Iterable[int])
             delete(RunCheckpoint).where(RunCheckpoint.run_id == run_id, RunCheckpoint.step.in_(gone))
         )
     return gone
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """A run the reaper took back: its new status, and what to publish once that is committed."""
+
+    run_id: str
+    status: RunStatus
+    messages: tuple[RunEventPublic | StatusMessage, ...]
+
+
+def reap_expired(
+    session: Session, *, timeout: timedelta, max_attempts: int, now: datetime | None = None, limit: int = 100
+) -> list[Reaped]:
+    """Take back every run whose holder's heartbeat is older than ``timeout``: a run in ``cancelling`` is
+    cancelled (``stop``); another is queued again (``retry``) while attempts are left, else failed
+    (``fail``, error type ``worker_lost``). Rows are taken with ``SKIP LOCKED`` (several reapers at once
+    never act twice) and their holder's late writes are fenced off by the new status. The caller sends the
+    task of every run back in ``queued`` and publishes the messages, after the commit."""
+    now = now or utcnow()
+    reaped = []
+    for run in repository.expired_leases(session, WORKER_HELD_STATUSES, now - timeout, limit=limit):
+        silent = (now - run.heartbeat_at).total_seconds() if run.heartbeat_at else None
+        lost = f"worker {run.worker_id or 'unknown'} stopped answering" + (
+            f" (no heartbeat for {silent:,.0f} s)" if silent else ""
+        )
+        step = repository.last_checkpoint_step(session, run.id)
+        data: dict[str, Any] = {
+            "worker_id": run.worker_id,
+            "attempt": run.attempt,
+            "heartbeat_at": run.heartbeat_at.isoformat() if run.heartbeat_at else None,
+            "checkpoint_step": step,
+        }
+        level: EventLevel
+        interrupted = Interruption(
+            run.id,
+            run.attempt,
+            run.resumed_after_attempt,
+            max_attempts,
+            (run.progress or {}).get("step"),
+            step,
+        )
+        error = None
+        if run.status == RunStatus.CANCELLING:
+            trigger, event_type, level = Trigger.STOP, RunEventType.CANCELLED, "info"
+            message = interrupted.cancelled(lost)
+        elif interrupted.retried:
+            trigger, event_type, level = Trigger.RETRY, RunEventType.RETRYING, "warning"
+            message = interrupted.message(lost)
+            run.sent_at = now
+        else:
+            trigger, event_type, level = Trigger.FAIL, RunEventType.FAILED, "error"
+            message = interrupted.message(lost)
+            error = {"type": "worker_lost", "message": message, "checkpoint_step": step}
+        run.status = target(trigger)
+        run.error = error
+        if run.status.is_terminal:
+            run.finished_at = now
+            run.progress = {**(run.progress or {}), "eta_seconds": None}
+        event = add_event(
+            session, run.id, event_type, message, level=level, data={**data, "trigger": trigger}
+        )
+        status = StatusMessage(
+            status=run.status,
+            progress=RunProgress.model_validate(run.progress or {}),
+            error=RunError.model_validate(error) if error else None,
+        )
+        reaped.append(Reaped(run.id, run.status, (RunEventPublic.model_validate(event), status)))
+    session.flush()
+    return reaped
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """An attempt interrupted by something that is not its owner's doing, and what it leads to: the next
+    attempt while attempts are left (``retried``), else the run fails. Its messages say which attempt it
+    was, where it stopped and what continues from where, for the worker and the reaper alike."""
+
+    run_id: str
+    attempt: int
+    resumed_after_attempt: int
+    max_attempts: int
+    after_step: int | None  # the last step it reported
+    checkpoint_step: int | None  # its newest complete checkpoint
+
+    @property
+    def retried(self) -> bool:
+        return retry_allowed(self.attempt, self.resumed_after_attempt, self.max_attempts)
+
+    def message(self, cause: str) -> str:
+        """``"attempt 1 of 3 was interrupted after step 12: <cause>; attempt 2 of 3 resumes from the
+        checkpoint of step 10"``, or for the last attempt how its owner resumes the run."""
+        this = attempt_of(self.attempt, self.resumed_after_attempt, self.max_attempts)
+        where = f" after step {self.after_step}" if self.after_step else ""
+        if self.retried:
+            following = attempt_of(self.attempt + 1, self.resumed_after_attempt, self.max_attempts)
+            if self.checkpoint_step is None:
+                then = f"{following} starts again from the beginning (no checkpoint was saved yet)"
+            else:
+                then = f"{following} resumes from the checkpoint of step {self.checkpoint_step}"
+            return f"{this} was interrupted{where}: {cause}; {then}"
+        if self.checkpoint_step is None:
+            then = "no checkpoint was saved, so nothing can be resumed: submit the run again"
+        else:
+            then = (
+                f"its last checkpoint (step {self.checkpoint_step}) is kept: "
+                f"POST /v1/runs/{self.run_id}/resume continues from it"
+            )
+        return f"{this}, the last, was interrupted{where}: {cause}; {then}"
+
+    def cancelled(self, cause: str) -> str:
+        """The run was being cancelled: it ends cancelled, whatever interrupted it."""
+        kept = f"; the checkpoint of step {self.checkpoint_step} is kept" if self.checkpoint_step else ""
+        return f"cancelled: while it was stopping, {cause}{kept}"
 
 
 def _dialect_insert(session: Session) -> Any:

@@ -12,9 +12,13 @@ Each entry has two fields, ``type`` and ``data`` (JSON); the types are :data:`Li
 - ``status``: a :class:`StatusMessage` on every transition and, while running, at most about once a
   second with the progress;
 - ``event``: a lifecycle event as ``GET /v1/runs/{id}/events`` serves it (:class:`RunEventPublic`);
-- ``checkpoint``: a kept checkpoint as ``GET /v1/runs/{id}/checkpoints`` serves it.
+- ``checkpoint``: a kept checkpoint as ``GET /v1/runs/{id}/checkpoints`` serves it;
+- ``rewind``: a :class:`RewindMessage`: a new attempt resumes from the checkpoint of ``step``; the
+  points past it that the interrupted attempt published are superseded (drop them: the new attempt
+  publishes those steps again).
 
-A stream ends with a ``status`` message whose status is terminal. Streams are capped (about
+A stream ends with a ``status`` message whose status is terminal (unless its owner resumes the run: then
+it goes on). Streams are capped (about
 :data:`STREAM_MAXLEN` messages, oldest dropped first) and expire :data:`STREAM_TTL_SECONDS` after their
 last message.
 """
@@ -41,6 +45,7 @@ __all__ = [
     "LiveMessage",
     "LivePublisher",
     "MessageType",
+    "RewindMessage",
     "StatusMessage",
     "StreamEntry",
     "create_redis",
@@ -52,7 +57,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MessageType = Literal["metric", "status", "event", "checkpoint"]
+MessageType = Literal["metric", "status", "event", "checkpoint", "rewind"]
 MESSAGE_TYPES: frozenset[str] = frozenset(get_args(MessageType))
 # A metric record every logging step plus evaluations: 200k messages cover a very long run; trimming
 # is approximate (~), which lets Redis drop whole internal nodes cheaply.
@@ -70,12 +75,21 @@ class StatusMessage(BaseModel):
     error: RunError | None = None
 
 
-LiveMessage = MetricsRecord | StatusMessage | RunEventPublic | RunCheckpointPublic
+class RewindMessage(BaseModel):
+    """Attempt ``attempt`` resumes from the checkpoint of ``step`` (None: from the beginning): metric
+    points and checkpoints after ``step`` (from ``step`` 0 on for None) are superseded."""
+
+    step: int | None
+    attempt: int
+
+
+LiveMessage = MetricsRecord | StatusMessage | RunEventPublic | RunCheckpointPublic | RewindMessage
 _TYPES: dict[type[BaseModel], MessageType] = {
     MetricsRecord: "metric",
     StatusMessage: "status",
     RunEventPublic: "event",
     RunCheckpointPublic: "checkpoint",
+    RewindMessage: "rewind",
 }
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.errors import ValidationFailed
 from app.models import Run, Tenant
 from app.runs import repository
 from app.runs.downsample import Bucket, Point, bucket_width, coarsen, max_buckets, points_from_buckets
@@ -125,10 +124,10 @@ def get_metrics(
     session: Session, tenant: Tenant, run_id: str, query: MetricsQuery, *, cache: MetricBucketCache
 ) -> MetricsPublic:
     """The run's metric series, each downsampled to at most ``max_points`` points (min/max per bucket,
-    first and last point kept); points whose value is not finite come back as null."""
+    first and last point kept); points whose value is not finite come back as null. Only series with
+    points in the steps asked for are listed: none for a range that holds no step (``since_step`` past
+    the last step, or after ``until_step``), as for any other empty range."""
     run = get_run(session, tenant, run_id)
-    if query.since_step is not None and query.until_step is not None and query.since_step > query.until_step:
-        raise ValidationFailed("since_step", "since_step is after until_step")
     extents = repository.metric_extents(
         session,
         run.id,

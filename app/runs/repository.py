@@ -334,3 +334,34 @@ def stale_unclaimed(
         .with_for_update(skip_locked=True)
     )
     return list(session.scalars(statement))
+
+
+def expired_leases(
+    session: Session, statuses: Collection[RunStatus], cutoff: datetime, *, limit: int
+) -> list[Run]:
+    """Runs held by a worker (``statuses``) whose heartbeat is older than ``cutoff``, oldest first, locked;
+    rows another transaction holds (a heartbeat being written, another reaper) are skipped."""
+    statement = (
+        select(Run)
+        .where(Run.status.in_(statuses), Run.heartbeat_at < cutoff)
+        .order_by(Run.heartbeat_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.scalars(statement))
+
+
+def last_checkpoint_step(session: Session, run_id: str) -> int | None:
+    """The step of the run's newest kept checkpoint; None when it has none."""
+    return session.scalar(select(func.max(RunCheckpoint.step)).where(RunCheckpoint.run_id == run_id))
+
+
+def last_event_data(session: Session, run_id: str, event_type: str) -> dict[str, Any]:
+    """The data of the run's newest event of ``event_type``; empty when it has none."""
+    statement = (
+        select(RunEvent.data)
+        .where(RunEvent.run_id == run_id, RunEvent.type == event_type)
+        .order_by(RunEvent.id.desc())
+        .limit(1)
+    )
+    return dict(session.scalar(statement) or {})

@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session
 
 from app.base_models.service import final_model_key
 from app.db import on_commit, session_scope
-from app.errors import Conflict, NotFound, ValidationFailed
+from app.errors import Conflict, NotFound
 from app.models import Run, RunCheckpoint, RunEvent, Tenant, utcnow
-from app.pagination import Page
+from app.pagination import Page, decode_id_cursor
+from app.queue import RunEnqueuer
 from app.runs import repository
 from app.runs.events import RunEventType, add_event
 from app.runs.live import LivePublisher, StatusMessage
@@ -32,6 +33,7 @@ __all__ = [
     "list_checkpoints",
     "list_events",
     "list_runs",
+    "resume_run",
     "run_is_terminal",
 ]
 
@@ -98,6 +100,74 @@ def cancel_run(session: Session, tenant: Tenant, run_id: str, *, publisher: Live
     return run
 
 
+def resume_run(
+    session: Session, tenant: Tenant, run_id: str, *, enqueue: RunEnqueuer, publisher: LivePublisher
+) -> Run:
+    """Continue a failed or cancelled run from its newest kept checkpoint (its ``resume`` transition):
+    queued again with the same id, hyperparameters and output directory, so that the next attempt
+    restores the weights, optimizer, scheduler and data position exactly, and gets ``MAX_ATTEMPTS``
+    attempts of its own. Its task is sent once that is committed.
+
+    Raises Conflict when the run is in another status, has no checkpoint, or its corpus is gone."""
+    run = get_run(session, tenant, run_id, for_update=True)
+    step = transition(run.status, Trigger.RESUME)
+    if step is None:
+        what = "finished" if run.status == RunStatus.SUCCEEDED else "not finished"
+        raise Conflict(
+            f"run {run.id!r} is {run.status.value} ({what}); only a failed or cancelled run can be resumed"
+        )
+    checkpoint_step = repository.last_checkpoint_step(session, run.id)
+    if checkpoint_step is None:
+        raise Conflict(
+            f"run {run.id!r} kept no checkpoint, so there is nothing to resume from; submit it again "
+            "(POST /v1/runs with the same body)"
+        )
+    # A corpus deleted after the run ended leaves NULL in its column; what the run trained with is in the
+    # data of its ``preparing`` event.
+    inputs = repository.last_event_data(session, run.id, RunEventType.PREPARING)
+    deleted = [
+        f"{role} {inputs.get(field) or ''}".strip()
+        for role, field, now in (
+            ("corpus", "corpus_id", run.corpus_id),
+            ("eval corpus", "eval_corpus_id", run.eval_corpus_id),
+            ("reference corpus", "reference_corpus_id", run.reference_corpus_id),
+        )
+        if now is None and (inputs.get(field) or field == "corpus_id")
+    ]
+    if deleted:
+        raise Conflict(
+            f"run {run.id!r} cannot be resumed: its {' and '.join(deleted)} was deleted; submit a new run"
+        )
+    previous = run.status
+    run.status = step.target
+    run.resumed_after_attempt = run.attempt
+    run.cancel_requested = False
+    run.error = None
+    run.finished_at = None
+    run.sent_at = utcnow()
+    run.progress = {**(run.progress or {}), "eta_seconds": None}
+    event = add_event(
+        session,
+        run.id,
+        RunEventType.RESUMED,
+        f"resumed by its owner: the next attempt continues from the checkpoint of step {checkpoint_step}",
+        data={"previous": previous.value, "checkpoint_step": checkpoint_step, "attempt": run.attempt},
+    )
+    session.flush()
+    messages = (
+        RunEventPublic.model_validate(event),
+        StatusMessage(status=run.status, progress=RunProgress.model_validate(run.progress)),
+    )
+
+    def send() -> None:
+        for message in messages:
+            publisher.publish(run_id, message)
+        enqueue(run_id)
+
+    on_commit(session, send)
+    return run
+
+
 def delete_run(session: Session, storage: Storage, tenant: Tenant, run_id: str) -> None:
     """Delete a finished run with its metrics, events and checkpoints now, and its files once that is
     committed. Conflict while it is not finished, or while an active run starts from its model."""
@@ -139,13 +209,7 @@ def list_events(
 ) -> Page[RunEvent]:
     """The run's events after the cursor ``after`` (an event id), oldest first."""
     run = get_run(session, tenant, run_id)
-    after_id = None
-    if after is not None:
-        if not after.isdigit() or len(after) > 19:
-            raise ValidationFailed(
-                "after", "invalid cursor: pass the next_cursor of the previous page unchanged"
-            )
-        after_id = int(after)
+    after_id = decode_id_cursor(after) if after is not None else None
     events = list(repository.events_after(session, run.id, after=after_id, limit=limit + 1))
     items = events[:limit]
     return Page(items=items, next_cursor=str(items[-1].id) if len(events) > limit else None)

@@ -11,6 +11,13 @@
     preparing | running | cancelling ──succeed──▶ succeeded
                                      ──fail─────▶ failed
                                      ──stop─────▶ cancelled   (stopped on a cancel request)
+    preparing | running ──retry──▶ queued        (its attempt was interrupted: another one resumes it)
+    failed | cancelled ──resume──▶ queued        (its owner continues it from its newest checkpoint)
+
+A run is held by one *attempt* at a time (``attempt``, +1 at every claim) under a lease, its heartbeat.
+The worker that holds it makes the worker's transitions; the reaper (:mod:`app.housekeeping`) makes them
+for a holder whose heartbeat stopped: ``retry`` while attempts are left, else ``fail``; ``stop`` for a run
+in ``cancelling``.
 
 Every status change of a run is one row of :data:`TRANSITIONS`: the worker's conditional UPDATEs
 (:mod:`app.runs.lifecycle`) take their ``WHERE status IN (...)`` and their new status from it, and the
@@ -59,13 +66,16 @@ class Trigger(enum.StrEnum):
     START_TRAINING = "start_training"  # data prepared and model loaded: the first step begins
     CANCEL = "cancel"  # its owner asks to cancel it
     SUCCEED = "succeed"  # training completed (or stopped at max_runtime_seconds) and the model is exported
-    FAIL = "fail"  # training could not start or go on
-    STOP = "stop"  # training stopped on a cancel request, with a checkpoint
+    FAIL = "fail"  # training could not start or go on (or every attempt was interrupted)
+    STOP = "stop"  # training stopped on a cancel request, with a checkpoint (or its holder is gone)
+    RETRY = "retry"  # the attempt was interrupted (process killed, worker lost): queued for the next one
+    RESUME = "resume"  # its owner continues a failed or cancelled run from its newest checkpoint
 
 
 class Actor(enum.StrEnum):
     CLIENT = "client"  # through the API, on the run's owner's request
     WORKER = "worker"  # the worker that holds the run
+    REAPER = "reaper"  # the housekeeping that finds a holder whose heartbeat stopped
 
 
 @dataclass(frozen=True)
@@ -73,27 +83,41 @@ class Transition:
     source: RunStatus
     trigger: Trigger
     target: RunStatus
-    actor: Actor
+    actors: frozenset[Actor]
 
 
 _S = RunStatus
 _WORKING = (_S.PREPARING, _S.RUNNING, _S.CANCELLING)
+_CLIENT = frozenset({Actor.CLIENT})
+_WORKER = frozenset({Actor.WORKER})
+_WORKER_OR_REAPER = frozenset({Actor.WORKER, Actor.REAPER})
 
 TRANSITIONS: tuple[Transition, ...] = (
-    Transition(_S.QUEUED, Trigger.CLAIM, _S.PREPARING, Actor.WORKER),
-    Transition(_S.PREPARING, Trigger.START_TRAINING, _S.RUNNING, Actor.WORKER),
-    Transition(_S.QUEUED, Trigger.CANCEL, _S.CANCELLED, Actor.CLIENT),
-    Transition(_S.PREPARING, Trigger.CANCEL, _S.CANCELLING, Actor.CLIENT),
-    Transition(_S.RUNNING, Trigger.CANCEL, _S.CANCELLING, Actor.CLIENT),
+    Transition(_S.QUEUED, Trigger.CLAIM, _S.PREPARING, _WORKER),
+    Transition(_S.PREPARING, Trigger.START_TRAINING, _S.RUNNING, _WORKER),
+    Transition(_S.QUEUED, Trigger.CANCEL, _S.CANCELLED, _CLIENT),
+    Transition(_S.PREPARING, Trigger.CANCEL, _S.CANCELLING, _CLIENT),
+    Transition(_S.RUNNING, Trigger.CANCEL, _S.CANCELLING, _CLIENT),
     # A run asked to cancel may still end otherwise: its last step completed it, or it failed.
-    *(Transition(status, Trigger.SUCCEED, _S.SUCCEEDED, Actor.WORKER) for status in _WORKING),
-    *(Transition(status, Trigger.FAIL, _S.FAILED, Actor.WORKER) for status in _WORKING),
-    *(Transition(status, Trigger.STOP, _S.CANCELLED, Actor.WORKER) for status in _WORKING),
+    *(Transition(status, Trigger.SUCCEED, _S.SUCCEEDED, _WORKER) for status in _WORKING),
+    # The reaper fails a run whose every attempt was interrupted, and stops a run in cancelling whose
+    # holder is gone (nobody is left to stop it).
+    *(Transition(status, Trigger.FAIL, _S.FAILED, _WORKER_OR_REAPER) for status in _WORKING),
+    Transition(_S.PREPARING, Trigger.STOP, _S.CANCELLED, _WORKER),
+    Transition(_S.RUNNING, Trigger.STOP, _S.CANCELLED, _WORKER),
+    Transition(_S.CANCELLING, Trigger.STOP, _S.CANCELLED, _WORKER_OR_REAPER),
+    # A run asked to cancel is not retried: it is stopped.
+    Transition(_S.PREPARING, Trigger.RETRY, _S.QUEUED, _WORKER_OR_REAPER),
+    Transition(_S.RUNNING, Trigger.RETRY, _S.QUEUED, _WORKER_OR_REAPER),
+    Transition(_S.FAILED, Trigger.RESUME, _S.QUEUED, _CLIENT),
+    Transition(_S.CANCELLED, Trigger.RESUME, _S.QUEUED, _CLIENT),
 )
 _BY_SOURCE = {(t.source, t.trigger): t for t in TRANSITIONS}
 
-# No transition leaves these.
-TERMINAL_RUN_STATUSES = frozenset(set(RunStatus) - {t.source for t in TRANSITIONS})
+# Nothing but its owner's ``resume`` leaves these: the run has ended (its stream ends, its inputs are free).
+TERMINAL_RUN_STATUSES = frozenset(
+    set(RunStatus) - {t.source for t in TRANSITIONS if t.trigger != Trigger.RESUME}
+)
 # A run in one of these may still read its corpora and base checkpoint: they cannot be deleted.
 ACTIVE_RUN_STATUSES = frozenset(set(RunStatus) - TERMINAL_RUN_STATUSES)
 # Where a worker holds the run (it may end it): its writes are accepted only then, fenced by the attempt.

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -23,13 +27,24 @@ from app.runs.events import RunEventType, add_event
 from app.runs.schemas import RunCreate
 from app.runs.states import RunStatus
 from app.storage import Storage
-from worker.pretraining.corpus import NSP_MIN_DOCUMENTS
 from worker.pretraining.hyperparameters import Hyperparameters, load_hyperparameters
 from worker.pretraining.model_files import (
+    TOKENIZER_FILES,
     BaseModelError,
     max_position_embeddings,
     read_config,
+    segment_types_error,
     sequence_length_error,
+    token_types,
+    tokenizer_vocabulary,
+    vocabulary_error,
+)
+from worker.pretraining.preparation_rules import (
+    PreparationError,
+    check_documents,
+    check_scripts,
+    check_whole_word_vocabulary,
+    held_out_split,
 )
 
 __all__ = ["MAX_METADATA_BYTES", "CreatedRun", "create_run"]
@@ -81,9 +96,9 @@ def create_run(
         if body.reference_corpus_id
         else None
     )
-    _check_corpora(hyperparameters, corpus, eval_corpus)
+    _check_corpora(hyperparameters, corpus, eval_corpus, reference_corpus)
     base = resolve_base_model(session, tenant, body.base_model, settings=settings, storage=storage)
-    _check_sequence_length(hyperparameters, base)
+    _check_base_model(hyperparameters, base)
 
     run = Run(
         id=new_id("run"),
@@ -166,29 +181,118 @@ def _corpus(session: Session, tenant: Tenant, corpus_id: str, param: str) -> Cor
     return corpus
 
 
-def _check_corpora(hyperparameters: Hyperparameters, corpus: Corpus, eval_corpus: Corpus | None) -> None:
-    """What the corpora's statistics already refuse: settings an eval corpus makes ignored
-    (HyperparameterError, 422 ``hyperparameters.<field>``), next-sentence prediction on one document."""
+# -- what the corpora and the base model already refuse ---------------------------------------------------
+# The training library's own rules (worker.pretraining.preparation_rules, model_files), called with what was
+# stored at upload: a run the worker would refuse while preparing its data or loading its model is a 422
+# naming the field, and nothing is queued. What needs the text tokenized (documents the tokenizer leaves
+# empty, [UNK] floods) or the model downloaded (hf: models) is still the worker's to find.
+
+_CORPUS_ROLES = {
+    "corpus_id": "corpus",
+    "eval_corpus_id": "eval corpus",
+    "reference_corpus_id": "reference corpus",
+}
+
+
+@contextmanager
+def _refused_as(param: str) -> Iterator[None]:
+    """A PreparationError as the 422 of the submission: of the training corpus, it names the setting the
+    corpus cannot meet (``hyperparameters.<field>``); of another corpus, that corpus's field."""
+    try:
+        yield
+    except PreparationError as exc:
+        named = f"hyperparameters.{exc.field}" if exc.field and param == "corpus_id" else param
+        raise ValidationFailed(named, str(exc)) from None
+
+
+def _check_corpora(
+    hyperparameters: Hyperparameters,
+    corpus: Corpus,
+    eval_corpus: Corpus | None,
+    reference_corpus: Corpus | None,
+) -> None:
+    """What the corpora's stored statistics already refuse: settings an eval corpus makes ignored
+    (HyperparameterError, 422 ``hyperparameters.<field>``), too few documents (next-sentence prediction on
+    one), whole-word masking of text without spaces, a held-out split that leaves too little to train on."""
     if eval_corpus is not None:
         hyperparameters.check_eval_corpus()
-    if hyperparameters.nsp and corpus.documents < NSP_MIN_DOCUMENTS:
-        raise ValidationFailed(
-            "hyperparameters.nsp",
-            f"corpus {corpus.id} is {corpus.documents} document: next-sentence prediction needs at least "
-            f"{NSP_MIN_DOCUMENTS} (its random second segments come from another document). Set nsp to false "
-            "to train masked-LM only, or separate the documents with blank lines.",
+    for param, stored in (
+        ("corpus_id", corpus),
+        ("eval_corpus_id", eval_corpus),
+        ("reference_corpus_id", reference_corpus),
+    ):
+        if stored is None:
+            continue
+        what = f"{_CORPUS_ROLES[param]} {stored.id}"
+        with _refused_as(param):
+            check_documents(stored.documents, hyperparameters, what)
+            characters = stored.stats.get("characters")
+            unspaced = stored.stats.get(
+                "unspaced_script_characters"
+            )  # absent: uploaded before it was counted
+            if isinstance(characters, int) and isinstance(unspaced, int):
+                check_scripts(
+                    hyperparameters, characters=characters, unspaced_script_characters=unspaced, what=what
+                )
+    with _refused_as("corpus_id"):
+        held_out_split(
+            hyperparameters,
+            documents=corpus.documents,
+            # Lines are sentences unless they are split (sentence_splitting: auto) after tokenizing.
+            sentences=corpus.sentences if hyperparameters.sentence_splitting == "none" else None,
+            eval_corpus=eval_corpus is not None,
+            what=f"corpus {corpus.id}",
         )
 
 
-def _check_sequence_length(hyperparameters: Hyperparameters, base: ResolvedBaseModel) -> None:
-    """max_seq_length must fit the model's position embeddings, when its config.json can be read here
-    (not for hf: models, which the worker downloads; it checks them again)."""
+def _check_base_model(hyperparameters: Hyperparameters, base: ResolvedBaseModel) -> None:
+    """What the base model's files refuse, when they are here to read (not for hf: models, which the
+    worker downloads; it checks them then): max_seq_length beyond the position embeddings, next-sentence
+    prediction on a model of one token type, a tokenizer larger than the embedding matrix, whole-word
+    masking without WordPiece continuations."""
     if base.local_path is None:
         return
     try:
-        positions = max_position_embeddings(read_config(base.local_path))
+        config = read_config(base.local_path)
     except BaseModelError:
         return  # the worker refuses it with the reason
-    too_long = sequence_length_error(hyperparameters.max_seq_length, positions, str(base.spec))
+    too_long = sequence_length_error(
+        hyperparameters.max_seq_length, max_position_embeddings(config), str(base.spec)
+    )
     if too_long is not None:
         raise ValidationFailed("hyperparameters.max_seq_length", f"max_seq_length {too_long}")
+    one_segment = segment_types_error(hyperparameters.nsp, token_types(config))
+    if one_segment is not None:
+        raise ValidationFailed("hyperparameters.nsp", f"{base.spec}: {one_segment}")
+    vocabulary = _tokenizer_vocabulary(base.local_path)
+    if vocabulary is None:
+        return
+    rows = config.get("vocab_size")
+    too_many = vocabulary_error(len(vocabulary), rows if isinstance(rows, int) else None)
+    if too_many is not None:
+        raise ValidationFailed("base_model", f"{base.spec}: {too_many}")
+    try:
+        check_whole_word_vocabulary(hyperparameters, vocabulary)
+    except PreparationError as exc:
+        raise ValidationFailed("hyperparameters.whole_word_mask", f"{base.spec}: {exc}") from None
+
+
+def _tokenizer_vocabulary(directory: Path) -> frozenset[str] | None:
+    """The tokenizer's tokens as its files list them, read once per version of the files (parsing a
+    tokenizer.json takes about 40 ms; checkpoint and built-in files do not change)."""
+    versions: list[tuple[int, int] | None] = []
+    for name in TOKENIZER_FILES:
+        try:
+            stat = (directory / name).stat()
+        except OSError:
+            versions.append(None)
+        else:
+            versions.append((stat.st_mtime_ns, stat.st_size))
+    return _remembered_vocabulary(str(directory), tuple(versions))
+
+
+@lru_cache(maxsize=8)
+def _remembered_vocabulary(
+    directory: str, versions: tuple[tuple[int, int] | None, ...]
+) -> frozenset[str] | None:
+    return tokenizer_vocabulary(Path(directory))

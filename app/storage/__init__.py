@@ -1,8 +1,8 @@
 """Artifact storage: corpora, uploaded checkpoints, prepared data and runs' files.
 
-:mod:`app.storage.interface` is what callers use, :mod:`app.storage.keys` names every key, and
+:mod:`app.storage.interface` is what callers use, :mod:`app.storage.keys` names every key,
 :func:`get_storage` builds the backend of ``STORAGE_URL`` (a local directory; S3 later behind the same
-interface).
+interface), and :func:`sweep_stale_uploads` removes what writes left behind when their process died.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from app.storage.interface import (
     validate_key,
 )
 from app.storage.local import LocalStorage
+from app.storage.sweep import sweep_stale_uploads
 
 __all__ = [
     "LocalStorage",
@@ -26,6 +27,7 @@ __all__ = [
     "Storage",
     "StorageKeyError",
     "get_storage",
+    "sweep_stale_uploads",
     "validate_key",
 ]
 

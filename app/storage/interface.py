@@ -90,3 +90,9 @@ class Storage(Protocol):
     def local_path(self, key: str) -> Path:
         """A local filesystem path for ``key`` (the worker trains from and into directories)."""
         ...
+
+    def remove_stale_temporaries(self, older_than: float) -> list[str]:
+        """Remove the temporary files and directories of writes that nothing has written to for
+        ``older_than`` seconds (left by a process that died mid-write; younger ones belong to writes in
+        progress, and are kept). Returns their names."""
+        ...

@@ -7,8 +7,9 @@ prepared/<cache key>/                 prepared data, shared by the runs that agr
 runs/<run id>/                        a run's directory, the same for every attempt, laid out by the
                                       training library's RunLayout: model/, checkpoints/checkpoint-<step>,
                                       tensorboard/, metrics.jsonl, result.json
-runs/<run id>/archives/               download archives of the run's model and checkpoints, built on
-                                      first request (app.runs.download_archive)
+runs/<run id>/archives/               the sha256 of each download archive of the run's model and
+                                      checkpoints, kept by its first complete download (the archives
+                                      are streamed, never stored: app.runs.download_archive)
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -161,7 +162,36 @@ class LocalStorage:
                 break
             parent = parent.parent
 
+    def remove_stale_temporaries(self, older_than: float) -> list[str]:
+        tmp = self.root / _TMP_DIR
+        if not tmp.is_dir():
+            return []
+        cutoff = time.time() - older_than
+        removed = []
+        for entry in sorted(tmp.iterdir()):
+            try:
+                if _last_written(entry) >= cutoff:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except FileNotFoundError:
+                continue  # committed or aborted meanwhile: its write was alive after all
+            removed.append(entry.name)
+        return removed
+
     def temporary_entries(self) -> list[Path]:
         """What is left in the temporary area (tests check that failed uploads leave nothing)."""
         tmp = self.root / _TMP_DIR
         return sorted(tmp.iterdir()) if tmp.is_dir() else []
+
+
+def _last_written(path: Path) -> float:
+    """The newest modification time of ``path`` and, for a directory, of everything in it."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for parent, directories, files in os.walk(path):
+            for name in (*directories, *files):
+                newest = max(newest, os.lstat(os.path.join(parent, name)).st_mtime)
+    return newest

@@ -27,6 +27,7 @@ def settings(database_url: str, storage: LocalStorage) -> Settings:
         hf_hub_offline=False,
         max_upload_bytes=8 << 20,
         training_queue=f"training-test-{secrets.token_hex(4)}",
+        housekeeping=False,  # the reaper looks at every tenant's runs: tests/app/test_housekeeping.py
     )
 
 

@@ -44,3 +44,11 @@ def test_production_refuses_unsafe_defaults() -> None:
     Settings(env="prod", database_url="postgresql+psycopg://db/bertpt", cors_origins=["https://ui.example"])
     with pytest.raises(ValidationError, match="file://"):
         Settings(storage_url="s3://bucket")
+
+
+def test_uploads_leave_threads_to_other_requests() -> None:
+    assert Settings(api_threads=8).concurrent_uploads() == 4
+    assert Settings(api_threads=1).concurrent_uploads() == 1
+    assert Settings(api_threads=8, max_concurrent_uploads=7).concurrent_uploads() == 7
+    with pytest.raises(ValidationError, match="MAX_CONCURRENT_UPLOADS"):
+        Settings(api_threads=8, max_concurrent_uploads=8)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
+import re
 import signal
 import threading
 import time
@@ -12,12 +13,13 @@ import pytest
 from sqlalchemy import select, update
 
 from app.db import session_scope
-from app.models import Run, RunCheckpoint, RunEvent
+from app.models import Run, RunCheckpoint, RunEvent, RunMetric
 from app.runs import live
 from app.runs.schemas import RunError, RunProgress
 from app.runs.states import RunStatus
 from tests.support import TINY_HYPERPARAMETERS, Factory
 from tests.worker import children
+from worker import executor
 from worker.context import WorkerContext
 from worker.executor import execute_run
 
@@ -177,41 +179,130 @@ def test_cancelling_while_preparing_ends_the_training_process(
     assert _events(factory, run_id)[-1].message == "cancelled while preparing the data"
 
 
-def test_a_training_process_killed_without_a_word_fails_the_run_clearly(
+def test_a_supervisor_that_cannot_renew_its_lease_gives_the_run_up_before_the_reaper_takes_it(
+    factory: Factory,
+    worker_context: WorkerContext,
+    tiny_bert_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database becomes unreachable once training is being prepared: after LEASE_MARGIN of the
+    heartbeat timeout the supervisor stops its training process and writes nothing, so that when the
+    reaper hands the run to another attempt, no one else is still training it."""
+    from sqlalchemy.exc import OperationalError
+
+    monkeypatch.setattr("worker.executor.run_training_job", children.preparing_forever)
+    checkpoint_id = factory.checkpoint(tiny_bert_dir)
+    run_id = factory.run(
+        corpus_id=factory.corpus(b"a b c.\nd e f.\n"), base_model=f"checkpoint:{checkpoint_id}"
+    )
+    reachable = factory.session_factory
+    cut = threading.Event()
+
+    def session_factory():  # the database, until the training process has started
+        if cut.is_set():
+            raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+        return reachable()
+
+    original_supervise = executor.supervise
+
+    def supervise_then_cut(job, recorder, context):  # type: ignore[no-untyped-def]
+        cut.set()
+        return original_supervise(job, recorder, context)
+
+    monkeypatch.setattr(executor, "supervise", supervise_then_cut)
+    worker_context.session_factory = session_factory
+    worker_context.stop_grace_seconds = 0.5  # the stand-in ignores the stop event: terminated after this
+    worker_context.settings = worker_context.settings.model_copy(update={"heartbeat_timeout_seconds": 2})
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="worker.executor"):
+        assert execute_run(run_id, context=worker_context) is None
+    assert time.monotonic() - started < 60  # it did not wait for the database to come back
+    assert "the database has been unreachable too long to keep the run's lease" in caplog.text
+    run = factory.get_run(run_id)
+    assert run.status == RunStatus.PREPARING and run.attempt == 1  # nothing written: the reaper's to take
+
+
+def test_a_killed_training_is_retried_from_its_checkpoint_then_fails_and_its_owner_resumes_it(
     factory: Factory,
     worker_context: WorkerContext,
     tiny_bert_dir: Path,
     tiny_corpus_bytes: bytes,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import psutil
+    """Each attempt's training process is killed at its seventh step: attempt 1 at step 7 (checkpoints 3
+    and 6), attempt 2 resumes from 6 and dies at 13 (checkpoints 9 and 12); with MAX_ATTEMPTS 2 the run
+    fails saying how to resume it, and its owner's resume trains it to the end from step 12."""
+    from app.models import Tenant
+    from app.runs import service
+    from app.runs.live import LivePublisher
 
+    monkeypatch.setattr("worker.executor.run_training_job", children.killed_on_batch_7)
+    sent: list[str] = []
+    worker_context.enqueue = sent.append
+    worker_context.settings = worker_context.settings.model_copy(update={"max_attempts": 2})
     checkpoint_id = factory.checkpoint(tiny_bert_dir)
     run_id = factory.run(
         corpus_id=factory.corpus(tiny_corpus_bytes),
         base_model=f"checkpoint:{checkpoint_id}",
-        # max_runtime_seconds: should the killer never act, the run ends and the test fails, not hangs.
-        hyperparameters={**TINY_HYPERPARAMETERS, "max_steps": 100_000, "max_runtime_seconds": 300},
+        hyperparameters={**TINY_HYPERPARAMETERS, "max_steps": 16, "checkpoint_every_steps": 3},
     )
 
-    def kill_once_training() -> None:
-        """What the out-of-memory killer does: SIGKILL, no goodbye."""
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if factory.get_run(run_id).progress.get("step", 0) >= 1:
-                for child in psutil.Process().children():
-                    with contextlib.suppress(psutil.Error):  # a process ending meanwhile
-                        if "spawn_main" in " ".join(child.cmdline()):  # not billiard's semaphore tracker
-                            child.send_signal(signal.SIGKILL)
-                return
-            time.sleep(0.1)
-
-    killer = threading.Thread(target=kill_once_training)
-    killer.start()
-    assert execute_run(run_id, context=worker_context) == RunStatus.FAILED
-    killer.join()
+    assert execute_run(run_id, context=worker_context) == RunStatus.QUEUED
     run = factory.get_run(run_id)
-    assert run.error is not None and run.error["type"] == "training_process_died"
-    assert "SIGKILL" in run.error["message"] and run.error["exit_code"] == -signal.SIGKILL
+    assert (run.status, run.attempt, run.error) == (RunStatus.QUEUED, 1, None) and sent == [run_id]
+    retrying = _events(factory, run_id)[-1]
+    assert (retrying.type, retrying.level) == ("retrying", "warning")
+    # "after step N": the last step it reported (a SIGKILL may lose reports; the checkpoint is read on disk).
+    assert re.fullmatch(
+        r"attempt 1 of 2 was interrupted after step [1-6]: the training process was killed by signal SIGKILL "
+        r"\(often the host's out-of-memory killer\) before finishing; attempt 2 of 2 resumes from the "
+        r"checkpoint of step 6",
+        retrying.message,
+    ), retrying.message
+    assert (
+        retrying.data["reason"]["type"] == "training_process_died" and retrying.data["checkpoint_step"] == 6
+    )
+
+    assert execute_run(run_id, context=worker_context) == RunStatus.FAILED
+    run = factory.get_run(run_id)
+    assert run.attempt == 2 and run.error is not None and run.error["type"] == "training_process_died"
+    assert run.error["exit_code"] == -signal.SIGKILL and run.error["checkpoint_step"] == 12
+    assert re.match(r"attempt 2 of 2, the last, was interrupted after step \d+: ", run.error["message"])
+    assert run.error["message"].endswith(
+        f"before finishing; its last checkpoint (step 12) is kept: POST /v1/runs/{run_id}/resume continues "
+        "from it"
+    )
+    started = [event for event in _events(factory, run_id) if event.type == "training_started"]
+    assert [(event.data["attempt"], event.data["resumed_from_step"]) for event in started] == [
+        (1, None),
+        (2, 6),
+    ]
+    # The live stream tells watchers to drop what attempt 1 published past step 6.
+    rewinds = [data for type, data in _stream(factory, run_id) if type == "rewind"]
+    assert rewinds == [{"step": 6, "attempt": 2}]
+
+    # Its owner resumes it: the next attempt restores optimizer, schedule and data position from step 12.
+    monkeypatch.undo()
+    with session_scope(factory.session_factory) as session:
+        tenant = session.get(Tenant, factory.tenant_id)
+        assert tenant is not None
+        service.resume_run(session, tenant, run_id, enqueue=sent.append, publisher=LivePublisher(None))
+    assert sent == [run_id, run_id]
+    assert execute_run(run_id, context=worker_context) == RunStatus.SUCCEEDED
+    run = factory.get_run(run_id)
+    assert (run.attempt, run.resumed_after_attempt, run.error, run.progress["step"]) == (3, 2, None, 16)
+    started = [event for event in _events(factory, run_id) if event.type == "training_started"]
+    assert started[-1].data["resumed_from_step"] == 12
+    # One point per step, every step of the curve: what the interrupted attempts left past their
+    # checkpoints was superseded by the attempts that resumed from them.
+    with factory.session_factory() as session:
+        steps = session.scalars(
+            select(RunMetric.step).where(
+                RunMetric.run_id == run_id, RunMetric.split == "train", RunMetric.name == "loss"
+            )
+        ).all()
+    assert sorted(steps) == list(range(1, 17))
 
 
 def test_a_diverging_run_fails_clearly_and_its_last_good_checkpoint_continues(

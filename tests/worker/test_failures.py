@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from worker.failures import describe_failure, describe_process_death
+from worker.failures import RETRIED_FAILURES, describe_failure, describe_process_death
 from worker.job import TrainingJob
 from worker.pretraining.corpus import CorpusFormatError
 from worker.pretraining.hyperparameters import HyperparameterError
@@ -55,9 +55,16 @@ def test_out_of_memory_advises_and_bugs_stay_generic() -> None:
 
 
 def test_a_killed_training_process_is_explained() -> None:
-    failure = describe_process_death(-signal.SIGKILL, last_checkpoint_step=40)
-    assert failure.type == "training_process_died"
-    assert "SIGKILL" in failure.message and "step 40" in failure.message
+    failure = describe_process_death(-signal.SIGKILL)
+    assert failure.as_error() == {
+        "type": "training_process_died",
+        "message": "the training process was killed by signal SIGKILL (often the host's out-of-memory "
+        "killer) before finishing",
+        "exit_code": -signal.SIGKILL,
+    }
+    assert describe_process_death(1).message == "the training process exited with status 1 before finishing"
+    # What becomes of the run (retried, or failed and resumable) is the executor's to say.
+    assert {"training_process_died", "out_of_memory"} == RETRIED_FAILURES
 
 
 def test_non_finite_failures_keep_their_step_and_hint() -> None:

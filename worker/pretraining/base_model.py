@@ -16,15 +16,18 @@ from typing import Any
 
 import torch
 
+from worker.pretraining.builtin_models import BUILTIN_MODELS, builtin_model_dir, similar_builtin_names
 from worker.pretraining.model_files import (
     CONVERT_HINT,
     HUB_FILES,
     HUB_ID,
+    HUB_PREFIX,
     PICKLE_SUFFIXES,
     SAFE_WEIGHTS,
     SAFE_WEIGHTS_INDEX,
     BaseModelError,
     inspect_model_dir,
+    vocabulary_error,
 )
 from worker.pretraining.records import RunWarning
 from worker.pretraining.tokenizer import load_tokenizer, quiet_transformers
@@ -71,9 +74,10 @@ def _looks_like_path(base: str) -> bool:
 
 
 def resolve_base(base: str | os.PathLike[str]) -> Path:
-    """A local directory for ``base``: the directory itself, or the hub snapshot (downloaded when the
-    hub is reachable, from the local cache when offline). Only config, safetensors and tokenizer files
-    are ever downloaded."""
+    """A local directory for ``base``, tried in this order: an existing directory; a built-in model's name
+    (:data:`BUILTIN_MODELS`, the names the service takes); a hub id (``owner/name``, or ``hf:owner/name``
+    as the service writes it), whose snapshot is downloaded when the hub is reachable and read from the
+    local cache when offline. Only config, safetensors and tokenizer files are ever downloaded."""
     path = Path(base).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -82,7 +86,10 @@ def resolve_base(base: str | os.PathLike[str]) -> Path:
                 "model.safetensors and the tokenizer files"
             )
         return path
-    name = str(base)
+    builtin = builtin_model_dir(str(base))
+    if builtin is not None:
+        return builtin
+    name = str(base).removeprefix(HUB_PREFIX)
     if _looks_like_path(name):
         raise BaseModelError(f"base checkpoint directory {name!r} does not exist")
     from huggingface_hub import snapshot_download
@@ -91,19 +98,31 @@ def resolve_base(base: str | os.PathLike[str]) -> Path:
     try:
         snapshot = Path(snapshot_download(repo_id=name, allow_patterns=HUB_FILES, local_files_only=offline))
     except Exception as exc:
-        if offline:
-            raise BaseModelError(
-                f"{name!r} is not a local directory and is not in the Hugging Face cache, and the hub is "
-                "offline (HF_HUB_OFFLINE is set): download it on a machine that can reach the hub "
-                "(`hf download " + name + "`) and copy the cache, or pass a local directory"
-            ) from exc
-        raise BaseModelError(
-            f"{name!r} is not a local directory and could not be fetched from the Hugging Face hub "
-            f"({type(exc).__name__}: {exc}). Check the id and the network, or pass a local directory."
-        ) from exc
+        raise BaseModelError(_unresolved_message(name, offline, exc)) from exc
     if not _has_safetensors(snapshot):
         _refuse_pickle_only_hub_repo(name)
     return snapshot
+
+
+def _unresolved_message(name: str, offline: bool, exc: Exception) -> str:
+    """Why ``name`` named nothing usable, with what it can name and what to do."""
+    builtins = ", ".join(BUILTIN_MODELS)
+    similar = similar_builtin_names(name)
+    meant = f" Did you mean {' or '.join(repr(n) for n in similar)}?" if similar else ""
+    if offline:
+        return (
+            f"{name!r} is not a local directory nor a built-in model ({builtins}), and the Hugging Face "
+            f"hub is offline (HF_HUB_OFFLINE is set) with no copy of {name!r} in its cache.{meant} If it is "
+            "a hub repository, download it where the hub is reachable: `hf download "
+            f"{name} --include '*.json' --include '*.safetensors' --include vocab.txt --local-dir DIR`, then "
+            "pass --base DIR"
+        )
+    return (
+        f"{name!r} is not a local directory nor a built-in model ({builtins}), and could not be fetched "
+        f"from the Hugging Face hub ({type(exc).__name__}: {exc}).{meant} Pass a directory holding a "
+        "save_pretrained checkpoint, a built-in name, or the id of a hub repository (owner/name); check "
+        "the id and the network"
+    )
 
 
 def _refuse_pickle_only_hub_repo(name: str) -> None:
@@ -238,12 +257,9 @@ def load_base_model(base: str | os.PathLike[str], *, attn_implementation: str = 
     except BaseModelError as exc:
         raise BaseModelError(f"{label}: {exc}") from None
     tokenizer = load_tokenizer(directory, label=label)
-    rows = int(config["vocab_size"])
-    if len(tokenizer) > rows:
-        raise BaseModelError(
-            f"{label}: the tokenizer has {len(tokenizer)} tokens but the embedding matrix only {rows} rows; "
-            "ids beyond it would crash training. Use the tokenizer the checkpoint was trained with."
-        )
+    too_many = vocabulary_error(len(tokenizer), int(config["vocab_size"]))
+    if too_many is not None:
+        raise BaseModelError(f"{label}: {too_many}")
     try:
         with quiet_transformers():
             loaded: Any = BertForPreTraining.from_pretrained(

@@ -11,10 +11,12 @@ from typing import Any, NoReturn
 
 import click
 
+from worker.pretraining.builtin_models import builtin_model_dir
 from worker.pretraining.cli_options import schema_options, schema_overrides
 from worker.pretraining.corpus import CorpusFormatError
 from worker.pretraining.hyperparameters import HyperparameterError, PreparationConfig, load_hyperparameters
 from worker.pretraining.model_files import (
+    HUB_PREFIX,
     BaseModelError,
     max_position_embeddings,
     read_config,
@@ -50,6 +52,16 @@ def preparation_report(prepared: Any, seconds: float) -> dict[str, Any]:
     }
 
 
+def tokenizer_source(tokenizer: str) -> str:
+    """What ``--tokenizer`` names, as the loader takes it: an existing path as given, a built-in model's
+    directory for its name (as ``bertpt train --base`` takes it), else a hub id (``hf:`` prefix dropped).
+    BaseModelError when a built-in is not installed."""
+    if Path(tokenizer).expanduser().exists():
+        return tokenizer
+    directory = builtin_model_dir(tokenizer)
+    return str(directory) if directory is not None else tokenizer.removeprefix(HUB_PREFIX)
+
+
 def _sequence_length_error(tokenizer_path: str, max_seq_length: int) -> str | None:
     """When the tokenizer is a checkpoint's directory: whether max_seq_length fits its model."""
     directory = Path(tokenizer_path)
@@ -68,7 +80,8 @@ def _sequence_length_error(tokenizer_path: str, max_seq_length: int) -> str | No
     "--tokenizer",
     "tokenizer_path",
     required=True,
-    help="Directory of the checkpoint's fast tokenizer (tokenizer.json), or a hub id.",
+    help="Directory of the checkpoint's fast tokenizer (tokenizer.json), a built-in model's name, or a hub "
+    "id.",
 )
 @click.option(
     "--out",
@@ -108,7 +121,8 @@ def prepare_command(
     started = time.perf_counter()
     try:
         hyperparameters = load_hyperparameters(config_path, schema_overrides(PreparationConfig, options))
-    except HyperparameterError as exc:
+        tokenizer_path = tokenizer_source(tokenizer_path)
+    except (HyperparameterError, BaseModelError) as exc:
         fail(str(exc), 2)
     too_long = _sequence_length_error(tokenizer_path, hyperparameters.max_seq_length)
     if too_long is not None:

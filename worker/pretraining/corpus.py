@@ -22,12 +22,12 @@ import math
 import os
 import re
 import unicodedata
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from worker.pretraining.inflate import GzipError, GzipInflater, InflateLimitExceeded, InflateLimits
 from worker.pretraining.records import RunWarning
 
 __all__ = [
@@ -49,10 +49,12 @@ NSP_MIN_DOCUMENTS = 2
 DEFAULT_CHUNK_SIZE = 1 << 20
 
 _GZIP_MAGIC = b"\x1f\x8b"
-# Decompressed output is produced at most this much at a time, so a small, highly compressed upload
-# (a "zip bomb") cannot make one feed() allocate gigabytes before the line-length guard sees it.
-_MAX_INFLATE_OUTPUT = 4 << 20
 _TERMINATOR = re.compile(rb"\r\n|\r|\n")
+# A long run of blank lines (whitespace only: ``\s`` is what ``str.strip()`` removes), from the terminator of
+# the line before it to its own last terminator, at least 64 characters: skipped in one step rather than
+# line by line, so that a file of a billion newlines does not cost a billion turns of the line loop. (The
+# single-character repeat runs in C and fails at once on the usual blank line between two documents.)
+_BLANK_RUN = re.compile(r"\n\s{62,}\n")
 
 # More than this share of one-sentence documents (with enough documents to judge) means the blank lines
 # almost certainly separate sentences rather than documents.
@@ -169,6 +171,10 @@ class CorpusScanner:
     an 8-byte hash per document for duplicate detection. Errors are raised as soon as they are seen, as
     :class:`CorpusFormatError`; after an error the scanner keeps raising it.
 
+    ``limits`` caps the text (decompressed) size and the gzip compression ratio, checked as the data
+    inflates: :class:`~worker.pretraining.inflate.InflateLimitExceeded` (kept and raised again like a
+    format error). The text of a plain file counts as decompressed at a ratio of 1.
+
     ``on_document(sentences, first_line)`` is called for each complete document with its stripped
     sentences and the 1-based line number of its first sentence; the list is not reused afterwards.
     """
@@ -179,12 +185,14 @@ class CorpusScanner:
         max_line_chars: int = DEFAULT_MAX_LINE_CHARS,
         path: str | None = None,
         on_document: Callable[[list[str], int], None] | None = None,
+        limits: InflateLimits | None = None,
     ) -> None:
         if max_line_chars < 1:
             raise ValueError("max_line_chars must be at least 1")
         self.max_line_chars = max_line_chars
         self.path = path
         self.on_document = on_document
+        self.limits = limits or InflateLimits()
         self._max_pending_bytes = 4 * max_line_chars + 4
 
         # Raw layer: what the caller fed.
@@ -192,7 +200,7 @@ class CorpusScanner:
         self._sha256 = hashlib.sha256()
         self._magic = b""  # the first raw bytes, until there are enough to tell gzip from text
         self._gzip: bool | None = None
-        self._inflater: Any = None  # zlib decompressor of the gzip member in progress, if any
+        self._inflater = GzipInflater(self.limits)
 
         # Text layer: the decompressed byte stream.
         self._head = b""  # the first decompressed bytes, until a BOM can be ruled in or out
@@ -223,7 +231,7 @@ class CorpusScanner:
         self._textless_document_lines: list[int] = []  # the first few
         self._unspaced = 0
 
-        self._error: CorpusFormatError | None = None
+        self._error: CorpusFormatError | InflateLimitExceeded | None = None
         self._report: CorpusReport | None = None
 
     # -- public -------------------------------------------------------------------------------------
@@ -266,6 +274,9 @@ class CorpusScanner:
                 exc.path = self.path
             self._error = exc
             raise
+        except InflateLimitExceeded as exc:
+            self._error = exc
+            raise
 
     def _feed_raw(self, data: bytes) -> None:
         if self._gzip is None:
@@ -277,36 +288,18 @@ class CorpusScanner:
         if self._gzip:
             self._feed_gzip(data)
         else:
+            self.limits.check(self._raw_bytes, self._raw_bytes)
             self._feed_decompressed(data)
 
     def _feed_gzip(self, data: bytes) -> None:
-        """Inflate gzip members one after another (``cat a.gz b.gz`` is a valid gzip file)."""
-        while data:
-            if self._inflater is None:
-                # Zero padding after a member is accepted by gzip tools; anything else must be a member.
-                data = data.lstrip(b"\x00")
-                if not data:
-                    return
-                self._inflater = zlib.decompressobj(wbits=31)
-            inflater = self._inflater
-            while True:
-                try:
-                    out = inflater.decompress(data, _MAX_INFLATE_OUTPUT)
-                except zlib.error as exc:
-                    raise CorpusFormatError(
-                        f"the gzip data is corrupt ({exc}); re-create the file with gzip, or upload it "
-                        "uncompressed",
-                        code="invalid_gzip",
-                    ) from None
-                if out:
-                    self._feed_decompressed(out)
-                if inflater.eof:
-                    break
-                data = inflater.unconsumed_tail
-                if not data and len(out) < _MAX_INFLATE_OUTPUT:
-                    return
-            data = inflater.unused_data
-            self._inflater = None
+        try:
+            for out in self._inflater.feed(data):  # each piece within the limits
+                self._feed_decompressed(out)
+        except GzipError as exc:
+            raise CorpusFormatError(
+                f"the gzip data is corrupt ({exc}); re-create the file with gzip, or upload it uncompressed",
+                code="invalid_gzip",
+            ) from None
 
     # -- text layer ---------------------------------------------------------------------------------
 
@@ -368,24 +361,39 @@ class CorpusScanner:
             ) from None
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
-        lines = text.split("\n")
-        lines.pop()  # "" after the final terminator
+        stretches = _stretches(text)
         if len(text) > self.max_line_chars:
-            self._check_line_lengths(complete, lines)
+            self._check_line_lengths(complete, text, stretches)
         ascii_only = text.isascii()
         if not ascii_only:
             self._unspaced += _UNSPACED_SCRIPTS.subn("", text)[1]
-        self._consume(lines, normalize=not ascii_only and not unicodedata.is_normalized("NFC", text))
-        self._line += len(lines)
+        normalize = not ascii_only and not unicodedata.is_normalized("NFC", text)
+        for stretch in stretches:
+            if isinstance(stretch, list):
+                self._consume(stretch, normalize=normalize)
+                self._line += len(stretch)
+            else:  # a long run of blank lines: one document boundary
+                if self._doc:
+                    self._close_document(self._doc)
+                    self._doc = []
+                self._line += stretch.blank_lines
         self._offset += len(complete)
 
-    def _check_line_lengths(self, complete: bytes, lines: list[str]) -> None:
+    def _check_line_lengths(self, complete: bytes, text: str, stretches: list[list[str] | _BlankRun]) -> None:
+        """Before the block is consumed: at its first line over the limit, consume the lines before it and
+        raise."""
         limit = self.max_line_chars
-        if max(map(len, lines)) <= limit:
-            return
-        k = next(i for i, line in enumerate(lines) if len(line) > limit)
-        self._emit_lines(complete[: _start_of_line(complete, k)])
-        raise self._too_long(self._line, self._offset, len(lines[k]))
+        first = 0  # index in the block of the stretch's first line
+        for stretch in stretches:
+            if isinstance(stretch, _BlankRun):
+                found = stretch.first_longer_line(text, limit)
+            else:
+                found = _first_longer_line(stretch, limit)
+            if found is not None:
+                index, length = found
+                self._emit_lines(complete[: _start_of_line(complete, first + index)])
+                raise self._too_long(self._line, self._offset, length)
+            first += stretch.blank_lines if isinstance(stretch, _BlankRun) else len(stretch)
 
     def _too_long(self, line: int, byte_offset: int, length: int | None) -> CorpusFormatError:
         if length is None:  # known to be too long before its end arrived
@@ -478,7 +486,7 @@ class CorpusScanner:
             if self._magic:
                 self._feed_decompressed(self._magic)
             self._magic = b""
-        if self._inflater is not None:
+        if self._inflater.in_member:
             raise CorpusFormatError(
                 "the gzip data is truncated (the file ends inside a compressed stream); the upload or "
                 "copy was probably cut short: compress and upload it again",
@@ -718,6 +726,53 @@ def textless_documents_warning(count: int, first_lines: list[int]) -> RunWarning
         ),
         first_line=first_lines[0] if first_lines else None,
     )
+
+
+@dataclass(frozen=True)
+class _BlankRun:
+    """Lines ``start`` to ``end`` of a decoded block (the positions after the terminator of the line before
+    the run and after its own last terminator), all blank."""
+
+    start: int
+    end: int
+    blank_lines: int
+
+    def first_longer_line(self, text: str, limit: int) -> tuple[int, int] | None:
+        """``(index in the run, length)`` of its first line longer than ``limit`` characters, or None."""
+        if self.end - self.start == self.blank_lines:
+            return None  # newlines only (the common case)
+        start = self.start  # of a line; the ones before it are within the limit
+        while self.end - 1 - start > limit:
+            # The lines that end in the next limit + 1 characters are short enough: jump past them.
+            last = text.rfind("\n", start, start + limit + 1)
+            if last < 0:
+                return text.count("\n", self.start, start), text.index("\n", start) - start
+            start = last + 1
+        return None
+
+
+def _first_longer_line(lines: list[str], limit: int) -> tuple[int, int] | None:
+    """``(index, length)`` of the first of ``lines`` longer than ``limit`` characters, or None."""
+    if not lines or max(map(len, lines)) <= limit:
+        return None
+    index = next(i for i, line in enumerate(lines) if len(line) > limit)
+    return index, len(lines[index])
+
+
+def _stretches(text: str) -> list[list[str] | _BlankRun]:
+    """The lines of ``text`` (whole lines, each with its "\\n"), in order: lists of lines to read one by one,
+    and the long runs of blank lines between them, skipped in one step (the regex and ``count`` run in C)."""
+    stretches: list[list[str] | _BlankRun] = []
+    start = 0
+    for run in _BLANK_RUN.finditer(text):
+        # The run's first "\n" ends the last line before it; its other lines are blank.
+        stretches.append(text[start : run.start()].split("\n"))
+        stretches.append(_BlankRun(run.start() + 1, run.end(), text.count("\n", run.start() + 1, run.end())))
+        start = run.end()
+    lines = text[start:].split("\n")
+    lines.pop()  # "" after the final terminator
+    stretches.append(lines)
+    return stretches
 
 
 def _line_start(buf: bytes, index: int) -> int:

@@ -34,7 +34,7 @@ from worker.pretraining.collator import PretrainingCollator
 from worker.pretraining.hyperparameters import HyperparameterError, Hyperparameters, load_hyperparameters
 from worker.pretraining.layout import CHECKPOINT_MANIFEST, MODEL_MANIFEST, RunLayout
 from worker.pretraining.masking import MaskingConfig, TokenMasker
-from worker.pretraining.model_files import sequence_length_error, weight_files
+from worker.pretraining.model_files import segment_types_error, sequence_length_error, weight_files
 from worker.pretraining.prepare import PreparedData, file_sha256, prepare_corpus, prepare_eval_corpus
 from worker.pretraining.records import (
     LogLine,
@@ -231,15 +231,9 @@ def _load_base(base: str | os.PathLike[str], h: Hyperparameters, say: Any) -> Lo
     too_long = sequence_length_error(h.max_seq_length, config.max_position_embeddings)
     if too_long is not None:
         raise HyperparameterError([("max_seq_length", too_long)])
-    if h.nsp and config.type_vocab_size < 2:
-        raise HyperparameterError(
-            [
-                (
-                    "nsp",
-                    "the model has a single token type, so it cannot tell segment A from B; set nsp to false",
-                )
-            ]
-        )
+    one_segment = segment_types_error(h.nsp, config.type_vocab_size)
+    if one_segment is not None:
+        raise HyperparameterError([("nsp", one_segment)])
     return loaded
 
 

@@ -130,7 +130,8 @@ class PreparationConfig(BaseModel):
         lt=1.0,
         description="Share of documents held out, whole, for evaluation (a corpus of one document: a "
         "contiguous block of that share of its sentences). Leave it at its default when eval_documents is "
-        "given; with an eval corpus nothing is held out.",
+        "given; with an eval corpus nothing is held out. At its default, a corpus too small to spare a "
+        "split and train on the rest is trained on whole, without held-out evaluation (a warning says so).",
     )
     eval_documents: int | None = Field(
         None, ge=0, description="Number of documents held out for evaluation, instead of eval_fraction."
@@ -241,7 +242,13 @@ class Hyperparameters(PreparationConfig):
         1000, ge=0, description="Save a resumable checkpoint every this many steps (0: only at the end)."
     )
     keep_checkpoints: int = Field(
-        2, ge=1, le=1000, description="How many of the newest intermediate checkpoints to keep."
+        1,
+        ge=1,
+        le=1000,
+        description="How many of the newest checkpoints to keep. One is safe: a checkpoint is written "
+        "completely and published by a rename before older ones are removed. Each holds the optimizer "
+        "state, about three times the size of the weights (275 MB for MiniLM-L6): keep more only to go "
+        "back to an earlier step.",
     )
     max_runtime_seconds: int | None = Field(
         None, ge=1, description="Stop cleanly (with a checkpoint) after this much wall time."

@@ -10,7 +10,8 @@ A safetensors file starts with an 8-byte little-endian header length N, then N b
 tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets into the data after the
 header), plus an optional ``__metadata__`` entry (https://github.com/huggingface/safetensors, "Format").
 
-This module imports the standard library only.
+This module imports the standard library and :mod:`worker.pretraining.layout` (the names bertpt's own
+files have) only.
 """
 
 from __future__ import annotations
@@ -23,25 +24,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.pretraining.layout import CHECKPOINT_MANIFEST, MODEL_MANIFEST, is_training_state
+
 __all__ = [
     "ARCHIVE_FILES",
     "CONVERT_HINT",
     "HUB_FILES",
     "HUB_ID",
+    "HUB_PREFIX",
     "PICKLE_SUFFIXES",
+    "PROVENANCE_FILES",
     "SAFE_WEIGHTS",
     "SAFE_WEIGHTS_INDEX",
+    "TOKENIZER_FILES",
     "BaseModelError",
     "ModelDirSummary",
     "TensorInfo",
     "inspect_model_dir",
+    "is_left_out_of_uploads",
     "is_model_file",
     "max_position_embeddings",
     "non_finite_tensor",
     "read_config",
     "read_safetensors_header",
+    "segment_types_error",
     "sequence_length_error",
     "summarize_config",
+    "token_types",
+    "tokenizer_vocabulary",
+    "training_state_note",
+    "vocabulary_error",
     "weight_files",
 ]
 
@@ -52,11 +64,15 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 _TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _SHARD_NAME = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+# bertpt's own manifests beside a model it wrote (worker.pretraining.layout): which run, step, corpus and
+# hyperparameters made it. An uploaded checkpoint keeps them as its provenance; the loader never reads them.
+PROVENANCE_FILES = (MODEL_MANIFEST, CHECKPOINT_MANIFEST)
 # Every file of an uploaded checkpoint archive: a save_pretrained directory of a BERT model and its
-# tokenizer (plus shards matching model-NNNNN-of-NNNNN.safetensors, see is_model_file).
+# tokenizer (plus shards matching model-NNNNN-of-NNNNN.safetensors, see is_model_file), and bertpt's
+# manifests, so that whatever bertpt lets you download uploads back (see also is_left_out_of_uploads).
 ARCHIVE_FILES = frozenset(
     {CONFIG, "generation_config.json", SAFE_WEIGHTS, SAFE_WEIGHTS_INDEX, *TOKENIZER_FILES, *_TOKENIZER_EXTRAS}
-    | {"README.md"}
+    | {"README.md", *PROVENANCE_FILES}
 )
 # What the loader fetches of a hub repository (huggingface_hub allow_patterns): no pickles, no other
 # frameworks' weights.
@@ -64,6 +80,9 @@ HUB_FILES = [CONFIG, "*.safetensors", SAFE_WEIGHTS_INDEX, *TOKENIZER_FILES, *_TO
 # A hub repository id, ``name`` or ``owner/name``: letters, digits, ``-``, ``_`` and ``.``, at most 96
 # characters each (the hub's own limits).
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}(/[\w.\-]{1,96})?$")
+# How a base-model spec names a hub repository (``hf:owner/name``, app.base_models.spec); the CLI takes it
+# too, beside the bare id.
+HUB_PREFIX = "hf:"
 
 CONVERT_HINT = (
     "Pickle files can run arbitrary code when loaded, so bertpt only reads safetensors. Convert the "
@@ -147,9 +166,87 @@ def sequence_length_error(max_seq_length: int, positions: int | None, model: str
     )
 
 
+def token_types(config: dict[str, Any]) -> int | None:
+    """The token types (segments) the model tells apart (config.json ``type_vocab_size``), None if
+    unstated."""
+    types = config.get("type_vocab_size")
+    return types if isinstance(types, int) and types >= 0 else None
+
+
+def segment_types_error(nsp: bool, types: int | None) -> str | None:
+    """Why next-sentence prediction cannot train a model of ``types`` token types (it tells segment A from
+    B by them), None if it can or the types are unknown."""
+    if not nsp or types is None or types >= 2:
+        return None
+    return "the model has a single token type, so it cannot tell segment A from B; set nsp to false"
+
+
+def vocabulary_error(tokens: int, rows: int | None) -> str | None:
+    """Why a tokenizer of ``tokens`` tokens does not fit a word-embedding matrix of ``rows`` rows, None if
+    it fits or the rows are unknown."""
+    if rows is None or tokens <= rows:
+        return None
+    return (
+        f"the tokenizer has {tokens} tokens but the embedding matrix only {rows} rows; ids beyond it would "
+        "crash training. Use the tokenizer the checkpoint was trained with."
+    )
+
+
+def tokenizer_vocabulary(directory: Path) -> frozenset[str] | None:
+    """The tokens that the tokenizer files of ``directory`` list: tokenizer.json's model vocabulary and
+    added tokens, else the lines of vocab.txt; None when neither can be read this way. A tokenizer loaded
+    from these files holds these tokens and possibly more (special tokens its configuration adds), so its
+    length is at least this set's."""
+    tokenizer_json, vocab_txt = (directory / name for name in TOKENIZER_FILES)
+    try:
+        if tokenizer_json.is_file():
+            return _tokenizer_json_tokens(json.loads(tokenizer_json.read_text(encoding="utf-8")))
+        if vocab_txt.is_file():
+            # As transformers reads it: one token a line, universal newlines, nothing stripped but "\n".
+            lines = vocab_txt.read_text(encoding="utf-8").split("\n")
+            return frozenset(lines[:-1] if lines[-1] == "" else lines)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return None
+
+
+def _tokenizer_json_tokens(data: Any) -> frozenset[str] | None:
+    model = data.get("model") if isinstance(data, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if isinstance(vocab, dict):  # WordPiece, BPE, WordLevel: token -> id
+        tokens: list[Any] = list(vocab)
+    elif isinstance(vocab, list):  # Unigram: [token, score] pairs
+        tokens = [entry[0] if isinstance(entry, list) and entry else None for entry in vocab]
+    else:
+        return None
+    added = data.get("added_tokens") or []
+    tokens += [entry.get("content") if isinstance(entry, dict) else None for entry in added]
+    if not all(isinstance(token, str) for token in tokens):
+        return None
+    return frozenset(tokens)
+
+
 def is_model_file(name: str) -> bool:
     """Whether ``name`` is a file of a BERT save_pretrained directory that bertpt accepts."""
     return name in ARCHIVE_FILES or bool(_SHARD_NAME.match(name))
+
+
+def is_left_out_of_uploads(name: str) -> bool:
+    """Whether an uploaded archive's file ``name`` is the training state of a bertpt checkpoint (optimizer,
+    scheduler, scaler and RNG state, the Trainer's state and arguments: layout.TRAINING_STATE_PATTERNS,
+    what a download with ``include_optimizer`` adds). Such files are skipped, never extracted (most are
+    pickles), rather than refused: only resuming the run that wrote them uses them, and a run from an
+    uploaded checkpoint starts with a new optimizer and learning-rate schedule."""
+    return is_training_state(name)
+
+
+def training_state_note(names: list[str]) -> str:
+    """What an upload tells when it left out the training state files ``names``."""
+    return (
+        f"left out the training state of a bertpt checkpoint ({', '.join(names)}): a run from this "
+        "checkpoint starts with the weights only, a new optimizer and learning-rate schedule. To continue "
+        "the interrupted run itself with its optimizer state, resume that run instead"
+    )
 
 
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:

@@ -38,7 +38,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from worker.pretraining.corpus import (
-    NSP_MIN_DOCUMENTS,
     SENTENCE_COUNT_WARNINGS,
     CorpusReport,
     scan_corpus,
@@ -55,6 +54,14 @@ from worker.pretraining.instances import (
     plan_instances,
 )
 from worker.pretraining.masking import MaskingConfig, TokenMasker, instance_rng
+from worker.pretraining.preparation_rules import (
+    UNSPACED_SCRIPT_SHARE,
+    PreparationError,
+    check_documents,
+    check_scripts,
+    check_whole_word_vocabulary,
+    held_out_split,
+)
 from worker.pretraining.records import PreparedDataSummary, RunWarning, SplitSummary
 from worker.pretraining.tokenizer import load_tokenizer
 
@@ -95,18 +102,12 @@ IS_NEXT_SHARE_RANGE = (0.35, 0.65)
 IS_NEXT_MIN_INSTANCES = 100
 # Share of a split's corpus tokens that reach an instance, below which the text lost is reported.
 TOKENS_USED_SHARE_WARNING = 0.5
-# Whole-word masking is refused when more of the characters than this are of scripts without spaces.
-UNSPACED_SCRIPT_SHARE = 0.5
 # sentence_splitting="auto": sentencex's rules for this language (its fallback chain covers other
 # scripts' sentence terminators); the language of a corpus is not known.
 SENTENCE_SPLITTER_LANGUAGE = "en"
 
 SentenceSplitting = Literal["none", "auto"]
 Log = Callable[[str], None]
-
-
-class PreparationError(ValueError):
-    """The corpus and the parameters cannot produce training data (for example too few documents)."""
 
 
 @dataclass
@@ -232,11 +233,6 @@ class _TokenizedCorpus:
     @property
     def unk_rate(self) -> float:
         return self.findings.unk_tokens / max(self.tokens, 1)
-
-    @property
-    def unspaced_script_share(self) -> float:
-        stats = self.report.stats
-        return stats.unspaced_script_characters / max(stats.characters, 1)
 
 
 def _token_dtype(tokenizer: Any) -> type[np.unsignedinteger] | type[np.signedinteger]:
@@ -612,106 +608,59 @@ def _without_text_note(tokenized: _TokenizedCorpus) -> str:
     )
 
 
-def _check_documents(tokenized: _TokenizedCorpus, config: PreparationConfig, what: str) -> None:
-    """Refuse a corpus with too few usable documents for the settings, saying why."""
-    n_docs = tokenized.documents.num_documents
-    if n_docs == 0:
-        raise PreparationError(f"{what} has no usable document{_without_text_note(tokenized)}")
-    if config.nsp and n_docs < NSP_MIN_DOCUMENTS:
-        raise PreparationError(
-            f"{what} has 1 usable document{_without_text_note(tokenized)}: next-sentence prediction needs "
-            f"at least {NSP_MIN_DOCUMENTS} (the random second segments come from another document). Set "
-            "nsp to false to train masked-LM only on one document, or separate the documents with blank "
-            "lines."
-        )
+def _check_corpus(tokenized: _TokenizedCorpus, config: PreparationConfig, what: str) -> None:
+    """The rules of :mod:`~worker.pretraining.preparation_rules` on the usable documents of a corpus and
+    its characters (the API checks the same rules on the counts stored at upload)."""
+    check_documents(tokenized.documents.num_documents, config, what, note=_without_text_note(tokenized))
+    stats = tokenized.report.stats
+    check_scripts(
+        config,
+        characters=stats.characters,
+        unspaced_script_characters=stats.unspaced_script_characters,
+        what=what,
+    )
 
 
-def _check_whole_word_mask(config: PreparationConfig, tokenizer: Any) -> None:
-    if config.whole_word_mask and not any(token.startswith("##") for token in tokenizer.get_vocab()):
-        raise PreparationError(
-            "whole_word_mask: the tokenizer marks no word continuations with '##' (it is not a WordPiece "
-            "vocabulary), so words cannot be found and whole-word masking would change nothing; set "
-            "whole_word_mask to false"
-        )
+@dataclass
+class _Split:
+    """The documents to train on and those held out for evaluation (ids into ``documents``)."""
+
+    documents: TokenizedDocuments
+    train: list[int]
+    eval: list[int]
+    warning: RunWarning | None = None  # why nothing is held out, if the default share could not be
 
 
-def _check_scripts(config: PreparationConfig, tokenized: _TokenizedCorpus, what: str) -> None:
-    share = tokenized.unspaced_script_share
-    if config.whole_word_mask and share > UNSPACED_SCRIPT_SHARE:
-        raise PreparationError(
-            f"whole_word_mask: {share:.0%} of the characters of {what} are of scripts written without "
-            "spaces (Chinese, Japanese, Thai, ...), where a BERT tokenizer finds no words to mask whole "
-            "(every CJK character is a word of its own), so whole-word masking would change nothing; set "
-            "whole_word_mask to false"
-        )
-
-
-def _split_documents(
-    tokenized: _TokenizedCorpus, config: PreparationConfig, has_eval_corpus: bool
-) -> tuple[TokenizedDocuments, list[int], list[int]]:
-    """The documents to train on and those held out for evaluation: whole documents chosen at random
-    (seeded), never used for training; a corpus of one document holds out a contiguous block of it.
-    Returns the documents (regrouped for one document) with the training and the held-out ids."""
+def _split_documents(tokenized: _TokenizedCorpus, config: PreparationConfig, has_eval_corpus: bool) -> _Split:
+    """Whole documents chosen at random (seeded) are held out, never used for training; a corpus of one
+    document holds out a contiguous block of it (regrouped into documents). How much is held out is
+    :func:`~worker.pretraining.preparation_rules.held_out_split`'s decision."""
     docs = tokenized.documents
     n_docs = docs.num_documents
-    if has_eval_corpus:
-        return docs, list(range(n_docs)), []
-    if n_docs == 1:
-        return _hold_out_block(docs, config)
+    sentences = int(docs.document_bounds[-1] - docs.document_bounds[0])
+    held = held_out_split(
+        config,
+        documents=n_docs,
+        sentences=sentences,
+        eval_corpus=has_eval_corpus,
+        note=_without_text_note(tokenized),
+    )
+    if n_docs == 1 and held.sentences:
+        return _hold_out_block(docs, held.sentences, config)
     order = np.random.default_rng([config.seed, 7]).permutation(n_docs).tolist()
-    if config.eval_documents is not None:
-        n_eval = config.eval_documents
-    else:
-        n_eval = round(n_docs * config.eval_fraction)
-        if config.eval_fraction > 0:
-            n_eval = max(n_eval, NSP_MIN_DOCUMENTS if config.nsp else 1)
-    if n_eval and config.nsp and n_eval < NSP_MIN_DOCUMENTS:
-        raise PreparationError(
-            f"eval_documents: next-sentence prediction needs at least {NSP_MIN_DOCUMENTS} held-out documents"
-        )
-    minimum_train = smallest_hold_out = NSP_MIN_DOCUMENTS if config.nsp else 1
-    if n_docs - n_eval < minimum_train:
-        setting = "eval_documents" if config.eval_documents is not None else "eval_fraction"
-        fix = (
-            f"lower {setting}"
-            if n_docs - smallest_hold_out >= minimum_train
-            else f"set {setting} to 0 (any other value holds out at least {smallest_hold_out})"
-        )
-        raise PreparationError(
-            f"the corpus has {n_docs} usable documents{_without_text_note(tokenized)}; holding out {n_eval} "
-            f"for evaluation leaves {max(n_docs - n_eval, 0)} for training (need at least {minimum_train}): "
-            f"{fix}, or give a separate eval corpus."
-        )
-    return docs, sorted(order[n_eval:]), sorted(order[:n_eval])
+    return _Split(docs, sorted(order[held.documents :]), sorted(order[: held.documents]), held.warning)
 
 
-def _hold_out_block(
-    docs: TokenizedDocuments, config: PreparationConfig
-) -> tuple[TokenizedDocuments, list[int], list[int]]:
-    """One document (MLM-only): ``eval_fraction`` of its sentences, in one contiguous block at a seeded
+def _hold_out_block(docs: TokenizedDocuments, n_eval: int, config: PreparationConfig) -> _Split:
+    """One document (MLM-only): ``n_eval`` of its sentences, in one contiguous block at a seeded
     position, are held out; the text before and after it are two training documents (packing never
     joins them across the hole)."""
-    if config.eval_documents is not None:
-        if config.eval_documents == 0:
-            return docs, [0], []
-        raise PreparationError(
-            f"eval_documents={config.eval_documents} counts whole documents, and the corpus is one document: "
-            "hold out a contiguous block of it with eval_fraction instead, or set eval_documents to 0"
-        )
-    if config.eval_fraction == 0:
-        return docs, [0], []
     sentences = int(docs.document_bounds[1] - docs.document_bounds[0])
-    n_eval = max(1, round(sentences * config.eval_fraction))
-    if sentences - n_eval < 1:
-        raise PreparationError(
-            f"the corpus is one document of {sentences} sentence(s): too short to hold out a block for "
-            "evaluation and train on the rest; give a separate eval corpus or set eval_fraction to 0"
-        )
     start = int(np.random.default_rng([config.seed, 7]).integers(0, sentences - n_eval + 1))
     cuts = sorted({0, start, start + n_eval, sentences})
     regrouped = TokenizedDocuments(docs.token_ids, docs.sentence_bounds, np.asarray(cuts, dtype=np.int64))
     held_out = cuts.index(start)
-    return regrouped, [d for d in range(len(cuts) - 1) if d != held_out], [held_out]
+    return _Split(regrouped, [d for d in range(len(cuts) - 1) if d != held_out], [held_out])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -940,7 +889,7 @@ def prepare_corpus(
     if eval_corpus is not None:
         config.check_eval_corpus()
     tokenizer = load_tokenizer(tokenizer)
-    _check_whole_word_mask(config, tokenizer)
+    check_whole_word_vocabulary(config, tokenizer.get_vocab())
     fingerprint = tokenizer_fingerprint(tokenizer)
     corpus_sha = corpus_sha256 or file_sha256(corpus)
     eval_sha = file_sha256(eval_corpus) if eval_corpus is not None else None
@@ -954,14 +903,13 @@ def prepare_corpus(
     def build(directory: Path) -> dict[str, Any]:
         say(f"reading and tokenizing {corpus}")
         tokenized = _tokenize(corpus, tokenizer, config, max_line_chars)
-        _check_documents(tokenized, config, "the corpus")
-        _check_scripts(config, tokenized, "the corpus")
+        _check_corpus(tokenized, config, "the corpus")
         eval_tokenized = None
         if eval_corpus is not None:
             eval_tokenized = _tokenize(eval_corpus, tokenizer, config, max_line_chars)
-            _check_documents(eval_tokenized, config, "the eval corpus")
-            _check_scripts(config, eval_tokenized, "the eval corpus")
-        docs, train_ids, eval_ids = _split_documents(tokenized, config, eval_tokenized is not None)
+            _check_corpus(eval_tokenized, config, "the eval corpus")
+        split = _split_documents(tokenized, config, eval_tokenized is not None)
+        docs, train_ids, eval_ids = split.documents, split.train, split.eval
         if tokenized.documents.num_documents == 1 and eval_ids:
             say("creating instances from the one document, around its held-out block")
         else:
@@ -1006,6 +954,7 @@ def prepare_corpus(
             "warnings": [
                 *_warnings_of(corpora, splits, {"train": "train", "eval": "eval"}, config),
                 *_overlap_warnings(tokenized, eval_tokenized),
+                *([split.warning.model_dump(exclude_none=True)] if split.warning is not None else []),
             ],
             "seconds": round(time.perf_counter() - started, 3),
         }
@@ -1059,15 +1008,14 @@ def prepare_eval_corpus(
     shows forgetting. Its ``eval`` split holds every document; its warnings name the reference corpus."""
     started = time.perf_counter()
     tokenizer = load_tokenizer(tokenizer)
-    _check_whole_word_mask(config, tokenizer)
+    check_whole_word_vocabulary(config, tokenizer.get_vocab())
     fingerprint = tokenizer_fingerprint(tokenizer)
     corpus_sha = file_sha256(corpus)
     key = cache_key(corpus_sha256=corpus_sha, tokenizer_fingerprint=fingerprint, config=config, kind="eval")
 
     def build(directory: Path) -> dict[str, Any]:
         tokenized = _tokenize(corpus, tokenizer, config, max_line_chars)
-        _check_documents(tokenized, config, "the reference corpus")
-        _check_scripts(config, tokenized, "the reference corpus")
+        _check_corpus(tokenized, config, "the reference corpus")
         docs = tokenized.documents
         document_ids = list(range(docs.num_documents))
         split = _write_split(

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from worker.pretraining import records
+from worker.pretraining.builtin_models import BUILTIN_MODELS
 from worker.pretraining.cli_options import schema_options, schema_overrides
 from worker.pretraining.hyperparameters import HyperparameterError, Hyperparameters, load_hyperparameters
 from worker.pretraining.records import TrainingRecord, TrainingResult
@@ -137,7 +138,12 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @click.command("train")
-@click.option("--base", required=True, help="Base checkpoint: a local Hugging Face directory or a hub id.")
+@click.option(
+    "--base",
+    required=True,
+    help="Base checkpoint: a local Hugging Face directory, a built-in model "
+    f"({', '.join(BUILTIN_MODELS)}), or a Hugging Face hub id (owner/name).",
+)
 @click.option(
     "--corpus",
     required=True,

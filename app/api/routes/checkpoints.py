@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
+from app.api.deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, UploadSlotDep
 from app.api.multipart import MultipartUpload, multipart_request_body
 from app.api.schemas import PageAfter, PageLimit, error_responses
 from app.checkpoints import service
-from app.checkpoints.schemas import CheckpointPublic, CheckpointsPublic
+from app.checkpoints.schemas import CheckpointPublic, CheckpointsPublic, CheckpointUploadPublic
 from app.models import Checkpoint
 from app.pagination import DEFAULT_LIMIT
 
@@ -18,33 +17,34 @@ router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=err
 
 @router.post(
     "",
-    response_model=CheckpointPublic,
+    response_model=CheckpointUploadPublic,
     status_code=status.HTTP_201_CREATED,
     summary="Upload a BERT checkpoint",
-    description="A .tar.gz or .zip of a save_pretrained directory (config.json with model_type 'bert', "
-    "model.safetensors or sharded safetensors with their index, tokenizer files), at the top level or in "
-    "one folder. Pickle weights (pytorch_model.bin, *.pt) are refused: convert them to safetensors. Use "
-    "it as base_model `checkpoint:<id>`.",
-    responses=error_responses(400, 413, 422),
+    description="A .tar.gz, .tar or .zip of a save_pretrained directory (config.json with model_type "
+    "'bert', model.safetensors or sharded safetensors with their index, tokenizer files), at the top level "
+    "or in one folder, or an archive downloaded from bertpt (a run's model or checkpoint: its manifest is "
+    "kept as provenance, its training state left out with a warning). Pickle weights (pytorch_model.bin, "
+    "*.pt) are refused: convert them to safetensors. Use it as base_model `checkpoint:<id>`.",
+    responses=error_responses(400, 413, 422, 429),
     openapi_extra=multipart_request_body(
         {"name": "Display name (default: the archive name without extension)."},
-        file_description="The checkpoint archive, .tar.gz or .zip.",
+        file_description="The checkpoint archive, .tar.gz, .tar or .zip.",
     ),
 )
 async def upload_checkpoint(
+    uploads: UploadSlotDep,
     request: Request,
     response: Response,
     session: SessionDep,
     tenant: CurrentTenant,
     settings: SettingsDep,
     storage: StorageDep,
-) -> Checkpoint:
-    upload = MultipartUpload(request, max_bytes=settings.max_upload_bytes)
-    checkpoint = await run_in_threadpool(
-        service.upload_checkpoint, session, storage, settings, tenant, upload
-    )
-    response.headers["Location"] = f"/v1/checkpoints/{checkpoint.id}"
-    return checkpoint
+) -> CheckpointUploadPublic:
+    upload = MultipartUpload(request, max_bytes=settings.max_upload_bytes, uploads=uploads)
+    uploaded = await uploads.run(service.upload_checkpoint, session, storage, settings, tenant, upload)
+    response.headers["Location"] = f"/v1/checkpoints/{uploaded.checkpoint.id}"
+    public = CheckpointPublic.model_validate(uploaded.checkpoint)
+    return CheckpointUploadPublic(**dict(public), warnings=uploaded.warnings)
 
 
 @router.get(
@@ -57,7 +57,7 @@ def list_checkpoints(
     session: SessionDep,
     tenant: CurrentTenant,
     limit: PageLimit = DEFAULT_LIMIT,
-    after: PageAfter = None,
+    after: PageAfter = "",
 ) -> CheckpointsPublic:
     page = service.list_checkpoints(session, tenant, limit=limit, after=after)
     return CheckpointsPublic(

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
+from app.api.deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, UploadSlotDep
 from app.api.multipart import MultipartUpload, multipart_request_body
 from app.api.schemas import PageAfter, PageLimit, error_responses
 from app.corpora import service
@@ -27,7 +26,7 @@ router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=error_respo
     "content.",
     responses={
         200: {"model": CorpusPublic, "description": "Same content as an existing corpus"},
-        **error_responses(400, 413, 422),
+        **error_responses(400, 413, 422, 429),
     },
     openapi_extra=multipart_request_body(
         {"name": "Display name (default: the file name without extension)."},
@@ -35,6 +34,7 @@ router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=error_respo
     ),
 )
 async def upload_corpus(
+    uploads: UploadSlotDep,
     request: Request,
     response: Response,
     session: SessionDep,
@@ -42,8 +42,8 @@ async def upload_corpus(
     settings: SettingsDep,
     storage: StorageDep,
 ) -> Corpus:
-    upload = MultipartUpload(request, max_bytes=settings.max_upload_bytes)
-    result = await run_in_threadpool(service.upload_corpus, session, storage, settings, tenant, upload)
+    upload = MultipartUpload(request, max_bytes=settings.max_upload_bytes, uploads=uploads)
+    result = await uploads.run(service.upload_corpus, session, storage, settings, tenant, upload)
     response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
     response.headers["Location"] = f"/v1/corpora/{result.corpus.id}"
     return result.corpus
@@ -56,7 +56,7 @@ def list_corpora(
     session: SessionDep,
     tenant: CurrentTenant,
     limit: PageLimit = DEFAULT_LIMIT,
-    after: PageAfter = None,
+    after: PageAfter = "",
 ) -> CorporaPublic:
     page = service.list_corpora(session, tenant, limit=limit, after=after)
     return CorporaPublic(

@@ -1,4 +1,9 @@
-"""Operations: liveness, readiness, Prometheus metrics (no authentication)."""
+"""Operations: liveness, readiness, Prometheus metrics (no authentication).
+
+``/healthz`` and ``/readyz`` never wait for the request thread pool (``API_THREADS``), which slow requests
+may all hold: liveness does no I/O, readiness runs its checks in threads of its own with a deadline
+(:class:`app.health.ReadinessProbe`). Both answer while every thread is busy.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from app.api.schemas import ErrorDetail
-from app.health import check_readiness
+from app.health import ReadinessProbe
 
 router = APIRouter(tags=["operations"])
 
@@ -27,7 +32,7 @@ class Readiness(BaseModel):
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
-def healthz() -> Health:
+async def healthz() -> Health:
     return Health()
 
 
@@ -37,8 +42,9 @@ def healthz() -> Health:
     summary="Readiness: the database and Redis are reachable",
     responses={503: {"model": Readiness, "description": "A dependency is unreachable"}},
 )
-def readyz(request: Request) -> Response:
-    checks = check_readiness(request.app.state.session_factory, request.app.state.settings)
+async def readyz(request: Request) -> Response:
+    probe: ReadinessProbe = request.app.state.readiness
+    checks = await probe.check()
     failed = [name for name, result in checks.items() if result != "ok"]
     if not failed:
         return JSONResponse(Readiness(status="ok", checks=checks).model_dump(exclude_none=True))

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import (
@@ -22,12 +22,12 @@ from app.api.deps import (
     StorageDep,
     StreamOptionsDep,
 )
-from app.api.downloads import file_download
-from app.api.schemas import ErrorResponse, PageAfter, PageLimit, error_responses, json_response
+from app.api.downloads import streamed_download
+from app.api.schemas import ErrorResponse, IdAfter, PageAfter, PageLimit, error_responses, json_response
 from app.errors import ValidationFailed
 from app.pagination import DEFAULT_LIMIT
 from app.runs import downloads, metric_series, service, submission
-from app.runs.download_archive import StoredArchive
+from app.runs.download_archive import MEDIA_TYPE, StreamedArchive
 from app.runs.downsample import MIN_POINTS
 from app.runs.schemas import (
     MetricSplit,
@@ -40,7 +40,7 @@ from app.runs.schemas import (
     RunsPublic,
 )
 from app.runs.states import RunStatus
-from app.runs.stream import follow_run, parse_last_event_id
+from app.runs.stream import STREAM_ID_PATTERN, follow_run, parse_last_event_id
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=error_responses(401))
 
@@ -48,6 +48,8 @@ MAX_METRIC_POINTS = 10_000
 MAX_METRIC_NAMES = 64
 
 RunId = Annotated[str, Path(max_length=40, description="The run's id (run_...).")]
+# An event id of the run's stream (its pattern declared in the schema, checked by parse_last_event_id).
+_EVENT_ID = {"pattern": STREAM_ID_PATTERN}
 IncludeTrainingState = Annotated[
     bool,
     Query(
@@ -109,7 +111,7 @@ def list_runs(
         ),
     ] = None,
     limit: PageLimit = DEFAULT_LIMIT,
-    after: PageAfter = None,
+    after: PageAfter = "",
 ) -> Response:
     statuses = [_run_status(value) for value in _split_list(status_filter)]
     page = service.list_runs(session, tenant, statuses=statuses, limit=limit, after=after)
@@ -136,6 +138,29 @@ def cancel_run(
     run_id: RunId, session: SessionDep, tenant: CurrentTenant, publisher: LivePublisherDep
 ) -> RunPublic:
     return RunPublic.from_run(service.cancel_run(session, tenant, run_id, publisher=publisher))
+
+
+@router.post(
+    "/{run_id}/resume",
+    response_model=RunPublic,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Resume a failed or cancelled run",
+    description="Queues the run again (same id, hyperparameters and output directory): its next attempt "
+    "continues exactly from its newest kept checkpoint (weights, optimizer, scheduler, data position) and "
+    "gets MAX_ATTEMPTS attempts of its own. 409 when the run is not failed or cancelled, kept no "
+    "checkpoint, or one of its corpora was deleted.",
+    responses=error_responses(404, 409),
+)
+def resume_run(
+    run_id: RunId,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    enqueue: EnqueuerDep,
+    publisher: LivePublisherDep,
+) -> RunPublic:
+    return RunPublic.from_run(
+        service.resume_run(session, tenant, run_id, enqueue=enqueue, publisher=publisher)
+    )
 
 
 @router.delete(
@@ -198,7 +223,7 @@ def list_events(
     session: SessionDep,
     tenant: CurrentTenant,
     limit: PageLimit = DEFAULT_LIMIT,
-    after: PageAfter = None,
+    after: IdAfter = "",
 ) -> Response:
     page = service.list_events(session, tenant, run_id, after=after, limit=limit)
     events = [RunEventPublic.model_validate(event) for event in page.items]
@@ -221,8 +246,10 @@ def stream_run(
     tenant: CurrentTenant,
     client: AsyncRedisDep,
     options: StreamOptionsDep,
-    last_event_id: Annotated[str | None, Query(description="Resume after this event id.")] = None,
-    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        str, Query(description="Resume after this event id.", json_schema_extra=_EVENT_ID)
+    ] = "",
+    last_event_id_header: Annotated[str, Header(alias="Last-Event-ID", json_schema_extra=_EVENT_ID)] = "",
 ) -> EventSourceResponse:
     run = service.get_run(session, tenant, run_id)
     # A reconnecting EventSource sends the header: it is newer than the id in the URL it first opened.
@@ -259,7 +286,7 @@ def list_checkpoints(run_id: RunId, session: SessionDep, tenant: CurrentTenant) 
 
 
 _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/gzip": {}}, "description": "The .tar.gz (Range requests: 206)"},
+    200: {"content": {MEDIA_TYPE: {}}, "description": "The .tar, streamed (Range requests: 206)"},
     304: {"description": "Not modified (If-None-Match)"},
     416: {"model": ErrorResponse, "description": "Range not satisfiable"},
 }
@@ -268,11 +295,13 @@ _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.head("/{run_id}/checkpoints/{step}/download", include_in_schema=False)
 @router.get(
     "/{run_id}/checkpoints/{step}/download",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     summary="Download a checkpoint",
-    description="A .tar.gz of the checkpoint's Hugging Face directory (weights, config, tokenizer, "
-    "manifest), built on first request and cached. Headers: Content-Length, ETag and X-Content-SHA256 (the "
-    "archive's sha256), Content-Disposition; Range requests are answered with 206.",
+    description="A .tar of the checkpoint's Hugging Face directory (weights, config, tokenizer, manifest), "
+    "written while it is sent: the first bytes leave at once, whatever the size. Headers: Content-Length, "
+    "ETag (the same for the same files), Content-Disposition, and X-Content-SHA256 (the archive's sha256) "
+    "once a complete download has computed it; Range requests (with If-Range) are answered with 206. It "
+    "uploads back as is (POST /v1/checkpoints).",
     responses=_DOWNLOAD_RESPONSES | error_responses(404, 409),
 )
 def download_checkpoint(
@@ -293,9 +322,9 @@ def download_checkpoint(
 @router.head("/{run_id}/model", include_in_schema=False)
 @router.get(
     "/{run_id}/model",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     summary="Download the final model",
-    description="A .tar.gz of the final Hugging Face directory of a succeeded run (409 otherwise), ready for "
+    description="A .tar of the final Hugging Face directory of a succeeded run (409 otherwise), ready for "
     "`from_pretrained` once extracted; served like a checkpoint download.",
     responses=_DOWNLOAD_RESPONSES | error_responses(404, 409),
 )
@@ -313,10 +342,8 @@ def download_model(
     return _archive_response(request, archive)
 
 
-def _archive_response(request: Request, archive: StoredArchive) -> Response:
-    return file_download(
-        request, archive.path, filename=archive.filename, sha256=archive.sha256, media_type="application/gzip"
-    )
+def _archive_response(request: Request, archive: StreamedArchive) -> Response:
+    return streamed_download(request, archive, filename=archive.filename, media_type=MEDIA_TYPE)
 
 
 # -- helpers -------------------------------------------------------------------------------------------------

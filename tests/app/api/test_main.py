@@ -1,11 +1,17 @@
-"""The app's error mapping: every failure in one JSON body shape; and its OpenAPI schema and docs."""
+"""The app's error mapping: every failure in one JSON body shape; its OpenAPI schema and docs; what its
+lifespan does at start (the sweep of temporary files a dead process left)."""
 
 from __future__ import annotations
+
+import os
+import time
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from app.config import Settings
+from app.storage import LocalStorage
 from tests.support import TenantKey, assert_error
 from worker.pretraining.hyperparameters import load_hyperparameters
 
@@ -61,3 +67,18 @@ def test_hyperparameter_and_unexpected_errors_keep_the_body_shape(app: FastAPI) 
         assert "learning_rate" in error["message"]
         error = assert_error(client.get("/test/crash"), 500, "internal_error")
         assert "secret" not in error["message"]
+
+
+def test_the_start_sweeps_what_a_dead_process_left(
+    app: FastAPI, settings: Settings, storage: LocalStorage
+) -> None:
+    """A killed API left empty .part files in the storage's temporary area; a new process removes them,
+    but not the ones of uploads in progress in another process."""
+    stale = storage.new_temp_path(suffix=".part")
+    stale.touch()
+    long_ago = time.time() - settings.stale_upload_seconds - 60
+    os.utime(stale, (long_ago, long_ago))
+    in_progress = storage.new_temp_path(suffix=".part")
+    in_progress.write_bytes(b"arriving")
+    with TestClient(app):
+        assert storage.temporary_entries() == [in_progress]

@@ -1,6 +1,7 @@
 """``bertpt serve --workers 2`` as a real process tree: the port shared by two API processes, requests in
 flight far beyond the database pool, Prometheus counts added up over the processes, a killed worker
-replaced, SIGTERM stopping everything."""
+replaced, SIGTERM stopping everything; and ``bertpt serve`` stopped by SIGTERM within its grace period
+while an upload hangs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -198,3 +199,59 @@ def test_workers_that_cannot_start_stop_the_server(exit_code: int, starts: int) 
     assert stopped.value.code == STARTUP_FAILURE
     assert len(started) == starts  # the two first workers, then a restart per early death but the last
     assert signal.getsignal(signal.SIGINT) is sigint  # the caller's handlers are back
+
+
+def test_sigterm_stops_the_server_while_an_upload_hangs(
+    database_url: str, api_key: str, tmp_path: Path
+) -> None:
+    """A client that stops sending in the middle of its upload keeps a request in flight: SIGTERM still
+    stops the server, after SHUTDOWN_GRACE_SECONDS and the upload's stop, and the upload's temporary file
+    is removed (the server used to wait for the client for ever)."""
+    storage = tmp_path / "storage"
+    env = {
+        **os.environ,
+        "BERTPT_ENV": "test",
+        "BERTPT_DATABASE_URL": database_url,
+        "BERTPT_REDIS_URL": REDIS_URL,
+        "BERTPT_STORAGE_URL": f"file://{storage}",
+        "BERTPT_SHUTDOWN_GRACE_SECONDS": "1",
+    }
+    port = free_port()
+    with (tmp_path / "serve.log").open("wb") as log:
+        command = [sys.executable, "-c", SERVE, "--port", str(port), "--no-migrate", "--log-level", "warning"]
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).is_success, process)
+            boundary = "hanging"
+            part = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="slow.txt"\r\n\r\n'
+            ).encode() + b"A sentence of a corpus that never finishes arriving.\n" * 40_000  # > 1 chunk
+            head = (
+                f"POST /v1/corpora HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {api_key}\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {8 << 20}\r\n\r\n"
+            ).encode()
+            with socket.create_connection(("127.0.0.1", port)) as client:
+                client.sendall(head + part)
+                # In flight: its first chunk is stored in a temporary file; then the client sends nothing.
+                _wait_for(lambda: any((storage / ".tmp").glob("*.part")), process)
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    log_text = (tmp_path / "serve.log").read_text(errors="replace")
+    assert not list((storage / ".tmp").glob("*.part")), log_text[-5000:]
+
+
+def _wait_for(check: Callable[[], bool], process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"serve exited with {process.returncode}"
+        try:
+            if check():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"not ready after {START_SECONDS} s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
 from pathlib import Path
@@ -78,6 +79,8 @@ def test_upload_a_real_checkpoint(
     assert (stored / "model.safetensors").read_bytes() == (directory / "model.safetensors").read_bytes()
     assert body["bytes"] == sum(p.stat().st_size for p in stored.iterdir())
     assert storage.temporary_entries() == []
+    # The upload answers the checkpoint as GET does, and what the upload left out (nothing here).
+    assert body.pop("warnings") == []
     assert client.get(f"/v1/checkpoints/{body['id']}", headers=alice.headers).json() == body
 
 
@@ -138,7 +141,33 @@ def test_pickle_weights_are_refused_with_a_conversion_hint(client: TestClient, a
     files["pytorch_model.bin"] = b"\x80\x04pickle"
     message = refused(client, alice, tar_gz(files))
     assert "pytorch_model.bin" in message and "safetensors" in message and "save_pretrained" in message
-    assert "pickle" in refused(client, alice, tar_gz(fake_bert_files() | {"optimizer.pt": b"x"}))
+    assert "pickle" in refused(client, alice, tar_gz(fake_bert_files() | {"weights.pt": b"x"}))
+
+
+def test_bertpts_own_files_upload_back(client: TestClient, alice: TenantKey, storage: LocalStorage) -> None:
+    """A checkpoint downloaded with its training state: the manifest is kept as provenance, the training
+    state (pickles among it) is left out, never extracted, and the answer says so."""
+    state = {"optimizer.pt": b"\x80pickle", "rng_state.pth": b"\x80", "trainer_state.json": b"{}"}
+    manifest = {"bertpt_checkpoint.json": b'{"step": 3}'}
+    files = {
+        f"run_x-checkpoint-3/{name}": content
+        for name, content in (fake_bert_files() | manifest | state).items()
+    }
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w") as tar:  # a plain .tar, as downloads are
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    response = upload(client, alice, plain.getvalue(), "run_x-checkpoint-3-with-training-state.tar")
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["name"] == "run_x-checkpoint-3-with-training-state"
+    (warning,) = body["warnings"]
+    assert warning["code"] == "training_state_left_out"
+    assert all(name in warning["message"] for name in state)
+    stored = storage.local_path(f"checkpoints/{body['id']}")
+    assert sorted(p.name for p in stored.iterdir()) == sorted(fake_bert_files() | manifest)
 
 
 @pytest.mark.parametrize(
@@ -206,13 +235,24 @@ def test_archive_limits(
     assert nothing_left(storage, session, alice)
 
 
+def test_an_archive_bomb_is_refused_naming_the_file_and_the_cap(
+    client: TestClient, alice: TenantKey, storage: LocalStorage, session: Session
+) -> None:
+    files = fake_bert_files() | {"__MACOSX/._model.safetensors": bytes(16 << 20)}  # skipped, but inflated
+    response = upload(client, alice, tar_gz(files), "bomb.tar.gz")
+    error = assert_error(response, 413, "payload_too_large", "file")
+    assert "'bomb.tar.gz'" in error["message"] and "(MAX_COMPRESSION_RATIO)" in error["message"]
+    assert nothing_left(storage, session, alice)
+
+
 def test_mixed_roots_and_corrupt_archives_are_refused(client: TestClient, alice: TenantKey) -> None:
     files = directory_files_from(fake_bert_files(), folder="a") | {"b/README.md": b"hi"}
     assert "one folder" in refused(client, alice, tar_gz(files))
     assert "corrupt" in refused(client, alice, tar_gz(fake_bert_files())[:200])
     assert "not a zip" in refused(client, alice, tar_gz(fake_bert_files()), "model.zip")
     assert "not a gzip" in refused(client, alice, zip_bytes(fake_bert_files()), "model.tar.gz")
-    assert ".tar.gz or .zip" in refused(client, alice, b"x", "model.rar")
+    assert ".tar.gz, .tar or .zip" in refused(client, alice, b"x", "model.rar")
+    assert "corrupt" in refused(client, alice, b"not a tar archive at all", "model.tar")
 
 
 def directory_files_from(files: dict[str, bytes], *, folder: str) -> dict[str, bytes]:

@@ -14,7 +14,15 @@ from app.models import Corpus, Run
 from app.runs.states import RunStatus
 from app.storage import LocalStorage
 from app.uploads import CHUNK_SIZE
-from tests.support import TenantKey, assert_error, corpus_bytes, gzip_bytes, make_run, upload_corpus
+from tests.support import (
+    TenantKey,
+    assert_error,
+    corpus_bytes,
+    gzip_bomb,
+    gzip_bytes,
+    make_run,
+    upload_corpus,
+)
 from worker.pretraining.corpus import CorpusScanner
 
 
@@ -186,6 +194,74 @@ def test_too_big_by_content_length_is_refused_before_reading(
     settings.max_upload_bytes = 10
     content = b"x" * (2 << 20)
     assert_error(upload_corpus(client, alice, content), 413, "payload_too_large", "file")
+
+
+def test_a_gzip_bomb_is_refused_at_once_and_leaves_nothing(
+    client: TestClient, alice: TenantKey, storage: LocalStorage, session: Session
+) -> None:
+    """16 MiB of newlines in 70 kB: refused by the ratio cap after its first 4 MiB (it used to be inflated
+    and scanned to the end, minutes for a gigabyte, before an "empty corpus")."""
+    response = upload_corpus(client, alice, gzip_bomb(), filename="bomb.txt.gz")
+    error = assert_error(response, 413, "payload_too_large", "file")
+    assert "'bomb.txt.gz'" in error["message"] and "(MAX_COMPRESSION_RATIO)" in error["message"]
+    assert stored_files(storage) == [] and storage.temporary_entries() == []
+    assert corpus_count(session, alice) == 0
+
+
+def test_the_decompressed_size_is_capped(
+    client: TestClient, alice: TenantKey, storage: LocalStorage, session: Session, settings: Settings
+) -> None:
+    text = corpus_bytes(2000, 3)
+    settings.max_decompressed_bytes = len(text) - 1
+    for content, filename in ((gzip_bytes(text), "big.txt.gz"), (text, "big.txt")):
+        error = assert_error(
+            upload_corpus(client, alice, content, filename), 413, "payload_too_large", "file"
+        )
+        assert f"{filename!r}" in error["message"] and "(MAX_DECOMPRESSED_BYTES)" in error["message"]
+    assert stored_files(storage) == [] and storage.temporary_entries() == []
+    settings.max_decompressed_bytes = len(text)
+    assert upload_corpus(client, alice, gzip_bytes(text), "big.txt.gz").status_code == 201
+    assert corpus_count(session, alice) == 1
+
+
+def test_an_upload_failing_midway_removes_its_temporary_file(
+    client: TestClient,
+    alice: TenantKey,
+    storage: LocalStorage,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever stops an upload once its temporary file exists (a cap, the client gone, a bug), the file
+    is removed."""
+    content = corpus_bytes(25_000, 3)  # > 3 chunks: the temporary file exists after the first
+    settings.max_decompressed_bytes = 2 * CHUNK_SIZE
+    assert_error(upload_corpus(client, alice, content), 413, "payload_too_large", "file")
+    assert storage.temporary_entries() == []
+    settings.max_decompressed_bytes = 1 << 30
+
+    boundary = "b0undary"
+    cut = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.txt"\r\n\r\n'.encode()
+        + content[: 2 * CHUNK_SIZE]
+    )  # the client stops sending in the middle of the file
+    headers = {**alice.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    response = client.post("/v1/corpora", content=cut, headers=headers)
+    assert "ended inside the file part" in assert_error(response, 400, "invalid_request")["message"]
+    assert storage.temporary_entries() == []
+
+    seen: list[int] = []
+
+    class BrokenScanner(CorpusScanner):
+        def feed(self, chunk: bytes) -> None:
+            seen.append(len(storage.temporary_entries()))
+            if len(seen) == 2:
+                raise RuntimeError("a bug")
+            super().feed(chunk)
+
+    monkeypatch.setattr("app.corpora.service.CorpusScanner", BrokenScanner)
+    with pytest.raises(RuntimeError, match="a bug"):  # the client gets a 500; the test client raises
+        upload_corpus(client, alice, content)
+    assert seen == [1, 1] and storage.temporary_entries() == []
 
 
 def test_wrong_extension_and_missing_file(client: TestClient, alice: TenantKey) -> None:

@@ -17,7 +17,7 @@ from app.runs import lifecycle
 from app.runs.events import RunEventType, add_event
 from app.runs.lifecycle import resend_stale_queued
 from app.runs.states import RunStatus, Trigger
-from tests.support import Factory, TenantKey, make_run
+from tests.support import Factory, TenantKey, add_checkpoint_row, make_run
 from worker.pretraining.records import EvalMetrics, MetricsRecord, TrainMetrics
 
 
@@ -217,3 +217,133 @@ def test_only_runs_queued_too_long_are_sent_again_once_per_period(session: Sessi
     session.commit()
     assert resend_stale_queued(session, older_than=TEN_MINUTES, enqueue=sent.append) == [stale.id]
     assert sent == [stale.id, stale.id]
+
+
+# -- leases: the reaper, retries, rewinds --------------------------------------------------------------
+
+
+def _reap(session: Session, run_ids: set[str], **options: object) -> dict[str, lifecycle.Reaped]:
+    """The reaper's pass, limited to this test's runs (the database is shared with other tests)."""
+    settings: dict = {"timeout": timedelta(seconds=30), "max_attempts": 3, **options}
+    return {
+        reaped.run_id: reaped
+        for reaped in lifecycle.reap_expired(session, **settings)
+        if reaped.run_id in run_ids
+    }
+
+
+def test_the_reaper_takes_back_only_runs_whose_heartbeat_stopped(session: Session, alice: TenantKey) -> None:
+    silent = utcnow() - timedelta(minutes=5)
+    lost = make_run(session, alice.tenant, status=RunStatus.RUNNING, attempt=1, heartbeat_at=silent,
+                    worker_id="host:12", progress={"step": 12})  # fmt: skip
+    alive = make_run(session, alice.tenant, status=RunStatus.RUNNING, attempt=1, heartbeat_at=utcnow())
+    queued = make_run(session, alice.tenant, heartbeat_at=silent)
+    add_checkpoint_row(session, lost, 10)
+
+    reaped = _reap(session, {lost.id, alive.id, queued.id})
+    session.commit()
+
+    assert set(reaped) == {lost.id} and reaped[lost.id].status == RunStatus.QUEUED
+    session.refresh(lost)
+    assert (lost.status, lost.attempt, lost.error) == (RunStatus.QUEUED, 1, None)
+    assert lost.sent_at is not None  # the reaper sends its task; the sweep does not send it again meanwhile
+    event = session.scalars(select(RunEvent).where(RunEvent.run_id == lost.id)).one()
+    assert event.type == RunEventType.RETRYING and event.level == "warning"
+    assert event.message == (
+        "attempt 1 of 3 was interrupted after step 12: worker host:12 stopped answering (no heartbeat for "
+        "300 s); attempt 2 of 3 resumes from the checkpoint of step 10"
+    )
+    event_message, status_message = reaped[lost.id].messages
+    assert event_message.id == event.id and status_message.status == RunStatus.QUEUED
+    # The lost holder, should it come back, changes nothing: its writes are fenced off.
+    assert not lifecycle.heartbeat(session, lost.id, 1, progress={"step": 99}).owned
+    assert not lifecycle.finish_run(session, lost.id, 1, Trigger.SUCCEED)
+    # And the next claim is a new attempt.
+    claimed = lifecycle.claim_run(session, lost.id, "host:13")
+    assert claimed is not None and claimed.attempt == 2
+    session.refresh(alive)
+    assert alive.status == RunStatus.RUNNING
+
+
+def test_the_reaper_fails_a_run_out_of_attempts_and_cancels_a_cancelling_one(
+    session: Session, alice: TenantKey
+) -> None:
+    silent = utcnow() - timedelta(minutes=5)
+    held = {"heartbeat_at": silent, "resumed_after_attempt": 1}
+    exhausted = make_run(session, alice.tenant, status=RunStatus.PREPARING, attempt=4, **held)
+    resumed = make_run(session, alice.tenant, status=RunStatus.RUNNING, attempt=3, **held)
+    cancelling = make_run(session, alice.tenant, status=RunStatus.CANCELLING, attempt=1, heartbeat_at=silent,
+                          cancel_requested=True)  # fmt: skip
+    add_checkpoint_row(session, exhausted, 20)
+
+    reaped = _reap(session, {exhausted.id, resumed.id, cancelling.id})
+    session.commit()
+
+    for run in (exhausted, resumed, cancelling):
+        session.refresh(run)
+    assert exhausted.status == RunStatus.FAILED and exhausted.finished_at is not None
+    assert exhausted.error is not None and exhausted.error["type"] == "worker_lost"
+    assert exhausted.error["message"].startswith("attempt 3 of 3, the last, was interrupted: worker unknown")
+    assert f"POST /v1/runs/{exhausted.id}/resume continues from it" in exhausted.error["message"]
+    assert exhausted.error["checkpoint_step"] == 20
+    assert reaped[exhausted.id].messages[1].error is not None  # the live stream gets the error
+    # Resumed by its owner after attempt 1: attempt 3 is its second, so it gets a third.
+    assert resumed.status == RunStatus.QUEUED
+    assert cancelling.status == RunStatus.CANCELLED and cancelling.error is None
+    assert cancelling.finished_at is not None
+
+
+def test_a_reaper_skips_runs_another_transaction_holds(factory: Factory) -> None:
+    run_id = factory.run(corpus_id=factory.corpus(b"a b c.\nd e f.\n"), base_model="x")
+    claimed = _claim(factory, run_id, "w")
+    assert claimed is not None
+    with session_scope(factory.session_factory) as session:
+        session.execute(
+            Run.__table__.update().where(Run.id == run_id).values(heartbeat_at=utcnow() - timedelta(hours=1))
+        )
+    with session_scope(factory.session_factory) as holder:
+        holder.execute(select(Run).where(Run.id == run_id).with_for_update())  # a heartbeat in flight
+        with session_scope(factory.session_factory) as reaper:
+            assert _reap(reaper, {run_id}) == {}
+    with session_scope(factory.session_factory) as reaper:
+        assert set(_reap(reaper, {run_id})) == {run_id}
+
+
+def test_retry_requeues_only_a_held_attempt_that_is_not_cancelling(
+    session: Session, alice: TenantKey
+) -> None:
+    running = make_run(session, alice.tenant, status=RunStatus.RUNNING, attempt=2)
+    cancelling = make_run(session, alice.tenant, status=RunStatus.CANCELLING, attempt=1)
+    assert not lifecycle.retry_run(session, running.id, 1)  # an older attempt
+    assert lifecycle.retry_run(session, running.id, 2)
+    assert not lifecycle.retry_run(session, cancelling.id, 1)
+    session.commit()
+    session.refresh(running)
+    session.refresh(cancelling)
+    assert running.status == RunStatus.QUEUED and running.sent_at is not None
+    assert cancelling.status == RunStatus.CANCELLING
+
+
+def test_retries_are_counted_from_the_last_resume() -> None:
+    assert lifecycle.retry_allowed(2, 0, 3) and not lifecycle.retry_allowed(3, 0, 3)
+    assert lifecycle.retry_allowed(5, 3, 3) and not lifecycle.retry_allowed(6, 3, 3)
+    assert lifecycle.attempt_of(5, 3, 3) == "attempt 2 of 3"
+
+
+def test_rewind_supersedes_what_the_interrupted_attempt_recorded_past_the_checkpoint(
+    factory: Factory,
+) -> None:
+    run_id = factory.run(corpus_id=factory.corpus(b"a b c.\nd e f.\n"), base_model="x")
+    records = [_train(step, 7.0 - step / 10, 1.0) for step in range(1, 13)]
+    with session_scope(factory.session_factory) as session:
+        lifecycle.write_metrics(session, run_id, records)
+        for step in (5, 10):
+            lifecycle.record_checkpoint(session, run_id, step, metrics={}, size_bytes=1, sha256="0" * 64,
+                                        storage_key=f"k{step}")  # fmt: skip
+        lifecycle.rewind(session, run_id, 5)
+    assert sorted({step for _, _, step in _points(factory.session_factory, run_id)}) == [1, 2, 3, 4, 5]
+    with session_scope(factory.session_factory) as session:
+        assert session.scalars(select(RunCheckpoint.step).where(RunCheckpoint.run_id == run_id)).all() == [5]
+        # From the beginning: nothing is kept.
+        lifecycle.rewind(session, run_id, None)
+    assert _points(factory.session_factory, run_id) == {}

@@ -85,6 +85,8 @@ def test_filters(client: TestClient, alice: TenantKey, metrics_run: tuple[str, l
     assert ("eval", "loss") in zoom and all(1000 <= step <= 4000 for step, _ in zoom[("eval", "loss")])
     assert get_series(client, alice, run_id, names="no_such_metric") == {}
     assert get_series(client, alice, run_id, since_step=9000) == {}
+    # A range that ends before it starts holds no step, like any other empty range (not an error).
+    assert get_series(client, alice, run_id, since_step=10, until_step=5) == {}
 
 
 @pytest.mark.parametrize(
@@ -94,7 +96,6 @@ def test_filters(client: TestClient, alice: TenantKey, metrics_run: tuple[str, l
         ("max_points=100001", "max_points"),
         ("split=test", "split"),
         ("since_step=-1", "since_step"),
-        ("since_step=10&until_step=5", "since_step"),
     ],
 )
 def test_bad_queries(client: TestClient, alice: TenantKey, session: Session, query: str, param: str) -> None:

@@ -11,8 +11,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.api.deps import get_live_publisher
-from app.models import Run, RunEvent, RunMetric
+from app.api.deps import get_live_publisher, get_run_enqueuer
+from app.ids import new_id
+from app.models import Corpus, Run, RunEvent, RunMetric
 from app.runs.events import RunEventType, add_event
 from app.runs.lifecycle import claim_run
 from app.runs.live import LiveMessage, StatusMessage
@@ -125,6 +126,114 @@ def test_cancel_a_finished_run_changes_nothing(
     response = client.post(f"/v1/runs/{run.id}/cancel", headers=alice.headers)
     assert response.status_code == 200 and response.json() == before
     assert published == []
+
+
+# -- resume ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sent(app: FastAPI) -> list[str]:
+    sent: list[str] = []
+    app.dependency_overrides[get_run_enqueuer] = lambda: sent.append
+    return sent
+
+
+def _corpus_row(session: Session, tenant: Any) -> str:
+    corpus = Corpus(id=new_id("corp"), tenant_id=tenant.id, name="c", filename="c.txt", storage_key="k",
+                    bytes=1, sha256="0" * 64, documents=3, sentences=9)  # fmt: skip
+    session.add(corpus)
+    session.commit()
+    return corpus.id
+
+
+@pytest.mark.parametrize("status", [RunStatus.FAILED, RunStatus.CANCELLED])
+def test_resume_a_failed_or_cancelled_run_from_its_newest_checkpoint(
+    client: TestClient,
+    alice: TenantKey,
+    session: Session,
+    published: list[Any],
+    sent: list[str],
+    status: RunStatus,
+) -> None:
+    run = make_run(
+        session,
+        alice.tenant,
+        status=status,
+        attempt=3,
+        corpus_id=_corpus_row(session, alice.tenant),
+        cancel_requested=status == RunStatus.CANCELLED,
+        finished_at=datetime.now(UTC),
+        error={"type": "training_process_died", "message": "killed"},
+    )
+    for step in (10, 20):
+        add_checkpoint_row(session, run, step)
+
+    response = client.post(f"/v1/runs/{run.id}/resume", headers=alice.headers)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert (body["status"], body["error"], body["finished_at"], body["cancel_requested"]) == (
+        "queued",
+        None,
+        None,
+        False,
+    )
+    assert sent == [run.id]
+    session.refresh(run)
+    assert run.resumed_after_attempt == 3  # MAX_ATTEMPTS more attempts from here
+    events = client.get(f"/v1/runs/{run.id}/events", headers=alice.headers).json()["data"]
+    assert events[-1]["type"] == "resumed" and events[-1]["data"]["checkpoint_step"] == 20
+    assert "continues from the checkpoint of step 20" in events[-1]["message"]
+    statuses = [message.status for _, message in published if isinstance(message, StatusMessage)]
+    assert statuses == [RunStatus.QUEUED]
+    # The next worker claims it as a new attempt.
+    claimed = claim_run(session, run.id, "worker-1")
+    assert claimed is not None and (claimed.attempt, claimed.resumed_after_attempt) == (4, 3)
+
+
+@pytest.mark.parametrize(
+    ("status", "checkpoint", "message"),
+    [
+        (RunStatus.SUCCEEDED, True, "is succeeded (finished); only a failed or cancelled run can be resumed"),
+        (RunStatus.RUNNING, True, "is running (not finished); only a failed or cancelled run can be resumed"),
+        (RunStatus.QUEUED, False, "is queued (not finished)"),
+        (RunStatus.FAILED, False, "kept no checkpoint, so there is nothing to resume from"),
+    ],
+)
+def test_resume_refuses_what_cannot_be_resumed(
+    client: TestClient,
+    alice: TenantKey,
+    session: Session,
+    sent: list[str],
+    status: RunStatus,
+    checkpoint: bool,
+    message: str,
+) -> None:
+    run = make_run(session, alice.tenant, status=status, corpus_id=_corpus_row(session, alice.tenant))
+    if checkpoint:
+        add_checkpoint_row(session, run, 10)
+    assert (
+        message
+        in assert_error(client.post(f"/v1/runs/{run.id}/resume", headers=alice.headers), 409, "conflict")[
+            "message"
+        ]
+    )
+    session.refresh(run)
+    assert run.status == status and sent == []
+
+
+def test_resume_refuses_a_run_whose_corpus_was_deleted(
+    client: TestClient, alice: TenantKey, session: Session, sent: list[str]
+) -> None:
+    """A corpus deleted after the run ended leaves NULL; the run's preparing event says what it used."""
+    corpus_id = _corpus_row(session, alice.tenant)
+    run = make_run(session, alice.tenant, status=RunStatus.FAILED, corpus_id=corpus_id)
+    add_checkpoint_row(session, run, 10)
+    inputs = {"corpus_id": corpus_id, "eval_corpus_id": "corp_gone", "reference_corpus_id": None}
+    add_event(session, run.id, RunEventType.PREPARING, "preparing", data=inputs)
+    session.commit()
+    error = assert_error(client.post(f"/v1/runs/{run.id}/resume", headers=alice.headers), 409, "conflict")
+    assert error["message"].endswith("its eval corpus corp_gone was deleted; submit a new run")
+    assert sent == []
 
 
 # -- delete ----------------------------------------------------------------------------------------------

@@ -3,12 +3,14 @@ carries the trigger out, against PostgreSQL: the status it leaves is the table's
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import pytest
 from sqlalchemy.orm import Session
 
-from app.models import Run, Tenant
+from app.errors import Conflict
+from app.models import Corpus, Run, Tenant
 from app.runs import lifecycle, service
 from app.runs.live import LivePublisher
 from app.runs.states import (
@@ -23,7 +25,7 @@ from app.runs.states import (
     target,
     transition,
 )
-from tests.support import TenantKey, make_run
+from tests.support import TenantKey, add_checkpoint_row, make_run
 
 ATTEMPT = 3
 
@@ -38,6 +40,23 @@ def _start_training(session: Session, tenant: Tenant, run: Run) -> None:
 
 def _cancel(session: Session, tenant: Tenant, run: Run) -> None:
     service.cancel_run(session, tenant, run.id, publisher=LivePublisher(None))
+
+
+def _retry(session: Session, tenant: Tenant, run: Run) -> None:
+    lifecycle.retry_run(session, run.id, ATTEMPT)
+
+
+def _resume(session: Session, tenant: Tenant, run: Run) -> None:
+    """The owner's resume of a run that kept a checkpoint and whose corpus is still there."""
+    corpus = Corpus(id=f"corp_{run.id}", tenant_id=tenant.id, name="c", filename="c.txt", storage_key="k",
+                    bytes=1, sha256="0" * 64, documents=3, sentences=9)  # fmt: skip
+    session.add(corpus)
+    run.corpus_id = corpus.id
+    add_checkpoint_row(session, run, 10)
+    with contextlib.suppress(Conflict):  # a run the trigger does not move
+        service.resume_run(
+            session, tenant, run.id, enqueue=lambda run_id: None, publisher=LivePublisher(None)
+        )
 
 
 def _ending(trigger: Trigger) -> Callable[[Session, Tenant, Run], None]:
@@ -55,6 +74,8 @@ CARRY_OUT: dict[Trigger, Callable[[Session, Tenant, Run], None]] = {
     Trigger.SUCCEED: _ending(Trigger.SUCCEED),
     Trigger.FAIL: _ending(Trigger.FAIL),
     Trigger.STOP: _ending(Trigger.STOP),
+    Trigger.RETRY: _retry,
+    Trigger.RESUME: _resume,
 }
 
 
@@ -101,6 +122,15 @@ def test_the_graph_has_no_dead_ends() -> None:
     assert reachable == set(RunStatus)
     for status in ACTIVE_RUN_STATUSES:
         assert any(transition(status, t) for t in (Trigger.CANCEL, Trigger.FAIL)), status
-    # Each (source, trigger) has one target; clients only cancel, everything else is the worker's.
+    # Each (source, trigger) has one target; clients cancel and resume, everything else is the worker's,
+    # and the reaper acts for a worker that is gone (but never claims, starts or completes a run).
     assert len({(t.source, t.trigger) for t in TRANSITIONS}) == len(TRANSITIONS)
-    assert {t.trigger for t in TRANSITIONS if t.actor == Actor.CLIENT} == {Trigger.CANCEL}
+    assert {t.trigger for t in TRANSITIONS if Actor.CLIENT in t.actors} == {Trigger.CANCEL, Trigger.RESUME}
+    assert {t.trigger for t in TRANSITIONS if Actor.REAPER in t.actors} == {
+        Trigger.FAIL,
+        Trigger.STOP,
+        Trigger.RETRY,
+    }
+    assert all(
+        t.actors == {Actor.CLIENT} for t in TRANSITIONS if t.trigger in (Trigger.CANCEL, Trigger.RESUME)
+    )

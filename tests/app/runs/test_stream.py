@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 from app.api.deps import get_stream_options
 from app.runs.live import stream_key
 from app.runs.states import RunStatus
-from app.runs.stream import StreamOptions, follow_run, open_async_redis
+from app.runs.stream import STREAM_ID_PATTERN, StreamOptions, follow_run, open_async_redis
 from tests.support import REDIS_URL, TenantKey, assert_error, make_run
 
 
@@ -179,6 +180,29 @@ def test_bad_last_event_id(client: TestClient, alice: TenantKey, session: Sessio
     assert_error(response, 422, "validation_error", "last_event_id")
 
 
+def test_the_schema_says_which_event_ids_resume(
+    client: TestClient, alice: TenantKey, session: Session, streams: LiveStreams, fast_stream: StreamOptions
+) -> None:
+    """Last-Event-ID and last_event_id declare their pattern in the OpenAPI schema: every value it allows
+    resumes (empty: from the start), and what it refuses (the literal "null" of a client that had no id
+    yet) is the 422 the schema predicts."""
+    spec = client.get("/openapi.json").json()["paths"]["/v1/runs/{run_id}/stream"]["get"]
+    schemas = {parameter["name"]: parameter["schema"] for parameter in spec["parameters"]}
+    for name in ("Last-Event-ID", "last_event_id"):
+        assert schemas[name] == {**schemas[name], "type": "string", "pattern": STREAM_ID_PATTERN}
+    run = make_run(session, alice.tenant, status=RunStatus.SUCCEEDED)  # finished: the replay alone
+    first = streams.publish(run.id, "status", {"status": "running", "progress": {"step": 0}, "error": None})
+    last = streams.publish(run.id, "status", {"status": "succeeded", "progress": {"step": 1}, "error": None})
+    for value, expected in [("", [first, last]), ("0", [first, last]), (first, [last]), ("9" * 19, [])]:
+        assert re.match(STREAM_ID_PATTERN, value)
+        events, _ = open_stream(client, alice, run.id, **{"Last-Event-ID": value})
+        assert [event["id"] for event in events] == expected, value
+    for value in ("null", "1-2-3", "1" * 20):
+        assert not re.match(STREAM_ID_PATTERN, value)
+        response = client.get(f"/v1/runs/{run.id}/stream", headers={**alice.headers, "Last-Event-ID": value})
+        assert_error(response, 422, "validation_error", "Last-Event-ID")
+
+
 def test_a_client_may_leave_mid_stream(
     client: TestClient, alice: TenantKey, session: Session, streams: LiveStreams, fast_stream: StreamOptions
 ) -> None:
@@ -191,3 +215,38 @@ def test_a_client_may_leave_mid_stream(
     assert time.perf_counter() - started < 5
     # The server is still serving.
     assert client.get(f"/v1/runs/{run.id}", headers=alice.headers).status_code == 200
+
+
+def test_a_run_its_owner_resumed_streams_on_past_its_old_ending(streams: LiveStreams) -> None:
+    """The stream holds ``failed``, the resume (an event and ``queued``), the resumed attempt's messages,
+    then ``succeeded``: a watcher sees all of it, and nothing after the last ending."""
+    run_id = f"run_stream_test_{time.time_ns()}"
+    streams.publish(run_id, "status", {"status": "failed"})
+    streams.publish(run_id, "event", {"id": 7, "type": "resumed", "level": "info", "message": "", "data": {}})
+    streams.publish(run_id, "status", {"status": "queued"})
+    streams.publish(run_id, "rewind", {"step": 10, "attempt": 4})
+    streams.publish(run_id, "metric", {"split": "train", "step": 11, "metrics": {}})
+    streams.publish(run_id, "status", {"status": "succeeded"})
+    streams.publish(run_id, "metric", {"split": "train", "step": 12, "metrics": {}})  # after the end
+
+    async def collect(terminal: bool) -> list[str]:
+        client = open_async_redis(REDIS_URL, StreamOptions(block_ms=50))
+
+        async def is_terminal() -> bool:
+            return True
+
+        try:
+            events = follow_run(
+                client,
+                run_id,
+                after=None,
+                terminal=terminal,
+                is_terminal=is_terminal,
+                options=StreamOptions(block_ms=50),
+            )
+            return [event.type async for event in events]
+        finally:
+            await client.aclose()
+
+    for terminal in (False, True):  # watching live, or replaying a run that had ended again
+        assert anyio.run(collect, terminal) == ["status", "event", "status", "rewind", "metric", "status"]

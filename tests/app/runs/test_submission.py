@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,10 +13,19 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import get_run_enqueuer
-from app.base_models.registry import BUILTIN_MODELS
 from app.models import Run
 from app.runs import repository
-from tests.support import TenantKey, assert_error, corpus_bytes, fake_bert_files, tar_gz, upload_corpus
+from tests.support import (
+    TenantKey,
+    assert_error,
+    corpus_bytes,
+    fake_bert_files,
+    readme_corpus_example,
+    readme_run_example,
+    tar_gz,
+    upload_corpus,
+)
+from worker.pretraining.builtin_models import BUILTIN_MODELS
 from worker.pretraining.hyperparameters import Hyperparameters
 
 MINILM = "minilm-l6-h384-uncased"
@@ -157,7 +168,7 @@ def test_what_the_corpora_make_impossible_or_ignored_is_refused(
     assert book.status_code == 201 and book.json()["documents"] == 1
     body = {"base_model": base, "corpus_id": book.json()["id"]}
     error = assert_error(submit(client, alice, body), 422, "validation_error", "hyperparameters.nsp")
-    assert "is 1 document" in error["message"] and "Set nsp to false" in error["message"]
+    assert "has 1 usable document" in error["message"] and "Set nsp to false" in error["message"]
     assert enqueued == [] and run_count(session, alice) == 0
     body["hyperparameters"] = {"nsp": False}  # masked-LM only on one document trains
     assert submit(client, alice, body).status_code == 201 and len(enqueued) == 1
@@ -220,6 +231,212 @@ def test_max_seq_length_must_fit_the_model_positions(
     body["hyperparameters"] = {"max_seq_length": 16}
     assert submit(client, alice, body).status_code == 201
     assert len(enqueued) == 1
+
+
+# -- what the corpora and the base model refuse: at submission, as the training library would --------------
+
+CHINESE = "\n\n".join(
+    "\n".join(f"这是第{d}篇文章的第{s}句话，它用中文写成。" for s in range(3)) for d in range(3)
+).encode()
+MAIN = corpus_bytes(3, 3, tag="main")
+# What the training library calls each corpus in its messages, and what the submission calls it.
+LIBRARY_NAMES = {
+    "corpus_id": "the corpus",
+    "eval_corpus_id": "the eval corpus",
+    "reference_corpus_id": "the reference corpus",
+}
+API_NAMES = {
+    "corpus_id": "corpus",
+    "eval_corpus_id": "eval corpus",
+    "reference_corpus_id": "reference corpus",
+}
+
+# rule: (corpora refused, corpora accepted (one more document or sentence where the rule counts them),
+# hyperparameters, param). The first is the README's example run: its corpus of two documents trains (it
+# was accepted, then failed in the worker: "holding out 2 for evaluation leaves 0 for training"); one
+# document cannot.
+CORPUS_RULES: dict[str, tuple[dict[str, bytes], dict[str, bytes], dict[str, Any], str]] = {
+    "readme_run_nsp_documents": (
+        {"corpus_id": corpus_bytes(1, 3)},
+        {"corpus_id": readme_corpus_example()},
+        readme_run_example()["hyperparameters"],
+        "hyperparameters.nsp",
+    ),
+    "eval_documents_leave_too_few": (
+        {"corpus_id": corpus_bytes(3, 3)},
+        {"corpus_id": corpus_bytes(4, 3)},
+        {"eval_documents": 2},
+        "hyperparameters.eval_documents",
+    ),
+    "eval_fraction_leaves_too_few": (
+        {"corpus_id": corpus_bytes(3, 3)},
+        {"corpus_id": corpus_bytes(4, 3)},
+        {"eval_fraction": 0.5},
+        "hyperparameters.eval_fraction",
+    ),
+    "eval_documents_of_one_document": (
+        {"corpus_id": corpus_bytes(1, 3)},
+        {"corpus_id": corpus_bytes(2, 3)},
+        {"nsp": False, "eval_documents": 1},
+        "hyperparameters.eval_documents",
+    ),
+    "eval_fraction_of_one_short_document": (
+        {"corpus_id": corpus_bytes(1, 2)},
+        {"corpus_id": corpus_bytes(1, 3)},
+        {"nsp": False, "eval_fraction": 0.75},
+        "hyperparameters.eval_fraction",
+    ),
+    "eval_corpus_nsp_documents": (
+        {"corpus_id": MAIN, "eval_corpus_id": corpus_bytes(1, 3, tag="eval")},
+        {"corpus_id": MAIN, "eval_corpus_id": corpus_bytes(2, 3, tag="eval")},
+        {},
+        "eval_corpus_id",
+    ),
+    "reference_corpus_nsp_documents": (
+        {"corpus_id": MAIN, "reference_corpus_id": corpus_bytes(1, 3, tag="ref")},
+        {"corpus_id": MAIN, "reference_corpus_id": corpus_bytes(2, 3, tag="ref")},
+        {},
+        "reference_corpus_id",
+    ),
+    "whole_word_mask_without_spaces": (
+        {"corpus_id": CHINESE},
+        {"corpus_id": MAIN},
+        {"whole_word_mask": True},
+        "hyperparameters.whole_word_mask",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer(minilm_dir: Path) -> Any:
+    from worker.pretraining.tokenizer import load_tokenizer
+
+    return load_tokenizer(minilm_dir)
+
+
+def prepared_by_the_library(
+    tmp_path: Path, tokenizer: Any, corpora: dict[str, bytes], hyperparameters: dict[str, Any]
+) -> Exception | None:
+    """What the training library makes of these corpora (the worker's data preparation): None when it
+    prepares them, else its refusal."""
+    from worker.pretraining.prepare import PreparationError, prepare_corpus, prepare_eval_corpus
+
+    paths = {}
+    for role, content in corpora.items():
+        paths[role] = tmp_path / f"{role}-{len(list(tmp_path.iterdir()))}.txt"
+        paths[role].write_bytes(content)
+    config = Hyperparameters.model_validate(hyperparameters).preparation()
+    cache = tmp_path / "cache"
+    try:
+        prepare_corpus(paths["corpus_id"], tokenizer, cache, config, eval_corpus=paths.get("eval_corpus_id"))
+        if "reference_corpus_id" in paths:
+            prepare_eval_corpus(paths["reference_corpus_id"], tokenizer, cache, config)
+    except PreparationError as exc:
+        return exc
+    return None
+
+
+@pytest.mark.parametrize("rule", CORPUS_RULES)
+def test_what_the_corpora_cannot_give_is_refused_before_anything_is_queued(
+    client: TestClient,
+    alice: TenantKey,
+    enqueued: list[str],
+    session: Session,
+    tmp_path: Path,
+    minilm_tokenizer: Any,
+    rule: str,
+) -> None:
+    refused_corpora, accepted_corpora, hyperparameters, param = CORPUS_RULES[rule]
+
+    def body(corpora: dict[str, bytes]) -> dict[str, Any]:
+        ids = {}
+        for role, content in corpora.items():
+            uploaded = upload_corpus(client, alice, content)
+            assert uploaded.status_code in (200, 201), uploaded.text
+            ids[role] = uploaded.json()["id"]
+        return {**readme_run_example(), **ids, "hyperparameters": hyperparameters}
+
+    refused_body = body(refused_corpora)
+    error = assert_error(submit(client, alice, refused_body), 422, "validation_error", param)
+    assert enqueued == [] and run_count(session, alice) == 0  # nothing stored, nothing sent
+    # The training library refuses the same corpora in the same words: the submission asked its rule.
+    library = prepared_by_the_library(tmp_path, minilm_tokenizer, refused_corpora, hyperparameters)
+    assert library is not None, "the training library prepares what the submission refused"
+    field = getattr(library, "field", None)
+    assert param in (f"hyperparameters.{field}", *(role for role in refused_corpora if role != "corpus_id"))
+    message = str(library)
+    for role, corpus in refused_body.items():
+        if role in LIBRARY_NAMES:
+            message = message.replace(LIBRARY_NAMES[role], f"{API_NAMES[role]} {corpus}")
+    assert error["message"] == message
+
+    accepted = submit(client, alice, body(accepted_corpora))
+    assert accepted.status_code == 201, accepted.text
+    assert enqueued == [accepted.json()["id"]]
+    assert prepared_by_the_library(tmp_path, minilm_tokenizer, accepted_corpora, hyperparameters) is None
+
+
+def upload_checkpoint(client: TestClient, who: TenantKey, files: dict[str, bytes]) -> str:
+    response = client.post(
+        "/v1/checkpoints", files={"file": ("c.tar.gz", tar_gz(files))}, headers=who.headers
+    )
+    assert response.status_code in (200, 201), response.text
+    return str(response.json()["id"])
+
+
+def with_config(files: dict[str, bytes], **changes: Any) -> dict[str, bytes]:
+    return {**files, "config.json": json.dumps({**json.loads(files["config.json"]), **changes}).encode()}
+
+
+def with_vocabulary(files: dict[str, bytes], tokens: list[str]) -> dict[str, bytes]:
+    return {**files, "vocab.txt": "\n".join(tokens).encode()}
+
+
+def test_what_the_base_model_files_refuse_is_refused_before_anything_is_queued(
+    client: TestClient, alice: TenantKey, corpus_id: str, enqueued: list[str], session: Session
+) -> None:
+    files = fake_bert_files(vocab_size=10)  # 16 position embeddings, a vocab.txt of 10 tokens, no "##"
+    vocabulary = files["vocab.txt"].decode().split("\n")
+    short = {"max_seq_length": 16}
+    # (files, hyperparameters, param, words), then what is accepted: other files or other settings
+    cases: list[tuple[dict[str, bytes], dict[str, Any], str, str, dict[str, bytes], dict[str, Any]]] = [
+        (
+            with_config(files, type_vocab_size=1),
+            short,
+            "hyperparameters.nsp",
+            "a single token type, so it cannot tell segment A from B; set nsp to false",
+            with_config(files, type_vocab_size=1),
+            {**short, "nsp": False},
+        ),
+        (
+            with_vocabulary(files, [*vocabulary, "w99"]),
+            short,
+            "base_model",
+            "the tokenizer has 11 tokens but the embedding matrix only 10 rows",
+            files,  # one token fewer
+            short,
+        ),
+        (
+            files,
+            {**short, "whole_word_mask": True},
+            "hyperparameters.whole_word_mask",
+            "the tokenizer marks no word continuations with '##'",
+            with_vocabulary(files, [*vocabulary[:-1], "##s"]),
+            {**short, "whole_word_mask": True},
+        ),
+    ]
+    for refused_files, hyperparameters, param, words, accepted_files, accepted_hyperparameters in cases:
+        queued = list(enqueued)
+        spec = f"checkpoint:{upload_checkpoint(client, alice, refused_files)}"
+        body = {"base_model": spec, "corpus_id": corpus_id, "hyperparameters": hyperparameters}
+        error = assert_error(submit(client, alice, body), 422, "validation_error", param)
+        assert words in error["message"] and spec in error["message"]
+        assert enqueued == queued and run_count(session, alice) == len(queued)  # nothing stored or sent
+        body["base_model"] = f"checkpoint:{upload_checkpoint(client, alice, accepted_files)}"
+        body["hyperparameters"] = accepted_hyperparameters
+        accepted = submit(client, alice, body)
+        assert accepted.status_code == 201, accepted.text
+        assert enqueued == [*queued, accepted.json()["id"]]
 
 
 def test_body_checks(client: TestClient, alice: TenantKey, corpus_id: str, enqueued: list[str]) -> None:

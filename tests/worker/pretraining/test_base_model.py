@@ -12,8 +12,13 @@ import pytest
 import torch
 
 from tests.support import save_checkpoint, tiny_config, with_one_bad_weight
-from worker.pretraining.base_model import NEWLY_INITIALIZED, load_base_model, non_finite_parameter
-from worker.pretraining.model_files import BaseModelError
+from worker.pretraining.base_model import (
+    NEWLY_INITIALIZED,
+    load_base_model,
+    non_finite_parameter,
+    resolve_base,
+)
+from worker.pretraining.model_files import BaseModelError, tokenizer_vocabulary, vocabulary_error
 
 
 def test_full_checkpoint_loads_without_warnings(tiny_bert_dir: Path) -> None:
@@ -169,8 +174,12 @@ def test_tokenizer_larger_than_embeddings_is_refused(tmp_path: Path, tokenizer: 
 
     model = BertForPreTraining(tiny_config(tokenizer, vocab_size=len(tokenizer) - 10))
     directory = save_checkpoint(model, tokenizer, tmp_path / "small-vocab")
-    with pytest.raises(BaseModelError, match="tokenizer has"):
+    with pytest.raises(BaseModelError, match="tokenizer has") as refused:
         load_base_model(directory)
+    # The run submission reads the same count from the files, torch-free, and refuses with the same words.
+    listed = tokenizer_vocabulary(directory)
+    assert listed is not None
+    assert str(refused.value) == f"{directory}: {vocabulary_error(len(listed), len(tokenizer) - 10)}"
 
 
 def test_missing_directory_and_offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,6 +188,27 @@ def test_missing_directory_and_offline_hub(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BaseModelError, match="offline"):
         load_base_model("bertpt-tests/no-such-model")
+
+
+def test_a_builtin_name_resolves_as_in_the_service(minilm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a built-in never needs the hub
+    assert resolve_base("minilm-l6-h384-uncased") == minilm_dir
+    assert resolve_base(minilm_dir) == minilm_dir
+
+
+def test_an_unknown_name_is_told_the_real_names_and_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BaseModelError) as refused:
+        resolve_base("minilm")
+    message = str(refused.value)
+    assert "built-in model (minilm-l6-h384-uncased)" in message
+    assert "Did you mean 'minilm-l6-h384-uncased'?" in message
+    # A hub id, also as the service writes it: how to fetch it where the hub is reachable, and use it here.
+    with pytest.raises(BaseModelError) as refused:
+        resolve_base("hf:bertpt-tests/no-such-model")
+    message = str(refused.value)
+    assert "`hf download bertpt-tests/no-such-model --include '*.json'" in message
+    assert "--local-dir DIR`, then pass --base DIR" in message and "Did you mean" not in message
 
 
 def test_non_finite_parameter_names_the_first_one(tokenizer: Any) -> None:

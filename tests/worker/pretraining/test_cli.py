@@ -227,3 +227,12 @@ def test_cli_refuses_a_sequence_length_the_checkpoint_cannot_take(tmp_path, smal
     assert result.exit_code == 2
     assert result.stderr.startswith("error: max_seq_length: 128 is more than the 64 position embeddings")
     assert "use max_seq_length 64 or less" in result.stderr and not any(tmp_path.iterdir())
+
+
+def test_cli_takes_a_builtin_name_for_the_tokenizer(tmp_path, small_corpus, minilm_dir):
+    args = ["prepare", str(small_corpus), "--tokenizer", "minilm-l6-h384-uncased", "--out", str(tmp_path)]
+    result = CliRunner().invoke(cli, [*args, "--max-seq-length", "1024"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        f"error: max_seq_length: 1024 is more than the 512 position embeddings of the model in {minilm_dir}"
+    )

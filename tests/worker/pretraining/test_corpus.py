@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 import unicodedata
+import zlib
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from worker.pretraining.corpus import (
     iter_documents,
     scan_corpus,
 )
+from worker.pretraining.inflate import InflateLimitExceeded, InflateLimits
 from worker.pretraining.records import RunWarning
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -184,6 +186,25 @@ def test_gzip_bomb_is_stopped_by_the_line_guard_while_feeding() -> None:
     assert (info.value.code, info.value.line, info.value.byte_offset) == ("line_too_long", 1, 0)
 
 
+def test_the_limits_refuse_a_gzip_bomb_while_it_inflates() -> None:
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    bomb = packer.compress(b"\n" * (16 << 20)) + packer.flush()  # 16 MiB of newlines in ~70 kB
+    scanner = CorpusScanner(path="bomb.txt.gz", limits=InflateLimits(max_bytes=1 << 40, max_ratio=100))
+    with pytest.raises(InflateLimitExceeded) as info:
+        scanner.feed(bomb)  # one chunk: refused inside it, after one piece of output
+    assert info.value.cap == "ratio" and info.value.decompressed < 16 << 20
+    with pytest.raises(InflateLimitExceeded):
+        scanner.feed(b"more")  # kept, like a format error
+    # The size cap counts the text, whether it came compressed or not.
+    for data in (DATA * 10, gzip.compress(DATA * 10)):
+        with pytest.raises(InflateLimitExceeded) as info:
+            scan_bytes(data, 100, limits=InflateLimits(max_bytes=5 * len(DATA), max_ratio=100))
+        assert (info.value.cap, info.value.limit) == ("size", 5 * len(DATA))
+    assert scan_bytes(
+        gzip.compress(DATA * 10), limits=InflateLimits(max_bytes=10 * len(DATA))
+    ).stats.documents
+
+
 # -- decoding: BOM, line endings, chunking -------------------------------------------------------------
 
 
@@ -276,6 +297,42 @@ def test_several_blank_lines_are_one_separator_and_outer_blank_lines_are_fine() 
     data = b"\n\n  \nOne.\nTwo.\n\n\n\n\nThree.\nFour.\n\n\n"
     assert documents_of(data) == [(["One.", "Two."], 4), (["Three.", "Four."], 10)]
     assert scan_bytes(data).stats.documents == 2
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4096, 1 << 20])
+def test_long_runs_of_blank_lines_are_skipped_in_one_step(
+    chunk_size: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Millions of blank lines cost what their bytes cost, not one turn of the line loop each (a gigabyte
+    of newlines took minutes); documents, line numbers and errors are those of reading line by line."""
+    looped = 0
+    consume = CorpusScanner._consume
+
+    def counting(self: CorpusScanner, lines: list[str], *, normalize: bool) -> None:
+        nonlocal looped
+        looped += len(lines)
+        consume(self, lines, normalize=normalize)
+
+    monkeypatch.setattr(CorpusScanner, "_consume", counting)
+    blank = "\n" * 2_000_000 + " \t\n" * 1000 + "\u3000\n" * 500  # 2,001,500 blank lines
+    text = "First doc.\nSecond line.\n" + blank + "Second doc.\n" + blank + "\n" + "Third.\r\n"
+    seen = []
+    scanner = CorpusScanner(on_document=lambda sentences, line: seen.append((sentences, line)))
+    data = text.encode()
+    for start in range(0, len(data), chunk_size or len(data)):
+        scanner.feed(data[start : start + (chunk_size or len(data))])
+    report = scanner.finish()
+    assert seen == [
+        (["First doc.", "Second line."], 1),
+        (["Second doc."], 2_001_503),
+        (["Third."], 4_003_005),
+    ]
+    assert report.stats.documents == 3
+    assert looped < 10_000
+    # A whitespace line over the limit inside a run is still found, at its line and byte.
+    data = b"Doc one.\n" + b"\n" * 100 + b" " * 50 + b"\n" + b"\n" * 100 + b"Two.\n"
+    err = error_of(data, chunk_size, max_line_chars=20)
+    assert (err.code, err.line, err.byte_offset) == ("line_too_long", 102, 109)
 
 
 def test_sentences_are_stripped() -> None:

@@ -13,12 +13,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.support import nan_loss_on, tiny_run_hyperparameters, write_documents
+from tests.support import (
+    nan_loss_on,
+    readme_corpus_example,
+    readme_run_example,
+    save_checkpoint,
+    tiny_config,
+    tiny_run_hyperparameters,
+    write_documents,
+)
 from worker.pretraining import engine
 from worker.pretraining.base_model import load_base_model, non_finite_parameter
 from worker.pretraining.engine import resolve_precision, run_pretraining
 from worker.pretraining.hyperparameters import HyperparameterError
 from worker.pretraining.layout import CHECKPOINT_MANIFEST, MODEL_MANIFEST
+from worker.pretraining.model_files import read_config, segment_types_error, token_types
 from worker.pretraining.records import (
     CheckpointSaved,
     EvalMetrics,
@@ -548,6 +557,45 @@ def test_max_seq_length_beyond_positions_is_refused(
             tiny_run_hyperparameters(max_seq_length=128),
             cache_dir=tmp_path,
         )
+
+
+def test_next_sentence_prediction_on_a_model_of_one_token_type_is_refused(
+    tmp_path: Path, tokenizer: Any, tiny_corpus: Path
+) -> None:
+    from transformers import BertForPreTraining
+
+    model = BertForPreTraining(tiny_config(tokenizer, type_vocab_size=1))
+    directory = save_checkpoint(model, tokenizer, tmp_path / "one-segment")
+    # The run submission reads the same config.json without torch and asks the same function.
+    expected = segment_types_error(True, token_types(read_config(directory)))
+    assert expected is not None
+    with pytest.raises(HyperparameterError) as refused:
+        run_pretraining(
+            directory, tiny_corpus, tmp_path / "run", tiny_run_hyperparameters(), cache_dir=tmp_path
+        )
+    assert refused.value.errors == [("nsp", expected)]
+
+
+def test_the_readme_example_trains(tmp_path: Path, minilm_dir: Path, cache_dir: Path) -> None:
+    # The README's corpus and run body as a user copies them (steps cut to keep the test short): two
+    # documents train, with no held-out evaluation, and the run says why.
+    body = readme_run_example()
+    assert body["base_model"] == "minilm-l6-h384-uncased"  # minilm_dir
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(readme_corpus_example())
+    records: list[TrainingRecord] = []
+    result = run_pretraining(
+        minilm_dir,
+        corpus,
+        tmp_path / "run",
+        {**body["hyperparameters"], "max_steps": 3},
+        cache_dir=cache_dir,
+        sink=records.append,
+    )
+    assert result.status == "completed" and result.steps == 3
+    (started,) = [r for r in records if isinstance(r, TrainingStarted)]
+    assert started.eval_splits == {} and started.train_instances > 0
+    assert "no_eval_split" in [w.code for w in result.warnings]
 
 
 def test_precision_resolution() -> None:

@@ -9,7 +9,7 @@ import unicodedata
 import numpy as np
 import pytest
 
-from tests.support import wordpiece_tokenizer, write_documents
+from tests.support import readme_corpus_example, wordpiece_tokenizer, write_documents
 from tests.synthetic import FUNCTION_WORDS, SPECIAL_TOKENS
 from worker.pretraining.collator import PretrainingCollator
 from worker.pretraining.corpus import CorpusFormatError
@@ -151,6 +151,24 @@ def test_too_few_documents_for_the_eval_split_is_explained(tmp_path, tokenizer):
     corpus.write_text("a b c.\nd e f.\n\ng h i.\nj k l.\n")
     with pytest.raises(PreparationError, match="eval_fraction"):
         prepare_corpus(corpus, tokenizer, tmp_path / "cache", PreparationConfig(eval_fraction=0.5))
+
+
+def test_the_readme_corpus_trains_on_both_documents_without_a_held_out_split(tmp_path, minilm_dir):
+    # Two documents: holding out the default share (at least the two documents next-sentence evaluation
+    # needs) would leave none to train on. It was refused after queueing; it trains, and says why it has
+    # no held-out evaluation.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(readme_corpus_example())
+    prepared = prepare_corpus(corpus, minilm_dir, tmp_path / "cache", PreparationConfig())
+    assert prepared.eval is None and "eval" not in prepared.manifest["splits"]
+    assert prepared.manifest["splits"]["train"]["documents"] == 2 and len(prepared.train) > 0
+    warning = codes(prepared)["no_eval_split"]
+    assert warning["source"] == "corpus" and "4 documents or more" in warning["message"]
+    assert warning["message"].startswith("the corpus has 2 usable documents: too few to hold out")
+    # Asked for on purpose, the same split is refused, naming the setting.
+    with pytest.raises(PreparationError, match="leaves 0 for training") as refused:
+        prepare_corpus(corpus, minilm_dir, tmp_path / "cache", PreparationConfig(eval_documents=2))
+    assert refused.value.field == "eval_documents"
 
 
 def test_sentences_that_tokenize_to_nothing_are_dropped(tmp_path, tokenizer):

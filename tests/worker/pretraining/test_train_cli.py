@@ -74,6 +74,26 @@ def test_cli_refuses_a_base_with_a_weight_that_is_not_finite(
     assert not (tmp_path / "run").exists()
 
 
+def test_cli_takes_the_builtin_names_of_the_service(
+    tmp_path: Path, tiny_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["train", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "run")]
+    # The built-in resolves (offline): the run stops only at its 512 position embeddings.
+    found = CliRunner().invoke(
+        _cli(), [*args, "--base", "minilm-l6-h384-uncased", "--max-seq-length", "1024"]
+    )
+    assert found.exit_code == 2, found.output
+    assert "1024 is more than the 512 position embeddings" in found.output
+    unknown = CliRunner().invoke(_cli(), [*args, "--base", "minilm"], terminal_width=400)
+    assert unknown.exit_code == 2, unknown.output
+    assert "Did you mean 'minilm-l6-h384-uncased'?" in unknown.output and "Traceback" not in unknown.output
+    assert "minilm-l6-h384-uncased" in CliRunner().invoke(_cli(), ["train", "--help"]).output
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_shows_the_corpus_warnings(
     tmp_path: Path, tiny_bert_dir: Path, blank_line_corpus: Path, cache_dir: Path
 ) -> None:

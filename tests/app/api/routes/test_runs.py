@@ -13,6 +13,7 @@ from tests.support import TenantKey, add_checkpoint_row, assert_error, make_run
 RUN_ROUTES = [
     ("GET", "/v1/runs/{id}"),
     ("POST", "/v1/runs/{id}/cancel"),
+    ("POST", "/v1/runs/{id}/resume"),
     ("DELETE", "/v1/runs/{id}"),
     ("GET", "/v1/runs/{id}/metrics"),
     ("GET", "/v1/runs/{id}/events"),

@@ -1,0 +1,154 @@
+"""Housekeeping: a thread in the API process and in each worker's main process that, every period, keeps
+runs from being lost or stuck:
+
+- **the reaper** (:func:`app.runs.lifecycle.reap_expired`): a run whose holder's heartbeat is older than
+  ``HEARTBEAT_TIMEOUT_SECONDS`` (its worker was killed, or lost the database) is queued again to resume
+  from its newest checkpoint while attempts are left, failed after ``MAX_ATTEMPTS``, or cancelled if it
+  was being cancelled; its task is sent at once (nothing waits for the broker's visibility timeout);
+- **the sweep of runs left queued** (:func:`app.runs.lifecycle.resend_stale_queued`): the task of a run
+  still queued ``REQUEUE_AFTER_SECONDS`` after its last send is sent again (a send that failed, a lost
+  message);
+- any further chores its process adds (the API's sweep of abandoned upload files).
+
+Every process may run it at once: rows are taken with ``SKIP LOCKED`` and every change is a conditional
+transition, so two reapers never act twice. The API runs it too, so that a run whose only worker died
+still ends (failed, or cancelled) with no worker left. The period scales with the settings (a quarter of
+the heartbeat timeout, at most a minute), so a test can make it seconds.
+
+It has its own database engine without a pool (nothing kept open across a prefork pool's forks), its
+own Celery client and live-stream client.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from functools import partial
+
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from app.config import Settings
+from app.db import create_db_engine, create_session_factory, session_scope
+from app.queue import RunEnqueuer, create_celery, enqueue_run
+from app.runs import lifecycle
+from app.runs.live import LivePublisher, create_redis
+from app.runs.states import RunStatus
+
+__all__ = ["MAX_PERIOD_SECONDS", "Chore", "Housekeeper", "housekeeping_period", "start_housekeeping"]
+
+logger = logging.getLogger(__name__)
+
+MAX_PERIOD_SECONDS = 60.0
+# A chore: one pass of some periodic work; returns what it did, for the log (empty: nothing).
+Chore = Callable[[], Sequence[str]]
+
+
+def housekeeping_period(settings: Settings) -> float:
+    """Seconds between two passes: a quarter of the heartbeat timeout (a lost run is taken back at most
+    1.25 timeouts after its last heartbeat), no longer than the requeue delay, at most a minute."""
+    period = min(MAX_PERIOD_SECONDS, settings.heartbeat_timeout_seconds / 4)
+    if settings.requeue_after_seconds > 0:
+        period = min(period, settings.requeue_after_seconds)
+    return period
+
+
+class Housekeeper:
+    """The chores of runs (reaping, re-sending) for ``settings``, plus ``extra`` chores."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: Callable[[], Session],
+        enqueue: RunEnqueuer,
+        publisher: LivePublisher,
+        *,
+        extra: Sequence[tuple[str, Chore]] = (),
+        every_seconds: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.enqueue = enqueue
+        self.publisher = publisher
+        self.every_seconds = every_seconds if every_seconds is not None else housekeeping_period(settings)
+        self.chores: list[tuple[str, Chore]] = [
+            ("reap runs whose worker stopped answering", self.reap),
+            ("send again the tasks of runs left queued", self.resend),
+            *extra,
+        ]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bertpt-housekeeping", daemon=True)
+
+    def reap(self) -> list[str]:
+        """Take back the runs whose holder stopped answering; send the task of those queued again and
+        publish what happened, once committed. Returns the run ids."""
+        with session_scope(self.session_factory) as session:
+            reaped = lifecycle.reap_expired(
+                session,
+                timeout=timedelta(seconds=self.settings.heartbeat_timeout_seconds),
+                max_attempts=self.settings.max_attempts,
+            )
+        for run in reaped:
+            for message in run.messages:
+                self.publisher.publish(run.run_id, message)
+            if run.status == RunStatus.QUEUED:
+                # A failed send is not lost: the run is queued, and the sweep sends it again in time.
+                try:
+                    self.enqueue(run.run_id)
+                except Exception as exc:
+                    logger.warning("run %s requeued; its task could not be sent yet (%s)", run.run_id, exc)
+        return [f"{run.run_id} -> {run.status.value}" for run in reaped]
+
+    def resend(self) -> list[str]:
+        if self.settings.requeue_after_seconds <= 0:
+            return []
+        with session_scope(self.session_factory) as session:
+            return lifecycle.resend_stale_queued(
+                session,
+                older_than=timedelta(seconds=self.settings.requeue_after_seconds),
+                enqueue=self.enqueue,
+            )
+
+    def run_once(self) -> dict[str, list[str]]:
+        """One pass of every chore; a chore that fails (database or broker unreachable) is logged and
+        tried again at the next pass. Returns what each chore did."""
+        done: dict[str, list[str]] = {}
+        for name, chore in self.chores:
+            try:
+                done[name] = list(chore())
+            except Exception as exc:
+                logger.warning(
+                    "housekeeping: %s failed (%s: %s); next time again", name, type(exc).__name__, exc
+                )
+                continue
+            if done[name]:
+                logger.warning("housekeeping: %s: %s", name, ", ".join(done[name]))
+        return done
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_seconds):
+            self.run_once()
+
+    def start(self) -> Housekeeper:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+
+def start_housekeeping(settings: Settings, *, extra: Sequence[tuple[str, Chore]] = ()) -> Housekeeper:
+    """Start the housekeeping of a process configured by ``settings`` (its first pass after one period)."""
+    engine = create_db_engine(settings.database_url, poolclass=NullPool)
+    housekeeper = Housekeeper(
+        settings,
+        create_session_factory(engine),
+        partial(enqueue_run, celery=create_celery(settings)),
+        LivePublisher(create_redis(settings.redis_url, socket_timeout=10)),
+        extra=extra,
+    )
+    return housekeeper.start()
