@@ -124,7 +124,10 @@ def _retry_or_fail(recorder: RunRecorder, failure: RunFailure, context: WorkerCo
             )
             return None
         logger.warning("run %s: %s", recorder.run_id, message)
-        context.enqueue(recorder.run_id)
+        try:
+            context.enqueue(recorder.run_id)
+        except Exception as exc:  # the run is queued: the housekeeping sends its task again in time
+            logger.warning("run %s: its task could not be sent yet (%s)", recorder.run_id, exc)
         return RunStatus.QUEUED
     details = {**failure.details, "checkpoint_step": interrupted.checkpoint_step}
     return _fail(recorder, RunFailure(failure.type, message, details, failure.traceback))

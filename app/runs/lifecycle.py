@@ -416,6 +416,7 @@ class Interruption:
         checkpoint of step 10"``, or for the last attempt how its owner resumes the run."""
         this = attempt_of(self.attempt, self.resumed_after_attempt, self.max_attempts)
         where = f" after step {self.after_step}" if self.after_step else ""
+        cause = cause.rstrip(".")
         if self.retried:
             following = attempt_of(self.attempt + 1, self.resumed_after_attempt, self.max_attempts)
             if self.checkpoint_step is None:
@@ -434,8 +435,12 @@ class Interruption:
 
     def cancelled(self, cause: str) -> str:
         """The run was being cancelled: it ends cancelled, whatever interrupted it."""
-        kept = f"; the checkpoint of step {self.checkpoint_step} is kept" if self.checkpoint_step else ""
-        return f"cancelled: while it was stopping, {cause}{kept}"
+        kept = (
+            f"; the checkpoint of step {self.checkpoint_step} is kept"
+            if self.checkpoint_step is not None
+            else ""
+        )
+        return f"cancelled: while it was stopping, {cause.rstrip('.')}{kept}"
 
 
 def _dialect_insert(session: Session) -> Any:

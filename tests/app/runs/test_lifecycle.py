@@ -347,3 +347,23 @@ def test_rewind_supersedes_what_the_interrupted_attempt_recorded_past_the_checkp
         # From the beginning: nothing is kept.
         lifecycle.rewind(session, run_id, None)
     assert _points(factory.session_factory, run_id) == {}
+
+
+def test_an_interruption_says_which_attempt_it_was_and_what_follows() -> None:
+    first = lifecycle.Interruption("run_x", 1, 0, 3, after_step=None, checkpoint_step=None)
+    assert first.retried
+    assert first.message("the training ran out of device memory. Lower batch_size.") == (
+        "attempt 1 of 3 was interrupted: the training ran out of device memory. Lower batch_size; "
+        "attempt 2 of 3 starts again from the beginning (no checkpoint was saved yet)"
+    )
+    last = lifecycle.Interruption("run_x", 5, 2, 3, after_step=40, checkpoint_step=None)
+    assert not last.retried
+    assert last.message("worker w stopped answering") == (
+        "attempt 3 of 3, the last, was interrupted after step 40: worker w stopped answering; no checkpoint "
+        "was saved, so nothing can be resumed: submit the run again"
+    )
+    stopping = lifecycle.Interruption("run_x", 1, 0, 3, after_step=40, checkpoint_step=30)
+    assert stopping.cancelled("the training process exited with status 1 before finishing.") == (
+        "cancelled: while it was stopping, the training process exited with status 1 before finishing; the "
+        "checkpoint of step 30 is kept"
+    )
