@@ -18,7 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.errors import UntranslatableCharacter
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "create_db_engine",
     "create_session_factory",
     "end_session",
+    "is_nul_refused",
     "on_commit",
     "on_rollback",
     "session_scope",
@@ -68,6 +72,15 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:
     # expire_on_commit=False: responses are built from the objects after the boundary has committed.
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def is_nul_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL refusing a NUL character: in text (psycopg does not send one) or as
+    ``\\u0000`` in JSON (the server cannot store it). Only a client's text holds one: the API answers 422."""
+    refusal = exc.orig if isinstance(exc, DBAPIError) else exc
+    return isinstance(refusal, UntranslatableCharacter) or (
+        isinstance(refusal, psycopg.DataError) and "NUL" in str(refusal)
+    )
 
 
 def on_commit(session: Session, callback: Callable[[], None]) -> None:

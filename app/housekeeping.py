@@ -36,6 +36,7 @@ from app.queue import RunEnqueuer, create_celery, enqueue_run
 from app.runs import lifecycle
 from app.runs.live import LivePublisher, create_redis
 from app.runs.states import RunStatus
+from app.storage import Storage, get_storage
 
 __all__ = ["MAX_PERIOD_SECONDS", "Chore", "Housekeeper", "housekeeping_period", "start_housekeeping"]
 
@@ -62,6 +63,7 @@ class Housekeeper:
         self,
         settings: Settings,
         session_factory: Callable[[], Session],
+        storage: Storage,
         enqueue: RunEnqueuer,
         publisher: LivePublisher,
         *,
@@ -70,6 +72,7 @@ class Housekeeper:
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
+        self.storage = storage
         self.enqueue = enqueue
         self.publisher = publisher
         self.every_seconds = every_seconds if every_seconds is not None else housekeeping_period(settings)
@@ -87,6 +90,7 @@ class Housekeeper:
         with session_scope(self.session_factory) as session:
             reaped = lifecycle.reap_expired(
                 session,
+                self.storage,
                 timeout=timedelta(seconds=self.settings.heartbeat_timeout_seconds),
                 max_attempts=self.settings.max_attempts,
             )
@@ -147,6 +151,7 @@ def start_housekeeping(settings: Settings, *, extra: Sequence[tuple[str, Chore]]
     housekeeper = Housekeeper(
         settings,
         create_session_factory(engine),
+        get_storage(settings),
         partial(enqueue_run, celery=create_celery(settings)),
         LivePublisher(create_redis(settings.redis_url, socket_timeout=10)),
         extra=extra,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-__all__ = ["API_KEY_PREFIX", "hash_api_key", "new_api_key", "new_id"]
+__all__ = ["API_KEY_PREFIX", "ID_PATTERN", "hash_api_key", "new_api_key", "new_id"]
 
 API_KEY_PREFIX = "bpt_"
+# What new_id makes (and any id of it): a prefix, "_", url-safe characters.
+ID_PATTERN = r"^[a-z]+_[A-Za-z0-9_-]+$"
 
 
 def new_id(prefix: str) -> str:

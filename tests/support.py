@@ -34,6 +34,7 @@ from app.runs.states import RunStatus
 from app.storage import LocalStorage
 from app.storage.keys import checkpoint_key, corpus_key, run_checkpoint_key
 from worker.pretraining.hyperparameters import Hyperparameters
+from worker.pretraining.layout import CHECKPOINT_MANIFEST, TRAINER_STATE
 from worker.pretraining.model_files import inspect_model_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -220,6 +221,16 @@ def make_run(session: Session, tenant: Tenant, **values: Any) -> Run:
     session.add(run)
     session.commit()
     return run
+
+
+def write_complete_checkpoint(storage: LocalStorage, run_id: str, step: int) -> Path:
+    """The files that make a run's checkpoint complete on disk (its manifest and trainer state), as the
+    library publishes them, beside what the directory holds already (no weights of its own)."""
+    directory = storage.local_path(run_checkpoint_key(run_id, step))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CHECKPOINT_MANIFEST).write_text(json.dumps({"step": step}))
+    (directory / TRAINER_STATE).write_text(json.dumps({"global_step": step}))
+    return directory
 
 
 def add_checkpoint_row(session: Session, run: Run, step: int, key: str | None = None) -> RunCheckpoint:

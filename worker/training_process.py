@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from worker.failures import RunFailure, describe_failure
 from worker.job import TrainingJob
@@ -40,6 +40,10 @@ ChildMessage = TrainingRecord | TrainingResult | RunFailure
 
 class _Queue(Protocol):
     def put(self, obj: Any, /) -> None: ...
+
+    def close(self) -> None: ...
+
+    def join_thread(self) -> None: ...
 
 
 class _Event(Protocol):
@@ -108,5 +112,17 @@ def run_training_job(job: TrainingJob, messages: _Queue, stop: _Event) -> None:
     except BaseException as exc:
         failure: RunFailure = describe_failure(exc, job)
         messages.put(dataclasses.replace(failure, traceback=traceback.format_exc()))
-        return
+        _exit_now(messages)
     messages.put(result)
+    _exit_now(messages)
+
+
+def _exit_now(messages: _Queue) -> NoReturn:
+    """End the process once its last message has left: run_pretraining has closed its files, and the
+    interpreter's teardown with torch loaded takes seconds that the run's end (or its retry) would wait."""
+    messages.close()
+    messages.join_thread()  # the queue's feeder thread has written everything to the pipe
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,7 +30,7 @@ from app.api.prometheus import MetricsMiddleware, create_registry
 from app.api.routes import checkpoints, corpora, health, models, runs
 from app.api.upload_slots import UploadSlots
 from app.config import Settings, get_settings
-from app.db import create_db_engine, create_session_factory
+from app.db import create_db_engine, create_session_factory, is_nul_refused
 from app.errors import (
     AppError,
     BadRequest,
@@ -235,6 +236,16 @@ def _add_error_handlers(app: FastAPI) -> None:
             status_code=exc.status_code,
             headers=exc.headers,
         )
+
+    @app.exception_handler(DataError)
+    async def data_error(request: Request, exc: DataError) -> JSONResponse:
+        # Free text of a request (a name, metadata, a checkpoint's config...) with a NUL character, which
+        # PostgreSQL cannot store; the parameters that name things declare it in the schema and are refused
+        # before. Any other data error is the server's.
+        if not is_nul_refused(exc):
+            return await unexpected_error(request, exc)
+        message = "text with a NUL character (\\u0000) cannot be stored; remove it"
+        return JSONResponse(error_body("validation_error", message), status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-__all__ = ["RESOURCES", "Answer", "add_links", "use_openapi_links"]
+__all__ = ["BODY_FIELDS", "RESOURCES", "Answer", "add_links", "use_openapi_links"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,9 @@ _PATH_PARAMETER = re.compile(r"{([^}]+)}")
 
 
 def add_links(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` (an OpenAPI document as FastAPI generates it) with the links of :data:`RESOURCES` added
-    to its responses, in place; each link is named after its target's operationId."""
+    """``schema`` (an OpenAPI document as FastAPI generates it) with the links of :data:`RESOURCES` and
+    :data:`BODY_FIELDS` added to its responses, and those from a run's checkpoints to their download, in
+    place; each link is named after its target's operationId."""
     paths: dict[str, dict[str, Any]] = schema["paths"]
     for parameter, answers in RESOURCES.items():
         targets = [
@@ -82,10 +83,10 @@ def add_links(schema: dict[str, Any]) -> dict[str, Any]:
                     if (path, method) != (answer.path, answer.method.lower()):
                         _link(source, status, paths[path][method], parameters={parameter: expression})
                 if parameter in BODY_FIELDS:
-                    method, path, field, prefix = BODY_FIELDS[parameter]
+                    body_method, body_path, field, prefix = BODY_FIELDS[parameter]
                     # An expression inside a string is written in braces (OpenAPI's runtime expressions).
                     value = f"{prefix}{{{expression}}}" if prefix else expression
-                    _link(source, status, paths[path][method.lower()], body={field: value})
+                    _link(source, status, paths[body_path][body_method.lower()], body={field: value})
     listing, download = _RUN_CHECKPOINTS
     parameters = {"run_id": "$request.path.run_id", "step": "$response.body#/0/step"}
     _link(paths[listing]["get"], "200", paths[download]["get"], parameters=parameters)

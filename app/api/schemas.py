@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Query, Response
+from fastapi import Path, Query, Response
 from pydantic import BaseModel, Field
 
+from app.ids import ID_PATTERN
 from app.pagination import CURSOR_PATTERN, ID_CURSOR_PATTERN, MAX_LIMIT
 
 # The query parameters of every list (defaults: ``= DEFAULT_LIMIT`` and ``= ""``). A cursor's pattern is
@@ -16,6 +17,15 @@ _AFTER = "The next_cursor of the previous page; empty or absent: the first page.
 PageAfter = Annotated[str, Query(description=_AFTER, json_schema_extra={"pattern": CURSOR_PATTERN})]
 # A list oldest first by id (a run's events).
 IdAfter = Annotated[str, Query(description=_AFTER, json_schema_extra={"pattern": ID_CURSOR_PATTERN})]
+# Text the database can compare and store: PostgreSQL takes no NUL character. Declared for free-text
+# parameters (metric names), so that such a request is refused (422) before a query fails on it.
+TEXT_PATTERN = r"^[^\x00]*$"
+
+
+def id_path(description: str) -> Any:
+    """A path parameter naming an object by its id (``app.ids.ID_PATTERN``, at most 40 characters):
+    anything else names nothing, and is refused (422) as the schema declares."""
+    return Path(max_length=40, pattern=ID_PATTERN, description=description)
 
 
 class ErrorDetail(BaseModel):

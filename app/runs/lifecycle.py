@@ -35,7 +35,10 @@ from app.runs.events import EventLevel, RunEventType, add_event
 from app.runs.live import StatusMessage
 from app.runs.schemas import RunError, RunEventPublic, RunProgress
 from app.runs.states import WORKER_HELD_STATUSES, RunStatus, Trigger, sources, target
+from app.storage import Storage
+from app.storage.keys import run_checkpoints_key
 from worker.pretraining.records import MetricsRecord
+from worker.pretraining.run_checkpoints import complete_checkpoints
 
 __all__ = [
     "ENDING_TRIGGERS",
@@ -50,6 +53,7 @@ __all__ = [
     "heartbeat",
     "mark_running",
     "metric_rows",
+    "newest_checkpoint_step",
     "reap_expired",
     "record_checkpoint",
     "resend_stale_queued",
@@ -333,8 +337,22 @@ class Reaped:
     messages: tuple[RunEventPublic | StatusMessage, ...]
 
 
+def newest_checkpoint_step(storage: Storage, run_id: str) -> int | None:
+    """The step of the run's newest complete checkpoint in the storage, what its next attempt resumes
+    from (None: it starts from the beginning). Read from the files, not the rows: a training process
+    killed just after publishing a checkpoint never sent the message that makes its row."""
+    checkpoints = complete_checkpoints(storage.local_path(run_checkpoints_key(run_id)))
+    return checkpoints[-1][0] if checkpoints else None
+
+
 def reap_expired(
-    session: Session, *, timeout: timedelta, max_attempts: int, now: datetime | None = None, limit: int = 100
+    session: Session,
+    storage: Storage,
+    *,
+    timeout: timedelta,
+    max_attempts: int,
+    now: datetime | None = None,
+    limit: int = 100,
 ) -> list[Reaped]:
     """Take back every run whose holder's heartbeat is older than ``timeout``: a run in ``cancelling`` is
     cancelled (``stop``); another is queued again (``retry``) while attempts are left, else failed
@@ -348,7 +366,7 @@ def reap_expired(
         lost = f"worker {run.worker_id or 'unknown'} stopped answering" + (
             f" (no heartbeat for {silent:,.0f} s)" if silent else ""
         )
-        step = repository.last_checkpoint_step(session, run.id)
+        step = newest_checkpoint_step(storage, run.id)
         data: dict[str, Any] = {
             "worker_id": run.worker_id,
             "attempt": run.attempt,

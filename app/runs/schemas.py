@@ -104,6 +104,11 @@ class RunError(BaseModel):
     exit_code: int | None = Field(
         None, description="How the training process ended (training_process_died; negative: a signal)."
     )
+    checkpoint_step: int | None = Field(
+        None,
+        description="The newest checkpoint kept when the run's last attempt was interrupted "
+        "(training_process_died, out_of_memory, worker_lost): POST /v1/runs/{id}/resume continues from it.",
+    )
 
 
 class RunPublic(BaseModel):

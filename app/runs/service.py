@@ -20,6 +20,7 @@ from app.pagination import Page, decode_id_cursor
 from app.queue import RunEnqueuer
 from app.runs import repository
 from app.runs.events import RunEventType, add_event
+from app.runs.lifecycle import newest_checkpoint_step
 from app.runs.live import LivePublisher, StatusMessage
 from app.runs.schemas import RunEventPublic, RunProgress
 from app.runs.states import RunStatus, Trigger, transition
@@ -101,7 +102,13 @@ def cancel_run(session: Session, tenant: Tenant, run_id: str, *, publisher: Live
 
 
 def resume_run(
-    session: Session, tenant: Tenant, run_id: str, *, enqueue: RunEnqueuer, publisher: LivePublisher
+    session: Session,
+    storage: Storage,
+    tenant: Tenant,
+    run_id: str,
+    *,
+    enqueue: RunEnqueuer,
+    publisher: LivePublisher,
 ) -> Run:
     """Continue a failed or cancelled run from its newest kept checkpoint (its ``resume`` transition):
     queued again with the same id, hyperparameters and output directory, so that the next attempt
@@ -116,7 +123,7 @@ def resume_run(
         raise Conflict(
             f"run {run.id!r} is {run.status.value} ({what}); only a failed or cancelled run can be resumed"
         )
-    checkpoint_step = repository.last_checkpoint_step(session, run.id)
+    checkpoint_step = newest_checkpoint_step(storage, run.id)
     if checkpoint_step is None:
         raise Conflict(
             f"run {run.id!r} kept no checkpoint, so there is nothing to resume from; submit it again "

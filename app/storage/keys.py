@@ -24,6 +24,7 @@ __all__ = [
     "corpus_key",
     "run_archives_key",
     "run_checkpoint_key",
+    "run_checkpoints_key",
     "run_directory_key",
     "run_layout",
     "run_model_key",
@@ -61,6 +62,10 @@ def run_model_key(run_id: str) -> str:
 
 def run_checkpoint_key(run_id: str, step: int) -> str:
     return run_layout(run_id).checkpoint(step).as_posix()
+
+
+def run_checkpoints_key(run_id: str) -> str:
+    return run_layout(run_id).checkpoints.as_posix()
 
 
 def run_archives_key(run_id: str) -> str:

@@ -1,16 +1,19 @@
-"""The transaction boundary (session_scope and its callbacks), and SQLite for the local demo."""
+"""The transaction boundary (session_scope and its callbacks), what PostgreSQL refuses to store, and SQLite
+for the local demo."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import (
     create_db_engine,
     create_session_factory,
+    is_nul_refused,
     on_commit,
     on_rollback,
     session_scope,
@@ -47,6 +50,21 @@ def test_session_scope_rolls_back_on_error(
     assert "rollback callback" in caplog.text
     with session_factory() as check:
         assert check.scalars(select(Tenant).where(Tenant.name == "never")).first() is None
+
+
+def test_a_nul_character_is_told_apart_from_other_data_errors(session: Session) -> None:
+    """PostgreSQL stores no NUL in text (psycopg will not even send it) nor in JSON; the API refuses the
+    request that holds one (422). Other data errors stay the server's."""
+    with pytest.raises(DataError) as in_text, session.begin_nested():
+        session.add(Tenant(id=new_id("ten"), name="a\x00b"))
+        session.flush()
+    assert is_nul_refused(in_text.value)
+    with pytest.raises(DataError) as in_json, session.begin_nested():
+        session.execute(text("SELECT CAST(:document AS jsonb)"), {"document": '{"k": "a\\u0000b"}'})
+    assert is_nul_refused(in_json.value)
+    with pytest.raises(DataError) as overflow, session.begin_nested():
+        session.execute(text("SELECT CAST(:number AS integer)"), {"number": 2**40})
+    assert not is_nul_refused(overflow.value)
 
 
 def test_sqlite_works_for_the_demo(tmp_path: Path) -> None:

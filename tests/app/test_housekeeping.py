@@ -4,8 +4,10 @@ at the next pass, the thread works until stopped, and its period follows the set
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -17,6 +19,7 @@ from app.models import utcnow
 from app.runs import live
 from app.runs.live import LivePublisher
 from app.runs.states import RunStatus
+from app.storage import LocalStorage
 from tests.support import TenantKey, make_run
 
 
@@ -24,6 +27,7 @@ def _housekeeper(session_factory: sessionmaker[Session], enqueue, publisher=None
     return Housekeeper(
         Settings(env="test", **{"requeue_after_seconds": 600, "heartbeat_timeout_seconds": 30, **settings}),
         session_factory,
+        LocalStorage(Path(tempfile.mkdtemp())),
         enqueue,
         publisher or LivePublisher(None),
     )

@@ -287,7 +287,14 @@ def test_a_killed_training_is_retried_from_its_checkpoint_then_fails_and_its_own
     with session_scope(factory.session_factory) as session:
         tenant = session.get(Tenant, factory.tenant_id)
         assert tenant is not None
-        service.resume_run(session, tenant, run_id, enqueue=sent.append, publisher=LivePublisher(None))
+        service.resume_run(
+            session,
+            worker_context.storage,
+            tenant,
+            run_id,
+            enqueue=sent.append,
+            publisher=LivePublisher(None),
+        )
     assert sent == [run_id, run_id]
     assert execute_run(run_id, context=worker_context) == RunStatus.SUCCEEDED
     run = factory.get_run(run_id)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Request, Response, status
 
 from app.api.deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, UploadSlotDep
 from app.api.multipart import MultipartUpload, multipart_request_body
-from app.api.schemas import PageAfter, PageLimit, error_responses
+from app.api.schemas import PageAfter, PageLimit, error_responses, id_path
 from app.checkpoints import service
 from app.checkpoints.schemas import CheckpointPublic, CheckpointsPublic, CheckpointUploadPublic
 from app.models import Checkpoint
 from app.pagination import DEFAULT_LIMIT
 
-router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=error_responses(401))
+# Every route takes a parameter, and refuses an invalid one with a 422 in the one error body (FastAPI
+# would document its own body for it).
+router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=error_responses(401, 422))
+
+CheckpointId = Annotated[str, id_path("The checkpoint's id (ckpt_...).")]
 
 
 @router.post(
@@ -71,7 +77,7 @@ def list_checkpoints(
     summary="Get a checkpoint",
     responses=error_responses(404),
 )
-def get_checkpoint(checkpoint_id: str, session: SessionDep, tenant: CurrentTenant) -> Checkpoint:
+def get_checkpoint(checkpoint_id: CheckpointId, session: SessionDep, tenant: CurrentTenant) -> Checkpoint:
     return service.get_checkpoint(session, tenant, checkpoint_id)
 
 
@@ -83,6 +89,6 @@ def get_checkpoint(checkpoint_id: str, session: SessionDep, tenant: CurrentTenan
     responses=error_responses(404, 409),
 )
 def delete_checkpoint(
-    checkpoint_id: str, session: SessionDep, tenant: CurrentTenant, storage: StorageDep
+    checkpoint_id: CheckpointId, session: SessionDep, tenant: CurrentTenant, storage: StorageDep
 ) -> None:
     service.delete_checkpoint(session, storage, tenant, checkpoint_id)

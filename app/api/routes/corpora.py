@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Request, Response, status
 
 from app.api.deps import CurrentTenant, SessionDep, SettingsDep, StorageDep, UploadSlotDep
 from app.api.multipart import MultipartUpload, multipart_request_body
-from app.api.schemas import PageAfter, PageLimit, error_responses
+from app.api.schemas import PageAfter, PageLimit, error_responses, id_path
 from app.corpora import service
 from app.corpora.schemas import CorporaPublic, CorpusPublic
 from app.models import Corpus
 from app.pagination import DEFAULT_LIMIT
 
-router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=error_responses(401))
+# Every route takes a parameter, and refuses an invalid one with a 422 in the one error body (FastAPI
+# would document its own body for it).
+router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=error_responses(401, 422))
+
+CorpusId = Annotated[str, id_path("The corpus's id (corp_...).")]
 
 
 @router.post(
@@ -67,7 +73,7 @@ def list_corpora(
 @router.get(
     "/{corpus_id}", response_model=CorpusPublic, summary="Get a corpus", responses=error_responses(404)
 )
-def get_corpus(corpus_id: str, session: SessionDep, tenant: CurrentTenant) -> Corpus:
+def get_corpus(corpus_id: CorpusId, session: SessionDep, tenant: CurrentTenant) -> Corpus:
     return service.get_corpus(session, tenant, corpus_id)
 
 
@@ -78,5 +84,7 @@ def get_corpus(corpus_id: str, session: SessionDep, tenant: CurrentTenant) -> Co
     description="Refused (409) while a queued, preparing, running or cancelling run uses it.",
     responses=error_responses(404, 409),
 )
-def delete_corpus(corpus_id: str, session: SessionDep, tenant: CurrentTenant, storage: StorageDep) -> None:
+def delete_corpus(
+    corpus_id: CorpusId, session: SessionDep, tenant: CurrentTenant, storage: StorageDep
+) -> None:
     service.delete_corpus(session, storage, tenant, corpus_id)

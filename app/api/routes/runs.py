@@ -3,12 +3,14 @@ model as downloads."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from pydantic import Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import (
@@ -23,7 +25,16 @@ from app.api.deps import (
     StreamOptionsDep,
 )
 from app.api.downloads import streamed_download
-from app.api.schemas import ErrorResponse, IdAfter, PageAfter, PageLimit, error_responses, json_response
+from app.api.schemas import (
+    TEXT_PATTERN,
+    ErrorResponse,
+    IdAfter,
+    PageAfter,
+    PageLimit,
+    error_responses,
+    id_path,
+    json_response,
+)
 from app.errors import ValidationFailed
 from app.pagination import DEFAULT_LIMIT
 from app.runs import downloads, metric_series, service, submission
@@ -42,12 +53,21 @@ from app.runs.schemas import (
 from app.runs.states import RunStatus
 from app.runs.stream import STREAM_ID_PATTERN, follow_run, parse_last_event_id
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=error_responses(401))
+# Every route takes a parameter, and refuses an invalid one with a 422 in the one error body (FastAPI
+# would document its own body for it).
+router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=error_responses(401, 422))
 
 MAX_METRIC_POINTS = 10_000
-MAX_METRIC_NAMES = 64
 
-RunId = Annotated[str, Path(max_length=40, description="The run's id (run_...).")]
+RunId = Annotated[str, id_path("The run's id (run_...).")]
+# A step names a row of a bigint column.
+MAX_STEP = 2**63 - 1
+# A value of ?status=: statuses separated by commas, spaces and empty items ignored. Declared in the schema
+# and checked by _run_statuses with a message of its own: every value the schema allows filters.
+_STATUSES = "|".join(status.value for status in RunStatus)
+STATUS_LIST_PATTERN = rf"^ *(({_STATUSES}) *)?(, *(({_STATUSES}) *)?)*$"
+_STATUS_LIST = re.compile(STATUS_LIST_PATTERN)
+StatusList = Annotated[str, Field(json_schema_extra={"pattern": STATUS_LIST_PATTERN})]
 # An event id of the run's stream (its pattern declared in the schema, checked by parse_last_event_id).
 _EVENT_ID = {"pattern": STREAM_ID_PATTERN}
 IncludeTrainingState = Annotated[
@@ -76,7 +96,7 @@ IncludeTrainingState = Annotated[
     "body is a 409.",
     responses={
         200: {"model": RunPublic, "description": "Repeated request: the run created the first time"},
-        **error_responses(409, 422),
+        **error_responses(400, 409, 422),
     },
 )
 def create_run(
@@ -105,7 +125,7 @@ def list_runs(
     session: SessionDep,
     tenant: CurrentTenant,
     status_filter: Annotated[
-        list[str] | None,
+        list[StatusList] | None,
         Query(
             alias="status", description="Only runs in these statuses (repeat it, or separate with commas)."
         ),
@@ -113,7 +133,7 @@ def list_runs(
     limit: PageLimit = DEFAULT_LIMIT,
     after: PageAfter = "",
 ) -> Response:
-    statuses = [_run_status(value) for value in _split_list(status_filter)]
+    statuses = _run_statuses(status_filter)
     page = service.list_runs(session, tenant, statuses=statuses, limit=limit, after=after)
     return json_response(
         RunsPublic(data=[RunPublic.from_run(run) for run in page.items], next_cursor=page.next_cursor)
@@ -155,12 +175,12 @@ def resume_run(
     run_id: RunId,
     session: SessionDep,
     tenant: CurrentTenant,
+    storage: StorageDep,
     enqueue: EnqueuerDep,
     publisher: LivePublisherDep,
 ) -> RunPublic:
-    return RunPublic.from_run(
-        service.resume_run(session, tenant, run_id, enqueue=enqueue, publisher=publisher)
-    )
+    resumed = service.resume_run(session, storage, tenant, run_id, enqueue=enqueue, publisher=publisher)
+    return RunPublic.from_run(resumed)
 
 
 @router.delete(
@@ -193,7 +213,7 @@ def get_metrics(
     tenant: CurrentTenant,
     cache: MetricsCacheDep,
     names: Annotated[
-        list[str] | None,
+        list[Annotated[str, Field(pattern=TEXT_PATTERN)]] | None,
         Query(
             description="Only these metrics (repeat it, or separate with commas), e.g. loss,masked_lm_loss."
         ),
@@ -203,9 +223,9 @@ def get_metrics(
     until_step: Annotated[int | None, Query(ge=0, description="Last step (inclusive).")] = None,
     max_points: Annotated[int, Query(ge=MIN_POINTS, le=MAX_METRIC_POINTS, description="Per series.")] = 1000,
 ) -> Response:
+    # Any name the schema allows is accepted: one that no series has (unknown, or longer than any metric
+    # name) matches none, like a step range that holds no step.
     wanted = _split_list(names)
-    if len(wanted) > MAX_METRIC_NAMES or any(len(name) > 64 for name in wanted):
-        raise ValidationFailed("names", f"at most {MAX_METRIC_NAMES} names of at most 64 characters")
     query = metric_series.MetricsQuery(
         names=wanted or None, split=split, since_step=since_step, until_step=until_step, max_points=max_points
     )
@@ -306,7 +326,7 @@ _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 def download_checkpoint(
     run_id: RunId,
-    step: Annotated[int, Path(ge=0)],
+    step: Annotated[int, Path(ge=0, le=MAX_STEP)],
     request: Request,
     session: SessionDep,
     tenant: CurrentTenant,
@@ -360,10 +380,12 @@ def _split_list(values: list[str] | None) -> list[str]:
     return items
 
 
-def _run_status(value: str) -> RunStatus:
-    try:
-        return RunStatus(value)
-    except ValueError:
-        raise ValidationFailed(
-            "status", f"unknown status {value!r}; one of {', '.join(status.value for status in RunStatus)}"
-        ) from None
+def _run_statuses(values: list[str] | None) -> list[RunStatus]:
+    """The statuses of ``?status=``; ValidationFailed for a value :data:`STATUS_LIST_PATTERN` refuses."""
+    for value in values or []:
+        if not _STATUS_LIST.fullmatch(value):
+            raise ValidationFailed(
+                "status",
+                f"{value!r}: expected statuses separated by commas, each one of {', '.join(RunStatus)}",
+            )
+    return [RunStatus(value) for value in _split_list(values)]

@@ -10,9 +10,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from app.api.deps import get_run_enqueuer
 from app.config import Settings
 from app.storage import LocalStorage
-from tests.support import TenantKey, assert_error
+from tests.support import TenantKey, assert_error, corpus_bytes, fake_bert_files, tar_gz, upload_corpus
 from worker.pretraining.hyperparameters import load_hyperparameters
 
 
@@ -67,6 +68,31 @@ def test_hyperparameter_and_unexpected_errors_keep_the_body_shape(app: FastAPI) 
         assert "learning_rate" in error["message"]
         error = assert_error(client.get("/test/crash"), 500, "internal_error")
         assert "secret" not in error["message"]
+
+
+def test_text_with_a_nul_character_is_refused_whichever_field_holds_it(
+    app: FastAPI, client: TestClient, alice: TenantKey, storage: LocalStorage
+) -> None:
+    """PostgreSQL stores no NUL character, in text or JSON: a request whose free text holds one (a run's
+    name or metadata, an upload's name, a checkpoint's config) is a 422, not a 500, and leaves nothing."""
+    app.dependency_overrides[get_run_enqueuer] = lambda: lambda run_id: None
+    corpus_id = upload_corpus(client, alice, corpus_bytes()).json()["id"]
+    run = {"base_model": "minilm-l6-h384-uncased", "corpus_id": corpus_id}
+    files = fake_bert_files()
+    files["config.json"] = files["config.json"].replace(
+        b'"architectures": [', b'"architectures": ["X\\u0000", '
+    )
+    refused = [
+        client.post("/v1/runs", json={**run, "name": "a\x00b"}, headers=alice.headers),
+        client.post("/v1/runs", json={**run, "metadata": {"note": "a\x00b"}}, headers=alice.headers),
+        upload_corpus(client, alice, corpus_bytes(tag="other"), name="a\x00b"),
+        client.post("/v1/checkpoints", files={"file": ("tiny.tar.gz", tar_gz(files))}, headers=alice.headers),
+    ]
+    for response in refused:
+        assert "NUL" in assert_error(response, 422, "validation_error")["message"]
+    assert client.get("/v1/runs", headers=alice.headers).json()["data"] == []
+    assert [c["id"] for c in client.get("/v1/corpora", headers=alice.headers).json()["data"]] == [corpus_id]
+    assert not any((storage.root / "checkpoints").glob("*"))  # the extracted files went with the rollback
 
 
 def test_the_start_sweeps_what_a_dead_process_left(

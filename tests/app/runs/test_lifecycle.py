@@ -17,7 +17,8 @@ from app.runs import lifecycle
 from app.runs.events import RunEventType, add_event
 from app.runs.lifecycle import resend_stale_queued
 from app.runs.states import RunStatus, Trigger
-from tests.support import Factory, TenantKey, add_checkpoint_row, make_run
+from app.storage import LocalStorage
+from tests.support import Factory, TenantKey, make_run, write_complete_checkpoint
 from worker.pretraining.records import EvalMetrics, MetricsRecord, TrainMetrics
 
 
@@ -222,25 +223,30 @@ def test_only_runs_queued_too_long_are_sent_again_once_per_period(session: Sessi
 # -- leases: the reaper, retries, rewinds --------------------------------------------------------------
 
 
-def _reap(session: Session, run_ids: set[str], **options: object) -> dict[str, lifecycle.Reaped]:
+def _reap(
+    session: Session, storage: LocalStorage, run_ids: set[str], **options: object
+) -> dict[str, lifecycle.Reaped]:
     """The reaper's pass, limited to this test's runs (the database is shared with other tests)."""
     settings: dict = {"timeout": timedelta(seconds=30), "max_attempts": 3, **options}
     return {
         reaped.run_id: reaped
-        for reaped in lifecycle.reap_expired(session, **settings)
+        for reaped in lifecycle.reap_expired(session, storage, **settings)
         if reaped.run_id in run_ids
     }
 
 
-def test_the_reaper_takes_back_only_runs_whose_heartbeat_stopped(session: Session, alice: TenantKey) -> None:
+def test_the_reaper_takes_back_only_runs_whose_heartbeat_stopped(
+    session: Session, alice: TenantKey, storage: LocalStorage
+) -> None:
     silent = utcnow() - timedelta(minutes=5)
     lost = make_run(session, alice.tenant, status=RunStatus.RUNNING, attempt=1, heartbeat_at=silent,
                     worker_id="host:12", progress={"step": 12})  # fmt: skip
     alive = make_run(session, alice.tenant, status=RunStatus.RUNNING, attempt=1, heartbeat_at=utcnow())
     queued = make_run(session, alice.tenant, heartbeat_at=silent)
-    add_checkpoint_row(session, lost, 10)
+    # Published on disk; its row never written (the process was killed first): the files are the truth.
+    write_complete_checkpoint(storage, lost.id, 10)
 
-    reaped = _reap(session, {lost.id, alive.id, queued.id})
+    reaped = _reap(session, storage, {lost.id, alive.id, queued.id})
     session.commit()
 
     assert set(reaped) == {lost.id} and reaped[lost.id].status == RunStatus.QUEUED
@@ -266,7 +272,7 @@ def test_the_reaper_takes_back_only_runs_whose_heartbeat_stopped(session: Sessio
 
 
 def test_the_reaper_fails_a_run_out_of_attempts_and_cancels_a_cancelling_one(
-    session: Session, alice: TenantKey
+    session: Session, alice: TenantKey, storage: LocalStorage
 ) -> None:
     silent = utcnow() - timedelta(minutes=5)
     held = {"heartbeat_at": silent, "resumed_after_attempt": 1}
@@ -274,9 +280,9 @@ def test_the_reaper_fails_a_run_out_of_attempts_and_cancels_a_cancelling_one(
     resumed = make_run(session, alice.tenant, status=RunStatus.RUNNING, attempt=3, **held)
     cancelling = make_run(session, alice.tenant, status=RunStatus.CANCELLING, attempt=1, heartbeat_at=silent,
                           cancel_requested=True)  # fmt: skip
-    add_checkpoint_row(session, exhausted, 20)
+    write_complete_checkpoint(storage, exhausted.id, 20)
 
-    reaped = _reap(session, {exhausted.id, resumed.id, cancelling.id})
+    reaped = _reap(session, storage, {exhausted.id, resumed.id, cancelling.id})
     session.commit()
 
     for run in (exhausted, resumed, cancelling):
@@ -293,7 +299,7 @@ def test_the_reaper_fails_a_run_out_of_attempts_and_cancels_a_cancelling_one(
     assert cancelling.finished_at is not None
 
 
-def test_a_reaper_skips_runs_another_transaction_holds(factory: Factory) -> None:
+def test_a_reaper_skips_runs_another_transaction_holds(factory: Factory, storage: LocalStorage) -> None:
     run_id = factory.run(corpus_id=factory.corpus(b"a b c.\nd e f.\n"), base_model="x")
     claimed = _claim(factory, run_id, "w")
     assert claimed is not None
@@ -304,9 +310,9 @@ def test_a_reaper_skips_runs_another_transaction_holds(factory: Factory) -> None
     with session_scope(factory.session_factory) as holder:
         holder.execute(select(Run).where(Run.id == run_id).with_for_update())  # a heartbeat in flight
         with session_scope(factory.session_factory) as reaper:
-            assert _reap(reaper, {run_id}) == {}
+            assert _reap(reaper, storage, {run_id}) == {}
     with session_scope(factory.session_factory) as reaper:
-        assert set(_reap(reaper, {run_id})) == {run_id}
+        assert set(_reap(reaper, storage, {run_id})) == {run_id}
 
 
 def test_retry_requeues_only_a_held_attempt_that_is_not_cancelling(

@@ -20,7 +20,7 @@ from app.runs.live import LiveMessage, StatusMessage
 from app.runs.schemas import RunEventPublic
 from app.runs.states import RunStatus
 from app.storage import LocalStorage
-from tests.support import TenantKey, add_checkpoint_row, assert_error, make_run
+from tests.support import TenantKey, add_checkpoint_row, assert_error, make_run, write_complete_checkpoint
 
 
 class RecordingPublisher:
@@ -153,6 +153,7 @@ def test_resume_a_failed_or_cancelled_run_from_its_newest_checkpoint(
     session: Session,
     published: list[Any],
     sent: list[str],
+    storage: LocalStorage,
     status: RunStatus,
 ) -> None:
     run = make_run(
@@ -166,7 +167,7 @@ def test_resume_a_failed_or_cancelled_run_from_its_newest_checkpoint(
         error={"type": "training_process_died", "message": "killed"},
     )
     for step in (10, 20):
-        add_checkpoint_row(session, run, step)
+        write_complete_checkpoint(storage, run.id, step)
 
     response = client.post(f"/v1/runs/{run.id}/resume", headers=alice.headers)
     assert response.status_code == 202, response.text
@@ -204,13 +205,14 @@ def test_resume_refuses_what_cannot_be_resumed(
     alice: TenantKey,
     session: Session,
     sent: list[str],
+    storage: LocalStorage,
     status: RunStatus,
     checkpoint: bool,
     message: str,
 ) -> None:
     run = make_run(session, alice.tenant, status=status, corpus_id=_corpus_row(session, alice.tenant))
     if checkpoint:
-        add_checkpoint_row(session, run, 10)
+        write_complete_checkpoint(storage, run.id, 10)
     assert (
         message
         in assert_error(client.post(f"/v1/runs/{run.id}/resume", headers=alice.headers), 409, "conflict")[
@@ -222,12 +224,12 @@ def test_resume_refuses_what_cannot_be_resumed(
 
 
 def test_resume_refuses_a_run_whose_corpus_was_deleted(
-    client: TestClient, alice: TenantKey, session: Session, sent: list[str]
+    client: TestClient, alice: TenantKey, session: Session, sent: list[str], storage: LocalStorage
 ) -> None:
     """A corpus deleted after the run ended leaves NULL; the run's preparing event says what it used."""
     corpus_id = _corpus_row(session, alice.tenant)
     run = make_run(session, alice.tenant, status=RunStatus.FAILED, corpus_id=corpus_id)
-    add_checkpoint_row(session, run, 10)
+    write_complete_checkpoint(storage, run.id, 10)
     inputs = {"corpus_id": corpus_id, "eval_corpus_id": "corp_gone", "reference_corpus_id": None}
     add_event(session, run.id, RunEventType.PREPARING, "preparing", data=inputs)
     session.commit()

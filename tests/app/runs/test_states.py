@@ -25,49 +25,50 @@ from app.runs.states import (
     target,
     transition,
 )
-from tests.support import TenantKey, add_checkpoint_row, make_run
+from app.storage import LocalStorage
+from tests.support import TenantKey, make_run, write_complete_checkpoint
 
 ATTEMPT = 3
 
 
-def _claim(session: Session, tenant: Tenant, run: Run) -> None:
+def _claim(session: Session, tenant: Tenant, run: Run, storage: LocalStorage) -> None:
     lifecycle.claim_run(session, run.id, "worker-1")
 
 
-def _start_training(session: Session, tenant: Tenant, run: Run) -> None:
+def _start_training(session: Session, tenant: Tenant, run: Run, storage: LocalStorage) -> None:
     lifecycle.mark_running(session, run.id, ATTEMPT)
 
 
-def _cancel(session: Session, tenant: Tenant, run: Run) -> None:
+def _cancel(session: Session, tenant: Tenant, run: Run, storage: LocalStorage) -> None:
     service.cancel_run(session, tenant, run.id, publisher=LivePublisher(None))
 
 
-def _retry(session: Session, tenant: Tenant, run: Run) -> None:
+def _retry(session: Session, tenant: Tenant, run: Run, storage: LocalStorage) -> None:
     lifecycle.retry_run(session, run.id, ATTEMPT)
 
 
-def _resume(session: Session, tenant: Tenant, run: Run) -> None:
+def _resume(session: Session, tenant: Tenant, run: Run, storage: LocalStorage) -> None:
     """The owner's resume of a run that kept a checkpoint and whose corpus is still there."""
     corpus = Corpus(id=f"corp_{run.id}", tenant_id=tenant.id, name="c", filename="c.txt", storage_key="k",
                     bytes=1, sha256="0" * 64, documents=3, sentences=9)  # fmt: skip
     session.add(corpus)
     run.corpus_id = corpus.id
-    add_checkpoint_row(session, run, 10)
+    write_complete_checkpoint(storage, run.id, 10)
     with contextlib.suppress(Conflict):  # a run the trigger does not move
         service.resume_run(
-            session, tenant, run.id, enqueue=lambda run_id: None, publisher=LivePublisher(None)
+            session, storage, tenant, run.id, enqueue=lambda run_id: None, publisher=LivePublisher(None)
         )
 
 
-def _ending(trigger: Trigger) -> Callable[[Session, Tenant, Run], None]:
-    def end(session: Session, tenant: Tenant, run: Run) -> None:
+def _ending(trigger: Trigger) -> Callable[[Session, Tenant, Run, LocalStorage], None]:
+    def end(session: Session, tenant: Tenant, run: Run, storage: LocalStorage) -> None:
         lifecycle.finish_run(session, run.id, ATTEMPT, trigger)
 
     return end
 
 
 # What carries each trigger out: the API's cancel, the worker's conditional updates.
-CARRY_OUT: dict[Trigger, Callable[[Session, Tenant, Run], None]] = {
+CARRY_OUT: dict[Trigger, Callable[[Session, Tenant, Run, LocalStorage], None]] = {
     Trigger.CLAIM: _claim,
     Trigger.START_TRAINING: _start_training,
     Trigger.CANCEL: _cancel,
@@ -86,10 +87,10 @@ def test_every_trigger_is_carried_out_somewhere() -> None:
 @pytest.mark.parametrize("trigger", list(Trigger))
 @pytest.mark.parametrize("status", list(RunStatus))
 def test_the_code_follows_the_table(
-    session: Session, alice: TenantKey, status: RunStatus, trigger: Trigger
+    session: Session, alice: TenantKey, storage: LocalStorage, status: RunStatus, trigger: Trigger
 ) -> None:
     run = make_run(session, alice.tenant, status=status, attempt=ATTEMPT)
-    CARRY_OUT[trigger](session, alice.tenant, run)
+    CARRY_OUT[trigger](session, alice.tenant, run, storage)
     session.commit()
     session.refresh(run)
     expected = transition(status, trigger)

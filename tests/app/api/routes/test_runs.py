@@ -1,6 +1,10 @@
-"""The runs routes: each needs a key, answers 404 for another tenant's run, and is in the OpenAPI schema."""
+"""The runs routes: each needs a key, answers 404 for another tenant's run, and is in the OpenAPI schema;
+their parameters accept what the schema declares, and only that."""
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -8,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.models import Run
 from app.runs.states import RunStatus
-from tests.support import TenantKey, add_checkpoint_row, assert_error, make_run
+from tests.support import TenantKey, add_checkpoint_row, assert_error, insert_metric_points, make_run
 
 RUN_ROUTES = [
     ("GET", "/v1/runs/{id}"),
@@ -64,3 +68,100 @@ def test_openapi_lists_the_runs_routes(client: TestClient) -> None:
     }
     assert expected <= set(paths)
     assert paths["/v1/runs"]["post"]["tags"] == ["runs"]
+
+
+# -- what the parameters accept is what the schema declares -------------------------------------------------
+
+
+def parameter_schema(client: TestClient, path: str, method: str, name: str) -> dict[str, Any]:
+    operation = client.get("/openapi.json").json()["paths"][path][method]
+    schema: dict[str, Any] = next(p for p in operation["parameters"] if p["name"] == name)["schema"]
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("value", "statuses"),
+    [
+        ("queued", {"queued"}),
+        ("succeeded,failed", {"succeeded", "failed"}),
+        (" succeeded , failed ", {"succeeded", "failed"}),
+        (",,queued,", {"queued"}),
+        ("", set(RunStatus)),  # no status named: every run
+        (" ", set(RunStatus)),
+    ],
+)
+def test_the_status_filter_takes_what_its_schema_allows(
+    client: TestClient, alice: TenantKey, session: Session, value: str, statuses: set[str]
+) -> None:
+    for status in RunStatus:
+        make_run(session, alice.tenant, status=status)
+    pattern = parameter_schema(client, "/v1/runs", "get", "status")["anyOf"][0]["items"]["pattern"]
+    assert re.fullmatch(pattern, value)
+    response = client.get("/v1/runs", params={"status": value, "limit": 100}, headers=alice.headers)
+    assert response.status_code == 200, response.text
+    assert {run["status"] for run in response.json()["data"]} == statuses
+
+
+@pytest.mark.parametrize("value", ["paused", "queued;running", "\tqueued", "queued\n", "Queued"])
+def test_a_status_filter_its_schema_refuses_is_a_422(
+    client: TestClient, alice: TenantKey, value: str
+) -> None:
+    pattern = parameter_schema(client, "/v1/runs", "get", "status")["anyOf"][0]["items"]["pattern"]
+    assert not re.fullmatch(pattern, value)
+    error = assert_error(
+        client.get("/v1/runs", params={"status": value}, headers=alice.headers),
+        422,
+        "validation_error",
+        "status",
+    )
+    assert "queued, preparing, running" in error["message"]
+
+
+def test_metric_names_are_any_text_the_database_can_hold(
+    client: TestClient, alice: TenantKey, session: Session
+) -> None:
+    run = make_run(session, alice.tenant, status=RunStatus.SUCCEEDED)
+    insert_metric_points(session, run.id, "train", "loss", [(1, 2.0), (2, 1.5)])
+    url = f"/v1/runs/{run.id}/metrics"
+    # Names no series has (longer than any metric name, or many of them) answer no series, like unknown ones.
+    many = ",".join(f"metric_{i}" for i in range(200))
+    for names in ["x" * 300, many, f"loss,{many}"]:
+        response = client.get(url, params={"names": names}, headers=alice.headers)
+        assert response.status_code == 200, response.text
+        assert [series["name"] for series in response.json()["series"]] == (
+            ["loss"] if "loss" in names else []
+        )
+    # PostgreSQL cannot compare text holding a NUL: the schema says so, and the request is refused.
+    items = parameter_schema(client, url.replace(run.id, "{run_id}"), "get", "names")["anyOf"][0]["items"]
+    assert not re.fullmatch(items["pattern"], "loss\x00")
+    assert_error(
+        client.get(url, params={"names": "loss\x00"}, headers=alice.headers),
+        422,
+        "validation_error",
+        "names.0",
+    )
+
+
+def test_a_step_past_the_largest_one_stored_is_refused_as_the_schema_says(
+    client: TestClient, alice: TenantKey, session: Session
+) -> None:
+    run = make_run(session, alice.tenant, status=RunStatus.SUCCEEDED)
+    path = "/v1/runs/{run_id}/checkpoints/{step}/download"
+    largest = parameter_schema(client, path, "get", "step")["maximum"]
+    assert largest == 2**63 - 1  # a bigint column
+    url = path.replace("{run_id}", run.id)
+    assert_error(client.get(url.format(step=largest), headers=alice.headers), 404, "not_found", "step")
+    assert_error(
+        client.get(url.format(step=largest + 1), headers=alice.headers), 422, "validation_error", "step"
+    )
+
+
+def test_a_body_that_is_not_json_text_is_a_documented_400(client: TestClient, alice: TenantKey) -> None:
+    response = client.post(
+        "/v1/runs", content=b"\xff\xfe{", headers={**alice.headers, "Content-Type": "application/json"}
+    )
+    assert_error(response, 400, "invalid_request")
+    responses = client.get("/openapi.json").json()["paths"]["/v1/runs"]["post"]["responses"]
+    assert responses["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorResponse"
+    }
