@@ -4,10 +4,8 @@ at the next pass, the thread works until stopped, and its period follows the set
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import redis
@@ -23,11 +21,13 @@ from app.storage import LocalStorage
 from tests.support import TenantKey, make_run
 
 
-def _housekeeper(session_factory: sessionmaker[Session], enqueue, publisher=None, **settings) -> Housekeeper:
+def _housekeeper(
+    session_factory: sessionmaker[Session], storage: LocalStorage, enqueue, publisher=None, **settings
+) -> Housekeeper:
     return Housekeeper(
         Settings(env="test", **{"requeue_after_seconds": 600, "heartbeat_timeout_seconds": 30, **settings}),
         session_factory,
-        LocalStorage(Path(tempfile.mkdtemp())),
+        storage,
         enqueue,
         publisher or LivePublisher(None),
     )
@@ -44,6 +44,7 @@ def test_a_failed_send_is_tried_again_at_the_next_pass(
     session: Session,
     session_factory: sessionmaker[Session],
     alice: TenantKey,
+    storage: LocalStorage,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     stale = make_run(session, alice.tenant, created_at=utcnow() - timedelta(hours=1))
@@ -51,7 +52,7 @@ def test_a_failed_send_is_tried_again_at_the_next_pass(
     def broker_down(_run_id: str) -> None:
         raise ConnectionError("broker unreachable")
 
-    housekeeper = _housekeeper(session_factory, broker_down)
+    housekeeper = _housekeeper(session_factory, storage, broker_down)
     with caplog.at_level(logging.WARNING, logger="app.housekeeping"):
         done = housekeeper.run_once()
     assert "send again the tasks of runs left queued" not in done
@@ -66,12 +67,16 @@ def test_a_failed_send_is_tried_again_at_the_next_pass(
 
 
 def test_a_reaped_run_is_sent_and_announced(
-    session: Session, session_factory: sessionmaker[Session], alice: TenantKey, redis_client: redis.Redis
+    session: Session,
+    session_factory: sessionmaker[Session],
+    alice: TenantKey,
+    redis_client: redis.Redis,
+    storage: LocalStorage,
 ) -> None:
     lost = make_run(session, alice.tenant, status=RunStatus.RUNNING, attempt=1,
                     heartbeat_at=utcnow() - timedelta(minutes=5))  # fmt: skip
     sent: list[str] = []
-    housekeeper = _housekeeper(session_factory, sent.append, LivePublisher(redis_client))
+    housekeeper = _housekeeper(session_factory, storage, sent.append, LivePublisher(redis_client))
     try:
         assert f"{lost.id} -> queued" in housekeeper.reap()
         assert sent.count(lost.id) == 1
@@ -83,11 +88,11 @@ def test_a_reaped_run_is_sent_and_announced(
 
 
 def test_the_thread_works_until_stopped(
-    session_factory: sessionmaker[Session], session: Session, alice: TenantKey
+    session_factory: sessionmaker[Session], session: Session, alice: TenantKey, storage: LocalStorage
 ) -> None:
     stale = make_run(session, alice.tenant, created_at=utcnow() - timedelta(hours=1))
     sent: list[str] = []
-    housekeeper = _housekeeper(session_factory, sent.append)
+    housekeeper = _housekeeper(session_factory, storage, sent.append)
     housekeeper.every_seconds = 0.05
     housekeeper.start()
     try:
