@@ -396,9 +396,9 @@ def reap_expired(
             error = {"type": "worker_lost", "message": message, "checkpoint_step": step}
         run.status = target(trigger)
         run.error = error
+        run.progress = {**(run.progress or {}), "eta_seconds": None}  # nothing is training it now
         if run.status.is_terminal:
             run.finished_at = now
-            run.progress = {**(run.progress or {}), "eta_seconds": None}
         event = add_event(
             session, run.id, event_type, message, level=level, data={**data, "trigger": trigger}
         )

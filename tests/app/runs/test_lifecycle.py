@@ -240,7 +240,7 @@ def test_the_reaper_takes_back_only_runs_whose_heartbeat_stopped(
 ) -> None:
     silent = utcnow() - timedelta(minutes=5)
     lost = make_run(session, alice.tenant, status=RunStatus.RUNNING, attempt=1, heartbeat_at=silent,
-                    worker_id="host:12", progress={"step": 12})  # fmt: skip
+                    worker_id="host:12", progress={"step": 12, "eta_seconds": 30.0})  # fmt: skip
     alive = make_run(session, alice.tenant, status=RunStatus.RUNNING, attempt=1, heartbeat_at=utcnow())
     queued = make_run(session, alice.tenant, heartbeat_at=silent)
     # Published on disk; its row never written (the process was killed first): the files are the truth.
@@ -252,6 +252,7 @@ def test_the_reaper_takes_back_only_runs_whose_heartbeat_stopped(
     assert set(reaped) == {lost.id} and reaped[lost.id].status == RunStatus.QUEUED
     session.refresh(lost)
     assert (lost.status, lost.attempt, lost.error) == (RunStatus.QUEUED, 1, None)
+    assert lost.progress == {"step": 12, "eta_seconds": None}  # the frozen ETA of the lost worker is gone
     assert lost.sent_at is not None  # the reaper sends its task; the sweep does not send it again meanwhile
     event = session.scalars(select(RunEvent).where(RunEvent.run_id == lost.id)).one()
     assert event.type == RunEventType.RETRYING and event.level == "warning"
