@@ -153,8 +153,13 @@ def retry_allowed(attempt: int, resumed_after_attempt: int, max_attempts: int) -
 
 
 def attempt_of(attempt: int, resumed_after_attempt: int, max_attempts: int) -> str:
-    """``"attempt 2 of 3"``: an attempt counted as the owner sees it (from the submission or last resume)."""
-    return f"attempt {attempt - resumed_after_attempt} of {max_attempts}"
+    """``"attempt 2 of 3"``; after a resume by the owner, ``"attempt 5 (2 of 3 since its owner resumed
+    it)"``: the number is always the run's ``attempt`` (as its ``claimed`` events say), and the share of
+    ``max_attempts`` is counted from the submission or the last resume."""
+    if resumed_after_attempt == 0:
+        return f"attempt {attempt} of {max_attempts}"
+    since = attempt - resumed_after_attempt
+    return f"attempt {attempt} ({since} of {max_attempts} since its owner resumed it)"
 
 
 def retry_run(session: Session, run_id: str, attempt: int, *, now: datetime | None = None) -> bool:

@@ -290,7 +290,9 @@ def test_the_reaper_fails_a_run_out_of_attempts_and_cancels_a_cancelling_one(
         session.refresh(run)
     assert exhausted.status == RunStatus.FAILED and exhausted.finished_at is not None
     assert exhausted.error is not None and exhausted.error["type"] == "worker_lost"
-    assert exhausted.error["message"].startswith("attempt 3 of 3, the last, was interrupted: worker unknown")
+    assert exhausted.error["message"].startswith(
+        "attempt 4 (3 of 3 since its owner resumed it), the last, was interrupted: worker unknown"
+    )
     assert f"POST /v1/runs/{exhausted.id}/resume continues from it" in exhausted.error["message"]
     assert exhausted.error["checkpoint_step"] == 20
     assert reaped[exhausted.id].messages[1].error is not None  # the live stream gets the error
@@ -334,7 +336,8 @@ def test_retry_requeues_only_a_held_attempt_that_is_not_cancelling(
 def test_retries_are_counted_from_the_last_resume() -> None:
     assert lifecycle.retry_allowed(2, 0, 3) and not lifecycle.retry_allowed(3, 0, 3)
     assert lifecycle.retry_allowed(5, 3, 3) and not lifecycle.retry_allowed(6, 3, 3)
-    assert lifecycle.attempt_of(5, 3, 3) == "attempt 2 of 3"
+    assert lifecycle.attempt_of(2, 0, 3) == "attempt 2 of 3"
+    assert lifecycle.attempt_of(5, 3, 3) == "attempt 5 (2 of 3 since its owner resumed it)"
 
 
 def test_rewind_supersedes_what_the_interrupted_attempt_recorded_past_the_checkpoint(
@@ -366,7 +369,8 @@ def test_an_interruption_says_which_attempt_it_was_and_what_follows() -> None:
     last = lifecycle.Interruption("run_x", 5, 2, 3, after_step=40, checkpoint_step=None)
     assert not last.retried
     assert last.message("worker w stopped answering") == (
-        "attempt 3 of 3, the last, was interrupted after step 40: worker w stopped answering; no checkpoint "
+        "attempt 5 (3 of 3 since its owner resumed it), the last, was interrupted after step 40: worker w "
+        "stopped answering; no checkpoint "
         "was saved, so nothing can be resumed: submit the run again"
     )
     stopping = lifecycle.Interruption("run_x", 1, 0, 3, after_step=40, checkpoint_step=30)
