@@ -73,7 +73,7 @@ LONG = {**TINY_HYPERPARAMETERS, "max_steps": 20, "checkpoint_every_steps": 10}
 ROWS_CATCH_UP_SECONDS = 3.0  # the supervisor writes what training reports once a second
 TERMINAL_STATUSES = frozenset(status for status in RunStatus if status.is_terminal)
 BOMBS = 8
-HEALTHZ_SECONDS = 2.0  # /healthz answers within this, whatever the uploads do
+HEALTHZ_SECONDS = 5.0  # /healthz answers within this, whatever the uploads do (45 ms seen here)
 
 
 # -- a Redis of the test's own -------------------------------------------------------------------------------
@@ -519,12 +519,17 @@ def test_a_task_redelivered_after_the_visibility_timeout_trains_once(
     with TestClient(create_app(settings)) as client:
         run_id = submit_run(client, headers, LONG)
         poll(lambda: first.claims, "the run claimed")
+        # Held (SIGSTOP) until the redelivery is refused, so that the first worker still holds the run
+        # then however fast it trains; its supervisor keeps the heartbeat meanwhile.
+        (process,) = poll(lambda: first.training_processes() or None, "the training process started")
+        process.suspend()
         with redis_server.client() as broker:
             poll(lambda: _unacknowledged_for(broker) > VISIBILITY_TIMEOUT_SECONDS, "the visibility timed out")
         second = start_worker(settings)
         poll(lambda: f"run {run_id} not claimed" in second.log(), "the redelivery refused")
         # Refused while the first holds the run (preparing it, or training).
         assert _run(database, run_id).status in (RunStatus.PREPARING, RunStatus.RUNNING)
+        process.resume()
         run = wait_for_run(client, headers, run_id)
     assert (run["status"], run["attempt"]) == ("succeeded", 1), run
     assert _attempts(_events(database, run_id), "claimed") == [(1,)] and second.claims == []
@@ -546,16 +551,20 @@ def test_a_client_follows_a_stream_across_an_api_killed_mid_run(
     headers: dict[str, str],
     submit_run: Callable[..., str],
     database: Engine,
+    storage: LocalStorage,
+    poll: Poll,
     assert_run_ended: Callable[..., Run],
 ) -> None:
     """A client follows ``GET /v1/runs/{id}/stream`` from a real ``bertpt serve``; the API is killed
     (``kill -9``) mid-run; the client reconnects to the restarted API with the ``Last-Event-ID`` it saw
     last. What it saw, over both connections, is the whole stream as replayed after the run's end: nothing
-    missed, nothing twice."""
-    start_worker()
+    missed, nothing twice. The training process is held (SIGSTOP) until the client has reconnected, so
+    that the API dies mid-run however fast the run trains."""
+    worker = start_worker()
     api = start_api()
     with httpx.Client(base_url=api.base_url, timeout=60) as client:
         run_id = submit_run(client, headers, DISRUPTED)
+    process, _step = _freeze_at_checkpoint(worker, run_id, storage, database, poll)
     seen: list[_Event] = []
     killed = False
     while True:
@@ -575,6 +584,7 @@ def test_a_client_follows_a_stream_across_an_api_killed_mid_run(
         except httpx.TransportError:
             assert api.killed and seen  # cut by the kill, once
             api = start_api(port=api.port)
+            process.resume()
     assert killed and json.loads(seen[-1].data)["status"] == "succeeded"
 
     with httpx.stream(

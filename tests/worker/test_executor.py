@@ -253,11 +253,12 @@ def test_a_killed_training_is_retried_from_its_checkpoint_then_fails_and_its_own
     assert (run.status, run.attempt, run.error) == (RunStatus.QUEUED, 1, None) and sent == [run_id]
     retrying = _events(factory, run_id)[-1]
     assert (retrying.type, retrying.level) == ("retrying", "warning")
-    # "after step N": the last step it reported (a SIGKILL may lose reports; the checkpoint is read on disk).
+    # "after step N": the last step it reported, if a report got out (progress is throttled, and a SIGKILL
+    # loses what is still buffered); the checkpoint is read on disk.
     assert re.fullmatch(
-        r"attempt 1 of 2 was interrupted after step [1-6]: the training process was killed by signal SIGKILL "
-        r"\(often the host's out-of-memory killer\) before finishing; attempt 2 of 2 resumes from the "
-        r"checkpoint of step 6",
+        r"attempt 1 of 2 was interrupted( after step [1-6])?: the training process was killed by signal "
+        r"SIGKILL \(often the host's out-of-memory killer\) before finishing; attempt 2 of 2 resumes from "
+        r"the checkpoint of step 6",
         retrying.message,
     ), retrying.message
     assert (
@@ -268,7 +269,7 @@ def test_a_killed_training_is_retried_from_its_checkpoint_then_fails_and_its_own
     run = factory.get_run(run_id)
     assert run.attempt == 2 and run.error is not None and run.error["type"] == "training_process_died"
     assert run.error["exit_code"] == -signal.SIGKILL and run.error["checkpoint_step"] == 12
-    assert re.match(r"attempt 2 of 2, the last, was interrupted after step \d+: ", run.error["message"])
+    assert re.match(r"attempt 2 of 2, the last, was interrupted( after step \d+)?: ", run.error["message"])
     assert run.error["message"].endswith(
         f"before finishing; its last checkpoint (step 12) is kept: POST /v1/runs/{run_id}/resume continues "
         "from it"
