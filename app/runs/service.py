@@ -143,7 +143,8 @@ def resume_run(
     ]
     if deleted:
         raise Conflict(
-            f"run {run.id!r} cannot be resumed: its {' and '.join(deleted)} was deleted; submit a new run"
+            f"run {run.id!r} cannot be resumed: its {' and '.join(deleted)} "
+            f"{'was' if len(deleted) == 1 else 'were'} deleted; submit a new run"
         )
     previous = run.status
     run.status = step.target
