@@ -472,8 +472,7 @@ class RunRecorder:
         self.add_event(RunEventType.RETRYING, message, level="warning", data=data)
 
         def requeue(session: Session) -> bool:
-            lifecycle.heartbeat(session, self.run_id, self.attempt, progress=self._stored_progress())
-            return lifecycle.retry_run(session, self.run_id, self.attempt)
+            return lifecycle.retry_run(session, self.run_id, self.attempt, progress=self._stored_progress())
 
         return self._close(requeue, target(Trigger.RETRY), None)
 

@@ -162,14 +162,23 @@ def attempt_of(attempt: int, resumed_after_attempt: int, max_attempts: int) -> s
     return f"attempt {attempt} ({since} of {max_attempts} since its owner resumed it)"
 
 
-def retry_run(session: Session, run_id: str, attempt: int, *, now: datetime | None = None) -> bool:
+def retry_run(
+    session: Session,
+    run_id: str,
+    attempt: int,
+    *,
+    progress: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> bool:
     """The ``retry`` transition (``preparing | running -> queued``) of an interrupted attempt that still
     holds the run: the next claim (attempt + 1) resumes it from its newest complete checkpoint. The caller
     sends the task after the commit; ``sent_at`` is set so that the sweep of queued runs does not send it
-    again meanwhile. False when this attempt no longer holds the run, or it is cancelling."""
+    again meanwhile; ``progress``, when given, is written with it. False when this attempt no longer
+    holds the run, or it is cancelling."""
     now = now or utcnow()
+    values = _given(progress=progress)
     return _transition_held(
-        session, run_id, attempt, Trigger.RETRY, sent_at=now, heartbeat_at=now, error=None
+        session, run_id, attempt, Trigger.RETRY, sent_at=now, heartbeat_at=now, error=None, **values
     )
 
 

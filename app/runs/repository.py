@@ -351,11 +351,6 @@ def expired_leases(
     return list(session.scalars(statement))
 
 
-def last_checkpoint_step(session: Session, run_id: str) -> int | None:
-    """The step of the run's newest kept checkpoint; None when it has none."""
-    return session.scalar(select(func.max(RunCheckpoint.step)).where(RunCheckpoint.run_id == run_id))
-
-
 def last_event_data(session: Session, run_id: str, event_type: str) -> dict[str, Any]:
     """The data of the run's newest event of ``event_type``; empty when it has none."""
     statement = (

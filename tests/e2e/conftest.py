@@ -287,6 +287,14 @@ def started(settings: Settings, test_token: str) -> Iterator[list[_Process]]:
         process.wait_stopped()
 
 
+def _wait_until_started(process: _Process, started: Callable[[], bool], failure: str) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while not started():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{failure} in {START_SECONDS} s:\n{process.log()[-5000:]}")
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def start_worker(
     settings: Settings, started: list[_Process], test_token: str, tmp_path: Path
@@ -298,11 +306,7 @@ def start_worker(
         env = _settings_environment(worker_settings or settings, test_token)
         worker = Worker(env, tmp_path / f"worker-{len(started)}.log")
         started.append(worker)
-        deadline = time.monotonic() + START_SECONDS
-        while not worker.ready():
-            if time.monotonic() > deadline:
-                pytest.fail(f"the worker was not ready in {START_SECONDS} s:\n{worker.log()[-5000:]}")
-            time.sleep(0.1)
+        _wait_until_started(worker, worker.ready, "the worker was not ready")
         return worker
 
     return start
@@ -319,11 +323,7 @@ def start_api(
         env = _settings_environment(api_settings or settings, test_token)
         server = ApiServer(env, port or _free_port(), tmp_path / f"api-{len(started)}.log")
         started.append(server)
-        deadline = time.monotonic() + START_SECONDS
-        while not server.answering():
-            if time.monotonic() > deadline:
-                pytest.fail(f"the API did not answer in {START_SECONDS} s:\n{server.log()[-5000:]}")
-            time.sleep(0.1)
+        _wait_until_started(server, server.answering, "the API did not answer")
         return server
 
     return start
