@@ -148,7 +148,9 @@ def test_a_run_whose_message_was_lost_still_runs(
         run = wait_for_run(client, headers, run_id, lambda run: run["status"] != "queued")
         assert run["status"] in ("preparing", "running", *TERMINAL), run
         # The sweep logs after its commit, which the claim may overtake: wait for the line naming this run.
-        sent_again = re.compile(rf"send again the tasks of runs left queued: .*\b{re.escape(run_id)}\b")
+        # Ids may end in "-" or "_": bounded by what separates them in the line, not by \b.
+        line = rf"send again the tasks of runs left queued: (.*, )?{re.escape(run_id)}(,|$)"
+        sent_again = re.compile(line, re.M)
         poll(lambda: sent_again.search(worker.log()), "the task sent again by the worker's sweep", seconds=30)
         client.post(f"/v1/runs/{run_id}/cancel", headers=headers)  # no need to train it to the end
         run = wait_for_run(client, headers, run_id)
