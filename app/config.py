@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=2 * GiB, gt=0, description="Cap on one corpus or checkpoint upload."
     )
+    max_dataset_bytes: int = Field(
+        default=32 << 20,
+        gt=0,
+        description="Cap on one labelled dataset upload (its training and test files together). The API "
+        "reads a dataset into memory to validate it; fine-tuning sets are small (SST-2's training file is "
+        "5 MB).",
+    )
     max_checkpoint_members: int = Field(
         default=64, gt=0, description="Archive members accepted in a checkpoint."
     )
@@ -87,6 +94,19 @@ class Settings(BaseSettings):
     )
     training_queue: str = Field(
         default="training", min_length=1, description="Celery queue of training tasks."
+    )
+    evaluation_queue: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Celery queue of evaluation tasks (downstream comparisons fine-tune models: they need "
+        "the same machines as training). Default: TRAINING_QUEUE. `bertpt worker` consumes both.",
+    )
+    analysis_queue: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Celery queue of corpus analyses (POST /v1/corpora/{id}/analyze: tokenizing and "
+        "preparing the data, no GPU). Default: TRAINING_QUEUE. Another one lets a CPU worker (`bertpt worker "
+        "--queue <it>`) analyse while the training workers train. `bertpt worker` consumes it too.",
     )
     visibility_timeout: int = Field(
         default=43200,
@@ -182,6 +202,14 @@ class Settings(BaseSettings):
     def concurrent_uploads(self) -> int:
         """``MAX_CONCURRENT_UPLOADS``, or its default: half of ``API_THREADS``, at least 1."""
         return self.max_concurrent_uploads or max(1, self.api_threads // 2)
+
+    def evaluation_queue_name(self) -> str:
+        """``EVALUATION_QUEUE``, or its default: ``TRAINING_QUEUE``."""
+        return self.evaluation_queue or self.training_queue
+
+    def analysis_queue_name(self) -> str:
+        """``ANALYSIS_QUEUE``, or its default: ``TRAINING_QUEUE``."""
+        return self.analysis_queue or self.training_queue
 
 
 @lru_cache(maxsize=1)

@@ -8,6 +8,8 @@ runs from being lost or stuck:
 - **the sweep of runs left queued** (:func:`app.runs.lifecycle.resend_stale_queued`): the task of a run
   still queued ``REQUEUE_AFTER_SECONDS`` after its last send is sent again (a send that failed, a lost
   message);
+- the same two chores for evaluations (:mod:`app.evaluations.lifecycle`): an evaluation whose holder
+  stopped answering is queued again to start over, failed, or cancelled; one left queued is sent again;
 - any further chores its process adds (the API's sweep of abandoned upload files).
 
 Every process may run it at once: rows are taken with ``SKIP LOCKED`` and every change is a conditional
@@ -32,7 +34,9 @@ from sqlalchemy.pool import NullPool
 
 from app.config import Settings
 from app.db import create_db_engine, create_session_factory, session_scope
-from app.queue import RunEnqueuer, create_celery, enqueue_run
+from app.evaluations import lifecycle as evaluation_lifecycle
+from app.evaluations.states import EvaluationStatus
+from app.queue import Enqueuer, RunEnqueuer, create_celery, enqueue_evaluation, enqueue_run
 from app.runs import lifecycle
 from app.runs.live import LivePublisher, create_redis
 from app.runs.states import RunStatus
@@ -57,7 +61,8 @@ def housekeeping_period(settings: Settings) -> float:
 
 
 class Housekeeper:
-    """The chores of runs (reaping, re-sending) for ``settings``, plus ``extra`` chores."""
+    """The chores of runs (reaping, re-sending) for ``settings``, those of evaluations when
+    ``enqueue_evaluation`` is given, plus ``extra`` chores."""
 
     def __init__(
         self,
@@ -69,16 +74,23 @@ class Housekeeper:
         *,
         extra: Sequence[tuple[str, Chore]] = (),
         every_seconds: float | None = None,
+        enqueue_evaluation: Enqueuer | None = None,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
         self.storage = storage
         self.enqueue = enqueue
+        self.enqueue_evaluation = enqueue_evaluation
         self.publisher = publisher
         self.every_seconds = every_seconds if every_seconds is not None else housekeeping_period(settings)
+        evaluation_chores: list[tuple[str, Chore]] = [
+            ("reap evaluations whose worker stopped answering", self.reap_evaluations),
+            ("send again the tasks of evaluations left queued", self.resend_evaluations),
+        ]
         self.chores: list[tuple[str, Chore]] = [
             ("reap runs whose worker stopped answering", self.reap),
             ("send again the tasks of runs left queued", self.resend),
+            *(evaluation_chores if enqueue_evaluation is not None else []),
             *extra,
         ]
         self._stop = threading.Event()
@@ -115,6 +127,39 @@ class Housekeeper:
                 enqueue=self.enqueue,
             )
 
+    def reap_evaluations(self) -> list[str]:
+        """Take back the evaluations whose holder stopped answering; send the task of those queued again
+        once committed. Returns ``"<id> -> <status>"`` of each."""
+        assert self.enqueue_evaluation is not None
+        with session_scope(self.session_factory) as session:
+            reaped = evaluation_lifecycle.reap_expired(
+                session,
+                timeout=timedelta(seconds=self.settings.heartbeat_timeout_seconds),
+                max_attempts=self.settings.max_attempts,
+            )
+        for evaluation in reaped:
+            if evaluation.status == EvaluationStatus.QUEUED:
+                try:
+                    self.enqueue_evaluation(evaluation.evaluation_id)
+                except Exception as exc:  # queued: the sweep sends it again in time
+                    logger.warning(
+                        "evaluation %s requeued; its task could not be sent yet (%s)",
+                        evaluation.evaluation_id,
+                        exc,
+                    )
+        return [f"{evaluation.evaluation_id} -> {evaluation.status.value}" for evaluation in reaped]
+
+    def resend_evaluations(self) -> list[str]:
+        assert self.enqueue_evaluation is not None
+        if self.settings.requeue_after_seconds <= 0:
+            return []
+        with session_scope(self.session_factory) as session:
+            return evaluation_lifecycle.resend_stale_queued(
+                session,
+                older_than=timedelta(seconds=self.settings.requeue_after_seconds),
+                enqueue=self.enqueue_evaluation,
+            )
+
     def run_once(self) -> dict[str, list[str]]:
         """One pass of every chore; a chore that fails (database or broker unreachable) is logged and
         tried again at the next pass. Returns what each chore did."""
@@ -148,12 +193,14 @@ class Housekeeper:
 def start_housekeeping(settings: Settings, *, extra: Sequence[tuple[str, Chore]] = ()) -> Housekeeper:
     """Start the housekeeping of a process configured by ``settings`` (its first pass after one period)."""
     engine = create_db_engine(settings.database_url, poolclass=NullPool)
+    celery = create_celery(settings)
     housekeeper = Housekeeper(
         settings,
         create_session_factory(engine),
         get_storage(settings),
-        partial(enqueue_run, celery=create_celery(settings)),
+        partial(enqueue_run, celery=celery),
         LivePublisher(create_redis(settings.redis_url, socket_timeout=10)),
         extra=extra,
+        enqueue_evaluation=partial(enqueue_evaluation, celery=celery),
     )
     return housekeeper.start()

@@ -3,6 +3,11 @@
 The API never imports the worker's task functions: it sends tasks by name. Send only after the rows the
 task reads are committed (``app.db.on_commit(session, lambda: enqueue_run(run.id))``), or the worker may
 look for a run that does not exist yet.
+
+Two tasks: ``bertpt.runs.execute(run_id)`` on ``TRAINING_QUEUE`` and ``bertpt.evaluations.execute(
+evaluation_id)`` on ``EVALUATION_QUEUE`` (by default the training queue: an evaluation fine-tunes models,
+on the same machines); ``bertpt.analyze_corpus(analysis_id)`` on ``ANALYSIS_QUEUE`` (by default the
+training queue too).
 """
 
 from __future__ import annotations
@@ -15,11 +20,28 @@ from celery import Celery
 
 from app.config import Settings, get_settings
 
-__all__ = ["RUN_TASK", "RunEnqueuer", "celery_config", "create_celery", "enqueue_run", "get_celery"]
+__all__ = [
+    "ANALYSIS_TASK",
+    "EVALUATION_TASK",
+    "RUN_TASK",
+    "Enqueuer",
+    "RunEnqueuer",
+    "celery_config",
+    "create_celery",
+    "enqueue_analysis",
+    "enqueue_evaluation",
+    "enqueue_run",
+    "get_celery",
+]
 
 RUN_TASK = "bertpt.runs.execute"
-# Sends ``bertpt.runs.execute(run_id)``: enqueue_run with a Celery client in production, a recorder in tests.
-RunEnqueuer = Callable[[str], object]
+EVALUATION_TASK = "bertpt.evaluations.execute"
+ANALYSIS_TASK = "bertpt.analyze_corpus"
+# Sends a job's task by its id: enqueue_run or enqueue_evaluation with a Celery client in production, a
+# recorder in tests.
+Enqueuer = Callable[[str], object]
+# Sends ``bertpt.runs.execute(run_id)``.
+RunEnqueuer = Enqueuer
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -36,7 +58,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_concurrency": settings.worker_concurrency,
         # Redis redelivers an unacknowledged task after this long: longer than any run.
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
-        "task_routes": {RUN_TASK: {"queue": settings.training_queue}},
+        "task_routes": {
+            RUN_TASK: {"queue": settings.training_queue},
+            EVALUATION_TASK: {"queue": settings.evaluation_queue_name()},
+            ANALYSIS_TASK: {"queue": settings.analysis_queue_name()},
+        },
         "broker_connection_retry_on_startup": True,
     }
 
@@ -56,4 +82,16 @@ def get_celery() -> Celery:
 def enqueue_run(run_id: str, *, celery: Celery | None = None) -> str:
     """Send ``bertpt.runs.execute(run_id)`` to the training queue; returns the Celery task id."""
     result = (celery or get_celery()).send_task(RUN_TASK, args=[run_id])
+    return str(result.id)
+
+
+def enqueue_evaluation(evaluation_id: str, *, celery: Celery | None = None) -> str:
+    """Send ``bertpt.evaluations.execute(evaluation_id)`` to the evaluation queue; returns the task id."""
+    result = (celery or get_celery()).send_task(EVALUATION_TASK, args=[evaluation_id])
+    return str(result.id)
+
+
+def enqueue_analysis(analysis_id: str, *, celery: Celery | None = None) -> str:
+    """Send ``bertpt.analyze_corpus(analysis_id)`` to the analysis queue; returns the task id."""
+    result = (celery or get_celery()).send_task(ANALYSIS_TASK, args=[analysis_id])
     return str(result.id)

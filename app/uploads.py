@@ -19,6 +19,8 @@ from worker.pretraining.inflate import InflateLimitExceeded
 __all__ = [
     "CHUNK_SIZE",
     "IncomingFile",
+    "IncomingFilePart",
+    "IncomingFiles",
     "LocalFileUpload",
     "clean_filename",
     "inflated_too_much",
@@ -40,6 +42,30 @@ class IncomingFile(Protocol):
     def fields(self) -> Mapping[str, str]:
         """The text fields sent with the file. Complete once :meth:`chunks` is exhausted (a field may
         follow the file in the request)."""
+        ...
+
+
+class IncomingFilePart(Protocol):
+    """One of several files of an upload: ``field`` names its form field."""
+
+    @property
+    def field(self) -> str: ...
+
+    @property
+    def filename(self) -> str: ...
+
+    def chunks(self) -> Iterator[bytes]: ...
+
+
+class IncomingFiles(Protocol):
+    """An upload of one or more files (a labelled dataset and its test file), plus its text fields."""
+
+    def files(self) -> Iterator[IncomingFilePart]:
+        """The files in the order they arrive; each one's chunks are read before the next is asked for."""
+        ...
+
+    def fields(self) -> Mapping[str, str]:
+        """The text fields; complete once :meth:`files` is exhausted."""
         ...
 
 

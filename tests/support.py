@@ -167,6 +167,21 @@ def write_documents(path: Path, documents: list[list[str]]) -> Path:
     return path
 
 
+def topic_dataset_tsv(documents: Iterable[Iterable[str]], per_label: int = 30) -> bytes:
+    """A labelled dataset (TSV with a header: ``text``, ``label``) made from the synthetic corpus
+    (:mod:`tests.synthetic`): which of two documents a sentence comes from, ``per_label`` sentences of
+    each of the first two documents that have that many. Each document keeps to its own dozen topic words,
+    so the label can be learnt from the words; the tiny BERTs' tokenizer knows every one."""
+    long_enough = [list(document) for document in documents if len(list(document)) >= per_label][:2]
+    assert len(long_enough) == 2, "the corpus has no two documents that long"
+    rows = [
+        f"{sentence}\t{label}\n"
+        for label, document in zip(("first", "second"), long_enough, strict=True)
+        for sentence in document[:per_label]
+    ]
+    return ("text\tlabel\n" + "".join(rows)).encode()
+
+
 # -- the API -------------------------------------------------------------------------------------------
 
 
@@ -348,9 +363,10 @@ def safetensors_bytes(shapes: dict[str, tuple[int, ...]], *, dtype: str = "F32")
 
 
 def fake_bert_files(
-    *, vocab_size: int = 10, heads: bool = True, model_type: str = "bert"
+    *, vocab_size: int = 10, heads: bool = True, model_type: str = "bert", positions: int = 16
 ) -> dict[str, bytes]:
-    """The files of a minimal BERT checkpoint directory with made-up weights."""
+    """The files of a minimal BERT checkpoint directory with made-up weights (``positions`` position
+    embeddings: 512 takes every run's default max_seq_length)."""
     import json
 
     prefix = "bert." if heads else ""
@@ -370,7 +386,7 @@ def fake_bert_files(
         "hidden_size": 4,
         "num_hidden_layers": 1,
         "num_attention_heads": 1,
-        "max_position_embeddings": 16,
+        "max_position_embeddings": positions,
         "architectures": ["BertForPreTraining"],
     }
     vocab = "\n".join(

@@ -1,6 +1,8 @@
 """The worker's Celery application: the one configuration of :mod:`app.queue` (Redis broker, JSON only,
-``bertpt.runs.execute`` routed to the training queue, late acknowledgement, prefetch 1, the visibility
-timeout of the settings) plus the task modules.
+``bertpt.runs.execute`` routed to the training queue, ``bertpt.evaluations.execute`` to the evaluation
+queue and ``bertpt.analyze_corpus`` to the analysis queue, late acknowledgement, prefetch 1, the visibility
+timeout of the settings) plus the task modules. Its main process runs the housekeeping, and announces the
+worker's training slots (:mod:`app.estimates.workers`).
 
     celery -A worker.celery_app worker -Q training --concurrency 1 --prefetch-multiplier 1
     bertpt worker                       # the same, from the settings
@@ -11,16 +13,23 @@ command line (``-A``) or by ``bertpt worker``, never by the API.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
+from redis import RedisError
 
 from app.config import Settings, get_settings
-from app.housekeeping import Housekeeper, start_housekeeping
+from app.estimates.workers import announce_worker
+from app.housekeeping import Chore, Housekeeper, housekeeping_period, start_housekeeping
 from app.queue import create_celery
+from app.runs.live import create_redis
+from worker.context import default_worker_id
 
 __all__ = ["app", "create_worker_app"]
+
+logger = logging.getLogger(__name__)
 
 
 def create_worker_app(settings: Settings | None = None) -> Celery:
@@ -36,11 +45,29 @@ _housekeeper: Housekeeper | None = None
 
 @worker_ready.connect
 def _start_housekeeping(**_: Any) -> None:
-    """In the worker's main process, once its pool is up: the reaper and the sweep of runs left queued."""
+    """In the worker's main process, once its pool is up: the reapers and the sweeps of runs and
+    evaluations left queued."""
     global _housekeeper
     settings = get_settings()
     if settings.housekeeping:
-        _housekeeper = start_housekeeping(settings)
+        _housekeeper = start_housekeeping(settings, extra=[("announce this worker", _announcer(settings))])
+
+
+def _announcer(settings: Settings) -> Chore:
+    """A chore that says, every housekeeping period, that this worker is alive with its training slots
+    (what the queue part of run estimates divides by: :mod:`app.estimates.workers`); said once now too."""
+    client = create_redis(settings.redis_url, socket_timeout=10)
+    worker, period = default_worker_id(), housekeeping_period(settings)
+
+    def announce() -> list[str]:
+        announce_worker(client, settings, worker, period_seconds=period)
+        return []
+
+    try:
+        announce()
+    except RedisError as exc:  # the chore says it again at the next period
+        logger.warning("cannot announce this worker yet (%s)", exc)
+    return announce
 
 
 @worker_shutdown.connect

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from app.admin import admin
+from worker.evaluation.cli import evaluate_command
 from worker.pretraining.cli import prepare_command
 from worker.pretraining.train_cli import train_command
 from worker.service_cli import serve_command, worker_command
@@ -22,6 +23,7 @@ def cli() -> None:
 
 cli.add_command(prepare_command)
 cli.add_command(train_command)
+cli.add_command(evaluate_command)
 cli.add_command(admin)
 cli.add_command(serve_command)
 cli.add_command(worker_command)

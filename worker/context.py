@@ -1,6 +1,6 @@
-"""What a worker process executes runs with: settings, database sessions, storage, the live-stream client
-and its identity. Built once per process, on first use (in a Celery pool process, after the fork), or
-explicitly by tests and scripts.
+"""What a worker process executes runs and evaluations with: settings, database sessions, storage, the
+live-stream client, the task senders and its identity. Built once per process, on first use (in a Celery
+pool process, after the fork), or explicitly by tests and scripts.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory
-from app.queue import RunEnqueuer, create_celery, enqueue_run
+from app.queue import Enqueuer, RunEnqueuer, create_celery, enqueue_evaluation, enqueue_run
 from app.runs.live import create_redis
 from app.storage import Storage, get_storage
 
@@ -37,6 +37,8 @@ class WorkerContext:
     worker_id: str
     # Sends a run's task (a retried attempt's); with None, the sweep of queued runs sends it in time.
     enqueue: RunEnqueuer = lambda run_id: None
+    # Sends an evaluation's task (a retried attempt's, a succeeded run's downstream evaluation).
+    enqueue_evaluation: Enqueuer = lambda evaluation_id: None
     # How often the supervisor writes progress, refreshes the heartbeat and looks for a cancel request.
     poll_interval_seconds: float = 1.0
     # How long a training process may take to stop (it checkpoints first) before it is terminated.
@@ -44,13 +46,15 @@ class WorkerContext:
 
 
 def build_worker_context(settings: Settings, *, worker_id: str | None = None) -> WorkerContext:
+    celery = create_celery(settings)
     return WorkerContext(
         settings=settings,
         session_factory=create_session_factory(create_db_engine(settings.database_url)),
         storage=get_storage(settings),
         redis=create_redis(settings.redis_url, socket_timeout=10),
         worker_id=worker_id or default_worker_id(),
-        enqueue=partial(enqueue_run, celery=create_celery(settings)),
+        enqueue=partial(enqueue_run, celery=celery),
+        enqueue_evaluation=partial(enqueue_evaluation, celery=celery),
     )
 
 

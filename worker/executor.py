@@ -15,7 +15,9 @@
    prepared, which the library does not interrupt, the child is terminated instead).
 4. **Finish** (the ``succeed``, ``stop`` or ``fail`` transition): succeeded (``output_storage_key`` = the
    final model directory), cancelled, or failed with
-   ``{type, message}`` for the user (tracebacks go to this log only).
+   ``{type, message}`` for the user (tracebacks go to this log only). A run that succeeds with
+   ``downstream`` settings gets its evaluation (base model against final model) queued in the same
+   transaction, its task sent after it (:func:`app.evaluations.service.queue_downstream_evaluation`).
 5. **Retry** an attempt interrupted by something that is not the owner's doing (a child that dies without
    a word, out of memory: :data:`~worker.failures.RETRIED_FAILURES`): the ``retry`` transition queues the
    run again and its task is sent; the next claim (attempt + 1) resumes it exactly, because the output
@@ -30,38 +32,34 @@ the child is stopped and nothing more is written.
 from __future__ import annotations
 
 import logging
-import queue
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-import billiard
+from sqlalchemy.orm import Session
 
 from app.db import session_scope
+from app.evaluations.service import queue_downstream_evaluation
 from app.runs import lifecycle
 from app.runs.events import RunEventType, add_event
 from app.runs.lifecycle import Interruption
 from app.runs.live import LivePublisher
-from app.runs.schemas import RunEventPublic
+from app.runs.schemas import OUTCOME_KEYS, RunEventPublic
 from app.runs.states import RunStatus, Trigger, target
 from app.storage.keys import run_directory_key, run_model_key
 from worker.context import WorkerContext, get_worker_context
-from worker.failures import RETRIED_FAILURES, RunFailure, describe_process_death
+from worker.failures import RETRIED_FAILURES, RunFailure, describe_process_death, supervisor_failure
 from worker.inputs import InputError, build_training_job
 from worker.job import TrainingJob
 from worker.pretraining.records import TrainingResult
 from worker.recorder import RunRecorder, stored_metrics
+from worker.supervision import supervise_child
 from worker.training_process import ChildMessage, run_training_job
 
 __all__ = ["ChildOutcome", "execute_run", "supervise"]
 
 logger = logging.getLogger(__name__)
-
-# The share of HEARTBEAT_TIMEOUT_SECONDS after which a supervisor that could not renew its lease stops
-# its training (the reaper takes the run back after the whole timeout).
-LEASE_MARGIN = 0.6
-_RECEIVE_TIMEOUT_SECONDS = 0.2
-_DRAIN_TIMEOUT_SECONDS = 0.5
 
 
 @dataclass
@@ -88,12 +86,7 @@ def execute_run(run_id: str, *, context: WorkerContext | None = None) -> RunStat
         return _execute_claimed(recorder, context)
     except Exception:
         logger.exception("run %s: the supervisor failed", run_id)
-        failure = RunFailure(
-            "internal_error",
-            "the worker stopped on an internal error; the operators can find the details in the worker log "
-            f"under run {run_id}",
-        )
-        return _fail(recorder, failure)
+        return _fail(recorder, supervisor_failure(f"run {run_id}"))
 
 
 def _retry_or_fail(recorder: RunRecorder, failure: RunFailure, context: WorkerContext) -> RunStatus | None:
@@ -174,6 +167,7 @@ def _execute_claimed(recorder: RunRecorder, context: WorkerContext) -> RunStatus
             "corpus_id": job.corpus_id,
             "eval_corpus_id": job.eval_corpus_id,
             "reference_corpus_id": job.reference_corpus_id,
+            "replay_corpus_id": job.replay_corpus_id,
         },
     )
     outcome = supervise(job, recorder, context)
@@ -181,21 +175,9 @@ def _execute_claimed(recorder: RunRecorder, context: WorkerContext) -> RunStatus
 
 
 def supervise(job: TrainingJob, recorder: RunRecorder, context: WorkerContext) -> ChildOutcome:
-    """Train ``job`` in a spawned child until it exits, recording what it reports."""
-    # billiard is Celery's fork of multiprocessing: a Celery pool process counts as a daemon for the
-    # standard library's, which refuses to start children from it. "spawn": CUDA does not survive fork.
-    mp = billiard.get_context("spawn")
-    messages = mp.Queue()
-    stop = mp.Event()
-    process = mp.Process(
-        target=run_training_job, args=(job, messages, stop), name=f"bertpt-training-{job.run_id}"
-    )
-    process.start()
-    logger.info("run %s: training process %s started", job.run_id, process.pid)
+    """Train ``job`` in a spawned child until it exits, recording what it reports
+    (:func:`worker.supervision.supervise_child`)."""
     outcome = ChildOutcome()
-    stop_sent_at: float | None = None
-    next_flush = 0.0
-    lease_renewed_at = time.monotonic()
 
     def receive(message: ChildMessage) -> None:
         if isinstance(message, TrainingResult):
@@ -205,69 +187,21 @@ def supervise(job: TrainingJob, recorder: RunRecorder, context: WorkerContext) -
         else:
             recorder.handle(message)
 
-    try:
-        while True:
-            try:
-                receive(messages.get(timeout=_RECEIVE_TIMEOUT_SECONDS))
-            except queue.Empty:
-                if not process.is_alive():
-                    break
-            now = time.monotonic()
-            if now >= next_flush:
-                next_flush = now + context.poll_interval_seconds
-                beat = recorder.flush()
-                if beat.confirmed:
-                    lease_renewed_at = now
-                # A lease not renewed for most of the heartbeat timeout is given up before the reaper can
-                # hand the run to another attempt: two attempts never write the run's directory at once.
-                lapsed = now - lease_renewed_at > LEASE_MARGIN * context.settings.heartbeat_timeout_seconds
-                if (not beat.owned or lapsed) and not outcome.lost:
-                    logger.warning(
-                        "run %s: %s; stopping its training",
-                        job.run_id,
-                        f"attempt {recorder.attempt} no longer holds it"
-                        if not beat.owned
-                        else "the database has been unreachable too long to keep the run's lease",
-                    )
-                    outcome.lost = True
-                    stop.set()
-                    stop_sent_at = now
-                elif beat.cancel_requested and not stop.is_set():
-                    stop.set()
-                    stop_sent_at = now
-                    # Training stops at the end of its step, with a checkpoint. Loading the model and
-                    # preparing the data do not look at the stop event: end those now (they clean up).
-                    if not recorder.training_started:
-                        outcome.cancelled_while_preparing = True
-                        process.terminate()
-            if (
-                stop_sent_at is not None
-                and now - stop_sent_at > context.stop_grace_seconds
-                and process.is_alive()
-            ):
-                logger.warning(
-                    "run %s: training process did not stop in %.0f s; terminating it",
-                    job.run_id,
-                    context.stop_grace_seconds,
-                )
-                process.terminate()
-                stop_sent_at = now
-        # The child flushed its queue before exiting: what it said last may still be in the pipe.
-        while True:
-            try:
-                receive(messages.get(timeout=_DRAIN_TIMEOUT_SECONDS))
-            except queue.Empty:
-                break
-    finally:
-        if process.is_alive():  # this loop failed: do not leave an orphan training
-            stop.set()
-            process.join(timeout=60)
-            if process.is_alive():
-                process.kill()
-        process.join()
-        messages.close()
-    outcome.exitcode = process.exitcode
-    logger.info("run %s: training process exited with %s", job.run_id, process.exitcode)
+    end = supervise_child(
+        run_training_job,
+        job,
+        label=f"run {job.run_id}",
+        what="training process",
+        process_name=f"bertpt-training-{job.run_id}",
+        receive=receive,
+        flush=recorder.flush,
+        context=context,
+        # Training stops at the end of its step, with a checkpoint. Loading the model and preparing the
+        # data do not look at the stop event: a cancel ends those at once (they clean up).
+        stop_at_once=lambda: not recorder.training_started,
+    )
+    outcome.exitcode, outcome.lost = end.exitcode, end.lost
+    outcome.cancelled_while_preparing = end.terminated_on_cancel
     return outcome
 
 
@@ -299,13 +233,13 @@ def _record_outcome(outcome: ChildOutcome, recorder: RunRecorder, context: Worke
         data = {"step": None if result is None else result.steps, "checkpoint_step": step}
         return _finish(recorder, Trigger.STOP, message, data=data)
     if result is not None:
-        return _succeed(recorder, result)
+        return _succeed(recorder, result, context)
     death = describe_process_death(outcome.exitcode)
     logger.error("run %s: %s", recorder.run_id, death.message)
     return _retry_or_fail(recorder, death, context)
 
 
-def _succeed(recorder: RunRecorder, result: TrainingResult) -> RunStatus | None:
+def _succeed(recorder: RunRecorder, result: TrainingResult, context: WorkerContext) -> RunStatus | None:
     recorder.progress = recorder.progress.model_copy(
         update={
             "step": result.steps,
@@ -329,6 +263,13 @@ def _succeed(recorder: RunRecorder, result: TrainingResult) -> RunStatus | None:
     timed_out = result.status == "timed_out"
     if timed_out:
         message += f" (stopped by max_runtime_seconds before step {result.max_steps:,})"
+    if result.stopped_early is not None:
+        message += f" (stopped early before step {result.max_steps:,}: {result.stopped_early.reason})"
+    selected = result.selected_checkpoint
+    if selected is not None and selected.step != result.steps:
+        message += f"; the model is step {selected.step:,}'s: {selected.reason}"
+    # Shown by the run JSON (RunPublic), kept in the progress column by the final write.
+    recorder.outcome = result.json_object(include=set(OUTCOME_KEYS), exclude_none=True)
     data = {
         **result.json_object(
             include={
@@ -339,13 +280,32 @@ def _succeed(recorder: RunRecorder, result: TrainingResult) -> RunStatus | None:
                 "final_metrics",
                 "tokens_seen",
                 "skipped_steps",
+                *OUTCOME_KEYS,
             },
         ),
-        "stopped_by": "max_runtime_seconds" if timed_out else None,
+        "stopped_by": (
+            "max_runtime_seconds" if timed_out else "early_stopping" if result.stopped_early else None
+        ),
     }
     return _finish(
-        recorder, Trigger.SUCCEED, message, data=data, output_storage_key=run_model_key(recorder.run_id)
+        recorder,
+        Trigger.SUCCEED,
+        message,
+        data=data,
+        output_storage_key=run_model_key(recorder.run_id),
+        also=partial(_queue_downstream, run_id=recorder.run_id, context=context),
     )
+
+
+def _queue_downstream(session: Session, *, run_id: str, context: WorkerContext) -> None:
+    """The run's downstream comparison, when its body asked for one: queued in the transaction that
+    records the success, its task sent after it. In a savepoint: whatever goes wrong there is logged and
+    leaves the success alone (the run's JSON then shows its downstream settings without an evaluation)."""
+    try:
+        with session.begin_nested():
+            queue_downstream_evaluation(session, run_id, enqueue=context.enqueue_evaluation)
+    except Exception:
+        logger.exception("run %s: its downstream evaluation could not be queued", run_id)
 
 
 def _fail(recorder: RunRecorder, failure: RunFailure, *, logged: bool = False) -> RunStatus | None:
@@ -364,8 +324,12 @@ def _finish(
     data: dict[str, Any],
     error: dict[str, Any] | None = None,
     output_storage_key: str | None = None,
+    also: Callable[[Session], object] | None = None,
 ) -> RunStatus | None:
-    if not recorder.finish(trigger, message, data=data, error=error, output_storage_key=output_storage_key):
+    finished = recorder.finish(
+        trigger, message, data=data, error=error, output_storage_key=output_storage_key, also=also
+    )
+    if not finished:
         logger.warning(
             "run %s: no longer held by attempt %d; its end was not recorded",
             recorder.run_id,

@@ -33,7 +33,15 @@ from typing import Any
 
 from worker.job import TrainingJob
 
-__all__ = ["RETRIED_FAILURES", "RunFailure", "describe_failure", "describe_process_death", "scrub_paths"]
+__all__ = [
+    "RETRIED_FAILURES",
+    "RunFailure",
+    "describe_failure",
+    "describe_process_death",
+    "is_out_of_memory",
+    "scrub_paths",
+    "supervisor_failure",
+]
 
 # Failures that are not the owner's doing: the attempt is retried from the newest complete checkpoint
 # (up to MAX_ATTEMPTS). Out of memory is among them because another process (or a fragmented device)
@@ -72,6 +80,8 @@ def _corpus_roles(job: TrainingJob) -> list[tuple[str, str, str]]:
         roles.append((job.eval_corpus, "eval corpus", job.eval_corpus_id))
     if job.reference_corpus and job.reference_corpus_id:
         roles.append((job.reference_corpus, "reference corpus", job.reference_corpus_id))
+    if job.replay_corpus and job.replay_corpus_id:
+        roles.append((job.replay_corpus, "replay corpus", job.replay_corpus_id))
     return roles
 
 
@@ -91,7 +101,18 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
+def supervisor_failure(label: str) -> RunFailure:
+    """What the owner is told when the supervisor itself failed (a bug): ``label`` is how the worker log
+    names the job (``"run run_..."``), where the traceback is."""
+    return RunFailure(
+        "internal_error",
+        "the worker stopped on an internal error; the operators can find the details in the worker log "
+        f"under {label}",
+    )
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the host or a device running out of memory."""
     if isinstance(exc, MemoryError):
         return True
     torch = sys.modules.get("torch")  # loaded in the training process; never imported here for this
@@ -146,7 +167,7 @@ def describe_failure(exc: BaseException, job: TrainingJob) -> RunFailure:
     if isinstance(exc, TrainingError):
         # The output directory holds something else, a checkpoint does not fit the model.
         return RunFailure("training_error", clean(str(exc)))
-    if _is_out_of_memory(exc):
+    if is_out_of_memory(exc):
         where = "host" if isinstance(exc, MemoryError) else "device"
         h = job.hyperparameters
         return RunFailure(
@@ -162,9 +183,12 @@ def describe_failure(exc: BaseException, job: TrainingJob) -> RunFailure:
     )
 
 
-def describe_process_death(exitcode: int | None) -> RunFailure:
-    """The training process ended without reporting a result or an error: how it ended (what becomes of
-    the run, retried or failed, is the executor's to say)."""
+def describe_process_death(
+    exitcode: int | None, *, process: str = "training process", type: str = "training_process_died"
+) -> RunFailure:
+    """The ``process`` (an evaluation's: ``"evaluation process"``, type ``evaluation_process_died``) ended
+    without reporting a result or an error: how it ended (what becomes of the job, retried or failed, is
+    its executor's to say)."""
     if exitcode is not None and exitcode < 0:
         import signal
 
@@ -176,6 +200,4 @@ def describe_process_death(exitcode: int | None) -> RunFailure:
             how += " (often the host's out-of-memory killer)"
     else:
         how = f"exited with status {exitcode}"
-    return RunFailure(
-        "training_process_died", f"the training process {how} before finishing", {"exit_code": exitcode}
-    )
+    return RunFailure(type, f"the {process} {how} before finishing", {"exit_code": exitcode})

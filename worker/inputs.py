@@ -7,18 +7,20 @@ typed is ever used as a path.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy.orm import Session
 
 from app.base_models.service import resolve_base_model
 from app.config import Settings
 from app.errors import ValidationFailed
-from app.models import Corpus, Run, Tenant
+from app.models import Corpus, Dataset, Run, Tenant
 from app.storage import Storage
 from app.storage.keys import PREPARED_DATA, run_directory_key
 from worker.failures import RunFailure
 from worker.job import TrainingJob
 
-__all__ = ["InputError", "build_training_job"]
+__all__ = ["InputError", "build_training_job", "dataset_paths"]
 
 
 class InputError(Exception):
@@ -46,6 +48,29 @@ def _corpus_path(
     return str(storage.local_path(corpus.storage_key))
 
 
+def dataset_paths(
+    session: Session, storage: Storage, dataset_id: str | None, *, tenant_id: str
+) -> tuple[Path, Path | None]:
+    """The local paths of a labelled dataset's training file and test file (None without one), named
+    ``train.<format>``/``test.<format>`` (the extension gives the reader the format; pass the row's
+    ``filename``/``test_filename`` as ``name`` to read_labelled_dataset, and ``max_bytes=None``: the
+    upload was held to ``MAX_DATASET_BYTES``). InputError when the dataset or a file is gone."""
+    dataset = session.get(Dataset, dataset_id) if dataset_id is not None else None
+    if dataset is None or dataset.tenant_id != tenant_id:
+        raise InputError(RunFailure("input_error", f"the dataset {dataset_id} no longer exists"))
+    keys = [dataset.storage_key, dataset.test_storage_key]
+    for key in keys:
+        if key is not None and not storage.exists(key):
+            raise InputError(
+                RunFailure(
+                    "input_error",
+                    f"a file of the dataset {dataset.id} is missing from storage; ask the operator",
+                )
+            )
+    test_key = dataset.test_storage_key
+    return storage.local_path(dataset.storage_key), storage.local_path(test_key) if test_key else None
+
+
 def build_training_job(session: Session, run_id: str, settings: Settings, storage: Storage) -> TrainingJob:
     """The :class:`TrainingJob` of ``run_id``; InputError when one of its inputs is gone."""
     run = session.get(Run, run_id)
@@ -59,6 +84,7 @@ def build_training_job(session: Session, run_id: str, settings: Settings, storag
     corpus = _corpus_path(session, storage, run, run.corpus_id, "corpus")
     eval_corpus = _corpus_path(session, storage, run, run.eval_corpus_id, "eval corpus")
     reference_corpus = _corpus_path(session, storage, run, run.reference_corpus_id, "reference corpus")
+    replay_corpus = _corpus_path(session, storage, run, run.replay_corpus_id, "replay corpus")
     try:
         base = resolve_base_model(session, tenant, run.base_model, settings=settings, storage=storage)
     except ValidationFailed as exc:
@@ -77,5 +103,7 @@ def build_training_job(session: Session, run_id: str, settings: Settings, storag
         eval_corpus_id=run.eval_corpus_id if eval_corpus else None,
         reference_corpus=reference_corpus,
         reference_corpus_id=run.reference_corpus_id if reference_corpus else None,
+        replay_corpus=replay_corpus,
+        replay_corpus_id=run.replay_corpus_id if replay_corpus else None,
         hf_hub_offline=settings.hf_hub_offline,
     )

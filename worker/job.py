@@ -1,12 +1,13 @@
-"""What one training needs, as plain values: built by the supervisor from database rows
-(:mod:`worker.inputs`), pickled to the training process (:mod:`worker.training_process`)."""
+"""What one training or one evaluation needs, as plain values: built by the supervisor from database rows
+(:mod:`worker.inputs`, :mod:`worker.evaluation_executor`), pickled to the child process
+(:mod:`worker.training_process`, :mod:`worker.evaluation_process`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TrainingJob"]
+__all__ = ["EvaluatedModel", "EvaluationJob", "TrainingJob"]
 
 
 @dataclass(frozen=True)
@@ -26,5 +27,33 @@ class TrainingJob:
     eval_corpus_id: str | None = None
     reference_corpus: str | None = None
     reference_corpus_id: str | None = None
+    replay_corpus: str | None = None
+    replay_corpus_id: str | None = None
     hf_hub_offline: bool = False
     dataloader_workers: int | None = None
+
+
+@dataclass(frozen=True)
+class EvaluatedModel:
+    """One model of an evaluation: ``name`` (its normalized spec, what the result calls it) and ``source``
+    (a local directory, or a hub id for hf: models, which the child downloads)."""
+
+    name: str
+    source: str
+
+
+@dataclass(frozen=True)
+class EvaluationJob:
+    """Everything the evaluation process needs, as plain values (pickled to the child). The dataset's
+    files are local paths derived from its row; ``train_name``/``test_name`` are the uploaded file names
+    that errors report."""
+
+    evaluation_id: str
+    dataset_id: str
+    models: tuple[EvaluatedModel, ...]
+    train_path: str
+    train_name: str
+    config: dict[str, Any]  # worker.evaluation.settings.EvaluationConfig as JSON
+    test_path: str | None = None
+    test_name: str | None = None
+    hf_hub_offline: bool = False

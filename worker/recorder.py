@@ -49,6 +49,7 @@ from worker.pretraining.records import (
     TrainMetrics,
 )
 from worker.pretraining.run_checkpoints import complete_checkpoints
+from worker.supervision import write_with_retries
 
 __all__ = ["ENDING_EVENTS", "RunRecorder", "directory_digest", "stored_metrics"]
 
@@ -61,8 +62,19 @@ ENDING_EVENTS = {
     Trigger.STOP: RunEventType.CANCELLED,
 }
 _EVAL_SUMMARY = ("masked_lm_loss", "perplexity", "masked_lm_accuracy", "next_sentence_accuracy")
-# What the training_started event tells of the TrainingStarted record.
-_STARTED_FIELDS = {"max_steps", "resumed_from_step", "train_instances", "eval_splits", "precision", "device"}
+# What the training_started event tells of the TrainingStarted record (vocabulary: add_domain_tokens's
+# report, null when off; model: the model's size, which run estimates match throughput on).
+_STARTED_FIELDS = {
+    "max_steps",
+    "resumed_from_step",
+    "train_instances",
+    "replay_instances",
+    "eval_splits",
+    "precision",
+    "device",
+    "vocabulary",
+    "model",
+}
 
 
 def stored_metrics(metrics: TrainMetrics | EvalMetrics, step: int) -> dict[str, Any]:
@@ -149,6 +161,9 @@ class RunRecorder:
         self.latest: dict[str, dict[str, Any]] = {}
         self.baseline: dict[str, dict[str, Any]] = {}
         self.warnings: list[RunWarning] = []
+        # What a succeeded run ended with besides its progress (selected_checkpoint, stopped_early: the
+        # keys of app.runs.schemas.OUTCOME_KEYS), written into the same JSON column by the final write.
+        self.outcome: dict[str, Any] = {}
         self._pending: list[_Pending] = []
         self._start_running = False
         self._progress_changed = False
@@ -279,8 +294,9 @@ class RunRecorder:
         self._update_progress(step=record.step, total_steps=record.max_steps)
         self.add_event(
             RunEventType.TRAINING_STARTED,
-            f"training {record.max_steps:,} steps on {record.train_instances:,} instances "
-            f"({record.precision}, {record.device})"
+            f"training {record.max_steps:,} steps on {record.train_instances:,} instances per epoch "
+            + (f"({record.replay_instances:,} of them replayed) " if record.replay_instances else "")
+            + f"({record.precision}, {record.device})"
             + (f", resuming from the checkpoint of step {record.step}" if resumed else ""),
             data={**record.json_object(include=_STARTED_FIELDS), "attempt": self.attempt},
         )
@@ -389,7 +405,7 @@ class RunRecorder:
         return StatusMessage(status=self.status, progress=self.progress, error=error)
 
     def _stored_progress(self) -> dict[str, Any]:
-        return self.progress.model_dump(exclude_none=True)
+        return {**self.progress.model_dump(exclude_none=True), **self.outcome}
 
     def _stored_warnings(self) -> list[dict[str, Any]]:
         return [warning.json_object(exclude_none=True) for warning in self.warnings]
@@ -439,10 +455,13 @@ class RunRecorder:
         data: Mapping[str, Any] | None = None,
         error: Mapping[str, Any] | None = None,
         output_storage_key: str | None = None,
+        also: Callable[[Session], object] | None = None,
     ) -> bool:
         """The end of the run (``trigger`` is succeed, fail or stop): what is still buffered, the closing
         event and the run's final state, in one transaction (retried while the database is unreachable);
-        then the closing messages on the live stream. False when this attempt no longer holds the run."""
+        then the closing messages on the live stream. ``also(session)`` writes more in that transaction
+        when this attempt ended the run (the downstream evaluation of a succeeded run). False when this
+        attempt no longer holds the run."""
         if target(trigger) != RunStatus.SUCCEEDED:
             self.progress = self.progress.model_copy(update={"eta_seconds": None})
         self.add_event(
@@ -450,7 +469,7 @@ class RunRecorder:
         )
 
         def end(session: Session) -> bool:
-            return lifecycle.finish_run(
+            ended = lifecycle.finish_run(
                 session,
                 self.run_id,
                 self.attempt,
@@ -461,6 +480,9 @@ class RunRecorder:
                 latest=self.latest,
                 baseline=self.baseline,
             )
+            if ended and also is not None:
+                also(session)
+            return ended
 
         return self._close(end, target(trigger), error)
 
@@ -486,19 +508,14 @@ class RunRecorder:
     ) -> bool:
         """The attempt's last write: ``transition`` and what is buffered, in one transaction (retried while
         the database is unreachable), then the messages and the new status on the live stream."""
-        delay = 1.0
-        for attempt in range(retries + 1):
-            try:
-                with session_scope(self.session_factory) as session:
-                    owned = transition(session)
-                    messages = self._write_pending(session) if owned else []
-                break
-            except DBAPIError as exc:
-                if attempt == retries:
-                    raise
-                logger.warning("run %s: final write failed, retrying in %.0f s (%s)", self.run_id, delay, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
+
+        def write(session: Session) -> tuple[bool, list[LiveMessage]]:
+            owned = transition(session)
+            return owned, self._write_pending(session) if owned else []
+
+        owned, messages = write_with_retries(
+            self.session_factory, write, label=f"run {self.run_id}", retries=retries
+        )
         self._pending = []
         if not owned:
             return False

@@ -5,10 +5,11 @@
 
 ``serve`` upgrades the database (Alembic, ``upgrade head``) and runs the API with uvicorn, in
 ``--workers`` processes (:mod:`app.api.server`).
-``worker`` runs a Celery worker on the training queue: prefork, one task per pool process at a time, each
-training in its own child process. Stop it with SIGTERM or Ctrl-C once (a warm shutdown: it waits for
-the running training to end); a second Ctrl-C stops at once, and the training process, finding its
-supervisor gone, stops at the end of its step with a checkpoint.
+``worker`` runs a Celery worker on the training queue (and the evaluation queue, when it is another one):
+prefork, one task per pool process at a time, each training or evaluation in its own child process. Stop
+it with SIGTERM or Ctrl-C once (a warm shutdown: it waits for the running training to end); a second
+Ctrl-C stops at once, and the training process, finding its supervisor gone, stops at the end of its step
+with a checkpoint.
 Both read the ``BERTPT_*`` settings from the environment.
 """
 
@@ -72,7 +73,12 @@ def serve_command(host: str, port: int, workers: int, reload: bool, migrate: boo
     default=None,
     help="Trainings at once [default: WORKER_CONCURRENCY, 1]. One per GPU.",
 )
-@click.option("--queue", default=None, help="Queue to consume [default: TRAINING_QUEUE, training].")
+@click.option(
+    "--queue",
+    default=None,
+    help="Queues to consume, separated by commas [default: TRAINING_QUEUE, EVALUATION_QUEUE and "
+    "ANALYSIS_QUEUE].",
+)
 @click.option(
     "--loglevel",
     default="INFO",
@@ -81,14 +87,17 @@ def serve_command(host: str, port: int, workers: int, reload: bool, migrate: boo
 )
 @click.option("--hostname", "-n", default=None, help="Celery node name [default: bertpt@<host>].")
 def worker_command(concurrency: int | None, queue: str | None, loglevel: str, hostname: str | None) -> None:
-    """Run a training worker (Celery, prefork) on the training queue."""
+    """Run a training worker (Celery, prefork) on the training and evaluation queues."""
     settings = get_settings()
     from worker.celery_app import app
 
+    queues = dict.fromkeys(
+        [settings.training_queue, settings.evaluation_queue_name(), settings.analysis_queue_name()]
+    )
     argv = [
         "worker",
         "--queues",
-        queue or settings.training_queue,
+        queue or ",".join(queues),
         "--concurrency",
         str(concurrency or settings.worker_concurrency),
         "--prefetch-multiplier",

@@ -30,7 +30,13 @@ from worker.failures import RunFailure, describe_failure
 from worker.job import TrainingJob
 from worker.pretraining.records import Progress, TrainingRecord, TrainingResult
 
-__all__ = ["PROGRESS_INTERVAL_SECONDS", "ChildMessage", "run_training_job"]
+__all__ = [
+    "PROGRESS_INTERVAL_SECONDS",
+    "ChildMessage",
+    "configure_child_process",
+    "exit_now",
+    "run_training_job",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +72,17 @@ class _ThrottledSink:
         self.messages.put(record)
 
 
-def _configure_process(job: TrainingJob) -> None:
+def configure_child_process(label: str, *, hf_hub_offline: bool) -> None:
+    """What a supervised child sets first (an evaluation's too): SIGINT ignored (a Ctrl-C on the worker's
+    terminal leaves the decision to the supervisor), SIGTERM a prompt exit that cleans up, the hub offline
+    when the settings say so, log lines tagged ``[<label> pid N]``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    if job.hf_hub_offline:
+    if hf_hub_offline:
         os.environ["HF_HUB_OFFLINE"] = "1"  # read by huggingface_hub when it is first imported
     logging.basicConfig(
         level=logging.INFO,
-        format=f"%(asctime)s %(levelname)s [training {job.run_id} pid %(process)d] %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s [{label} pid %(process)d] %(name)s: %(message)s",
         stream=sys.stderr,
     )
 
@@ -85,7 +94,7 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 def run_training_job(job: TrainingJob, messages: _Queue, stop: _Event) -> None:
     """The child process's entry point: train ``job``, report through ``messages``."""
-    _configure_process(job)
+    configure_child_process(f"training {job.run_id}", hf_hub_offline=job.hf_hub_offline)
     supervisor = os.getppid()
 
     def should_stop() -> bool:
@@ -101,6 +110,7 @@ def run_training_job(job: TrainingJob, messages: _Queue, stop: _Event) -> None:
             job.hyperparameters,
             eval_corpus=job.eval_corpus,
             reference_corpus=job.reference_corpus,
+            replay_corpus=job.replay_corpus,
             cache_dir=job.cache_dir,
             sink=_ThrottledSink(messages),
             should_stop=should_stop,
@@ -112,14 +122,14 @@ def run_training_job(job: TrainingJob, messages: _Queue, stop: _Event) -> None:
     except BaseException as exc:
         failure: RunFailure = describe_failure(exc, job)
         messages.put(dataclasses.replace(failure, traceback=traceback.format_exc()))
-        _exit_now(messages)
+        exit_now(messages)
     messages.put(result)
-    _exit_now(messages)
+    exit_now(messages)
 
 
-def _exit_now(messages: _Queue) -> NoReturn:
-    """End the process once its last message has left: run_pretraining has closed its files, and the
-    interpreter's teardown with torch loaded takes seconds that the run's end (or its retry) would wait."""
+def exit_now(messages: _Queue) -> NoReturn:
+    """End the process once its last message has left: its work has closed its files, and the
+    interpreter's teardown with torch loaded takes seconds that the job's end (or its retry) would wait."""
     messages.close()
     messages.join_thread()  # the queue's feeder thread has written everything to the pipe
     logging.shutdown()

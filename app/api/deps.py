@@ -1,6 +1,7 @@
 """Dependencies of the routes, as typed aliases: ``SessionDep``, ``CurrentTenant``, ``StorageDep``,
-``SettingsDep``, ``UploadSlotDep``, and the per-process clients ``EnqueuerDep``, ``LivePublisherDep``,
-``AsyncRedisDep``, ``MetricsCacheDep``, ``StreamOptionsDep``.
+``SettingsDep``, ``UploadSlotDep``, and the per-process clients ``EnqueuerDep``,
+``EvaluationEnqueuerDep``, ``AnalysisEnqueuerDep``, ``LivePublisherDep``, ``AsyncRedisDep``,
+``MetricsCacheDep``, ``StreamOptionsDep``, ``WorkerRegistryDep``.
 
 Everything comes from ``request.app.state`` (built once by ``create_app`` and its lifespan), so that each
 app (and each test) has its own settings, database, storage and clients; tests override a dependency
@@ -28,8 +29,9 @@ from sqlalchemy.orm import Session
 from app.api.upload_slots import UploadSlots
 from app.config import Settings
 from app.db import end_session
+from app.estimates.workers import WorkerRegistry
 from app.models import Tenant
-from app.queue import RunEnqueuer
+from app.queue import Enqueuer, RunEnqueuer
 from app.runs.live import LivePublisher
 from app.runs.metric_series import MetricBucketCache
 from app.runs.stream import StreamOptions
@@ -37,9 +39,11 @@ from app.storage import Storage
 from app.tenants.service import Authenticator
 
 __all__ = [
+    "AnalysisEnqueuerDep",
     "AsyncRedisDep",
     "CurrentTenant",
     "EnqueuerDep",
+    "EvaluationEnqueuerDep",
     "LivePublisherDep",
     "MetricsCacheDep",
     "SessionDep",
@@ -47,10 +51,14 @@ __all__ = [
     "StorageDep",
     "StreamOptionsDep",
     "UploadSlotDep",
+    "WorkerRegistryDep",
+    "get_analysis_enqueuer",
     "get_current_tenant",
+    "get_evaluation_enqueuer",
     "get_run_enqueuer",
     "get_session",
     "get_stream_options",
+    "get_worker_registry",
 ]
 
 
@@ -68,6 +76,24 @@ async def get_run_enqueuer(request: Request) -> RunEnqueuer:
     """Sends ``bertpt.runs.execute`` through the app's Celery client."""
     enqueue: RunEnqueuer = request.app.state.run_enqueuer
     return enqueue
+
+
+async def get_evaluation_enqueuer(request: Request) -> Enqueuer:
+    """Sends ``bertpt.evaluations.execute`` through the app's Celery client."""
+    enqueue: Enqueuer = request.app.state.evaluation_enqueuer
+    return enqueue
+
+
+async def get_analysis_enqueuer(request: Request) -> Enqueuer:
+    """Sends ``bertpt.analyze_corpus`` through the app's Celery client."""
+    enqueue: Enqueuer = request.app.state.analysis_enqueuer
+    return enqueue
+
+
+async def get_worker_registry(request: Request) -> WorkerRegistry:
+    """The training slots the live workers announced (for the queue part of estimates)."""
+    registry: WorkerRegistry = request.app.state.worker_registry
+    return registry
 
 
 async def get_live_publisher(request: Request) -> LivePublisher:
@@ -130,6 +156,9 @@ async def take_upload_slot(request: Request) -> AsyncIterator[UploadSlots]:
 SettingsDep = Annotated[Settings, Depends(get_settings_from_app)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 EnqueuerDep = Annotated[RunEnqueuer, Depends(get_run_enqueuer)]
+EvaluationEnqueuerDep = Annotated[Enqueuer, Depends(get_evaluation_enqueuer)]
+AnalysisEnqueuerDep = Annotated[Enqueuer, Depends(get_analysis_enqueuer)]
+WorkerRegistryDep = Annotated[WorkerRegistry, Depends(get_worker_registry)]
 LivePublisherDep = Annotated[LivePublisher, Depends(get_live_publisher)]
 AsyncRedisDep = Annotated[redis.asyncio.Redis, Depends(get_async_redis)]
 MetricsCacheDep = Annotated[MetricBucketCache, Depends(get_metrics_cache)]

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.api.allowed_methods import AllowedMethodsMiddleware
 from app.api.openapi_links import use_openapi_links
 from app.api.prometheus import MetricsMiddleware, create_registry
-from app.api.routes import checkpoints, corpora, health, models, runs
+from app.api.routes import checkpoints, corpora, datasets, estimates, evaluations, health, models, runs
 from app.api.upload_slots import UploadSlots
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory, is_nul_refused
@@ -42,9 +42,10 @@ from app.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from app.estimates.workers import WorkerRegistry
 from app.health import ReadinessProbe
 from app.housekeeping import start_housekeeping
-from app.queue import create_celery, enqueue_run
+from app.queue import create_celery, enqueue_analysis, enqueue_evaluation, enqueue_run
 from app.runs.live import LivePublisher, create_redis
 from app.runs.metric_series import MetricBucketCache
 from app.runs.stream import StreamOptions, open_async_redis
@@ -56,7 +57,17 @@ __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
 
-ROUTERS = (health.router, corpora.router, checkpoints.router, models.router, runs.router)
+ROUTERS = (
+    health.router,
+    corpora.router,
+    datasets.router,
+    checkpoints.router,
+    models.router,
+    estimates.analyses_router,
+    estimates.estimate_router,
+    runs.router,
+    evaluations.router,
+)
 
 # The one place where domain errors become HTTP statuses.
 STATUS_BY_ERROR: dict[type[AppError], int] = {
@@ -146,10 +157,14 @@ def create_app(
     app.state.session_factory = session_factory
     app.state.storage = storage or get_storage(settings)
     app.state.authenticator = Authenticator(settings.auth_cache_seconds)
-    app.state.run_enqueuer = partial(enqueue_run, celery=create_celery(settings))
+    celery = create_celery(settings)
+    app.state.run_enqueuer = partial(enqueue_run, celery=celery)
+    app.state.evaluation_enqueuer = partial(enqueue_evaluation, celery=celery)
+    app.state.analysis_enqueuer = partial(enqueue_analysis, celery=celery)
     # Publishing (a cancel's announcement) happens in a worker thread: the synchronous client's pool.
     publisher_redis = create_redis(settings.redis_url, socket_timeout=2.0)
     app.state.live_publisher = LivePublisher(publisher_redis)
+    app.state.worker_registry = WorkerRegistry(publisher_redis, settings)
     app.state.metrics_cache = MetricBucketCache()
     registry, http_metrics = create_registry(settings, session_factory)
     app.state.metrics_registry = registry

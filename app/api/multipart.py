@@ -15,7 +15,7 @@ one, when the process shuts down.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from typing import Any
 
 import anyio.from_thread
@@ -27,7 +27,7 @@ from app.api.upload_slots import UploadSlots
 from app.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, ValidationFailed
 from app.uploads import CHUNK_SIZE
 
-__all__ = ["MultipartUpload", "multipart_request_body"]
+__all__ = ["FilePart", "MultipartUpload", "multipart_request_body"]
 
 MAX_FIELD_BYTES = 64 << 10
 MAX_PARTS = 16
@@ -35,11 +35,20 @@ MAX_PARTS = 16
 _BODY_OVERHEAD = MAX_PARTS * (MAX_FIELD_BYTES + 1024)
 
 
-def multipart_request_body(fields: dict[str, str], *, file_description: str) -> dict[str, Any]:
-    """The OpenAPI ``requestBody`` of such an upload (FastAPI cannot infer it from ``Request``)."""
+def multipart_request_body(
+    fields: dict[str, str], *, file_description: str, other_files: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of such an upload (FastAPI cannot infer it from ``Request``);
+    ``other_files``: the optional file parts beside ``file``, with their descriptions."""
     properties: dict[str, Any] = {
         "file": {"type": "string", "format": "binary", "description": file_description}
     }
+    properties.update(
+        {
+            name: {"type": "string", "format": "binary", "description": text}
+            for name, text in (other_files or {}).items()
+        }
+    )
     properties.update({name: {"type": "string", "description": text} for name, text in fields.items()})
     return {
         "requestBody": {
@@ -53,13 +62,49 @@ def multipart_request_body(fields: dict[str, str], *, file_description: str) -> 
     }
 
 
+class FilePart:
+    """One file part of the body, read as it arrives: ``field`` (its form field), ``filename`` (the
+    client's), and :meth:`chunks`."""
+
+    def __init__(self, field: str, filename: str, pump: Callable[[], None]) -> None:
+        self.field = field
+        self.filename = filename
+        self.data: deque[bytes] = deque()  # parsed, not yet consumed, bytes of the part
+        self.done = False
+        self._pump = pump
+
+    def chunks(self) -> Iterator[bytes]:
+        """The part's bytes in chunks of :data:`~app.uploads.CHUNK_SIZE` (the last one shorter)."""
+        buffer = bytearray()
+        while True:
+            while self.data and len(buffer) < CHUNK_SIZE:
+                buffer += self.data.popleft()
+            if len(buffer) >= CHUNK_SIZE:
+                yield bytes(buffer[:CHUNK_SIZE])
+                del buffer[:CHUNK_SIZE]
+            elif self.done:
+                if buffer:
+                    yield bytes(buffer)
+                return
+            else:
+                self._pump()
+
+
 class MultipartUpload:
-    """The one file part named ``file_field`` and the text fields around it. Use from a worker thread."""
+    """The one file part named ``file_field`` and the text fields around it; with ``other_file_fields``,
+    up to one more file part for each of those names (:meth:`files`). Use from a worker thread."""
 
     def __init__(
-        self, request: Request, *, max_bytes: int, uploads: UploadSlots, file_field: str = "file"
+        self,
+        request: Request,
+        *,
+        max_bytes: int,
+        uploads: UploadSlots,
+        file_field: str = "file",
+        other_file_fields: Collection[str] = (),
     ) -> None:
         self.file_field = file_field
+        self._file_fields = (file_field, *other_file_fields)
         self._uploads = uploads
         content_type = request.headers.get("content-type", "")
         media_type, options = parse_options_header(content_type)
@@ -86,9 +131,8 @@ class MultipartUpload:
             },
         )
         self._fields: dict[str, str] = {}
-        self._filename: str | None = None
-        self._data: deque[bytes] = deque()  # parsed, not yet consumed, bytes of the file part
-        self._file_done = False
+        self._files: list[FilePart] = []  # in the order they arrive
+        self._file: FilePart | None = None  # the file part being parsed
         self._eof = False
         self._parts = 0
         # the part being parsed
@@ -96,42 +140,46 @@ class MultipartUpload:
         self._header_value = b""
         self._headers: dict[bytes, bytes] = {}
         self._field_name = ""
-        self._is_file = False
         self._field_value = bytearray()
 
     # -- IncomingFile -----------------------------------------------------------------------------
 
     @property
     def filename(self) -> str:
-        while self._filename is None:
+        return self._main_file().filename
+
+    def chunks(self) -> Iterator[bytes]:
+        yield from self._main_file().chunks()
+
+    def fields(self) -> Mapping[str, str]:
+        while not self._eof:
+            self._pump()
+            for part in self._files:
+                part.data.clear()  # a caller asking for the fields has read the files it wanted
+        return self._fields
+
+    def files(self) -> Iterator[FilePart]:
+        """The file parts, in the order they arrive; read each one's chunks before asking for the next (or
+        its bytes are held in memory)."""
+        index = 0
+        while True:
+            while len(self._files) <= index:
+                if self._eof:
+                    return
+                self._pump()
+            yield self._files[index]
+            index += 1
+
+    def _main_file(self) -> FilePart:
+        while True:
+            for part in self._files:
+                if part.field == self.file_field:
+                    return part
             if self._eof:
                 raise ValidationFailed(
                     self.file_field, f"no file: send it in a form field named {self.file_field!r}"
                 )
             self._pump()
-        return self._filename
-
-    def chunks(self) -> Iterator[bytes]:
-        _ = self.filename
-        buffer = bytearray()
-        while True:
-            while self._data and len(buffer) < CHUNK_SIZE:
-                buffer += self._data.popleft()
-            if len(buffer) >= CHUNK_SIZE:
-                yield bytes(buffer[:CHUNK_SIZE])
-                del buffer[:CHUNK_SIZE]
-            elif self._file_done:
-                if buffer:
-                    yield bytes(buffer)
-                return
-            else:
-                self._pump()
-
-    def fields(self) -> Mapping[str, str]:
-        while not self._eof:
-            self._pump()
-            self._data.clear()  # a caller asking for the fields has read the file it wanted
-        return self._fields
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -148,7 +196,7 @@ class MultipartUpload:
             if chunk is None:
                 self._parser.finalize()
                 self._eof = True
-                if not self._file_done and self._filename is not None:
+                if self._file is not None:
                     raise BadRequest("the multipart body ended inside the file part")
             else:
                 self._parser.write(chunk)
@@ -171,7 +219,7 @@ class MultipartUpload:
             raise BadRequest(f"too many parts in the multipart body (at most {MAX_PARTS})")
         self._headers = {}
         self._field_value = bytearray()
-        self._is_file = False
+        self._file = None
 
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
@@ -190,26 +238,26 @@ class MultipartUpload:
             raise BadRequest("a multipart part has no Content-Disposition name")
         self._field_name = name.decode("utf-8", "replace")
         filename = options.get(b"filename")
-        if self._field_name == self.file_field:
-            if self._filename is not None:
-                raise BadRequest(f"more than one {self.file_field!r} part")
-            self._is_file = True
-            self._filename = (filename or b"").decode("utf-8", "replace")
+        if self._field_name in self._file_fields:
+            if any(part.field == self._field_name for part in self._files):
+                raise BadRequest(f"more than one {self._field_name!r} part")
+            self._file = FilePart(self._field_name, (filename or b"").decode("utf-8", "replace"), self._pump)
+            self._files.append(self._file)
         elif filename is not None:
-            raise BadRequest(
-                f"unexpected file in field {self._field_name!r}; send the file as {self.file_field!r}"
-            )
+            expected = " or ".join(map(repr, self._file_fields))
+            raise BadRequest(f"unexpected file in field {self._field_name!r}; send the file as {expected}")
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._is_file:
-            self._data.append(data[start:end])
+        if self._file is not None:
+            self._file.data.append(data[start:end])
             return
         self._field_value += data[start:end]
         if len(self._field_value) > MAX_FIELD_BYTES:
             raise BadRequest(f"form field {self._field_name!r} is longer than {MAX_FIELD_BYTES} bytes")
 
     def _on_part_end(self) -> None:
-        if self._is_file:
-            self._file_done = True
+        if self._file is not None:
+            self._file.done = True
+            self._file = None
         else:
             self._fields[self._field_name] = self._field_value.decode("utf-8", "replace")

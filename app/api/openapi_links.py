@@ -47,6 +47,16 @@ RESOURCES: dict[str, tuple[Answer, ...]] = {
         Answer("POST", "/v1/checkpoints", ("201",), "/id"),
         Answer("GET", "/v1/checkpoints", ("200",), "/data/0/id"),
     ),
+    "dataset_id": (
+        Answer("POST", "/v1/datasets", ("201", "200"), "/id"),
+        Answer("GET", "/v1/datasets", ("200",), "/data/0/id"),
+    ),
+    "evaluation_id": (
+        Answer("POST", "/v1/evaluations", ("202",), "/id"),
+        Answer("GET", "/v1/evaluations", ("200",), "/data/0/id"),
+        Answer("GET", "/v1/evaluations/{evaluation_id}", ("200",), "/id"),
+        Answer("POST", "/v1/evaluations/{evaluation_id}/cancel", ("200",), "/id"),
+    ),
 }
 
 # The request bodies that take a resource's id: (method, path, field, what precedes the id in the field). The

@@ -73,7 +73,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED_ROUTE
+            # path_format: the template without convertors (``{run_id}``, not ``{run_id:id}``).
+            template = getattr(route, "path_format", None) or UNMATCHED_ROUTE
             method = scope["method"]
             self.metrics.requests.labels(template, method, str(status)).inc()
             self.metrics.latency.labels(template, method).observe(time.perf_counter() - start)

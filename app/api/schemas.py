@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import Path, Query, Response
 from pydantic import BaseModel, Field
+from starlette.convertors import Convertor, register_url_convertor
 
 from app.ids import ID_PATTERN
 from app.pagination import CURSOR_PATTERN, ID_CURSOR_PATTERN, MAX_LIMIT
@@ -20,6 +21,27 @@ IdAfter = Annotated[str, Query(description=_AFTER, json_schema_extra={"pattern":
 # Text the database can compare and store: PostgreSQL takes no NUL character. Declared for free-text
 # parameters (metric names), so that such a request is refused (422) before a query fails on it.
 TEXT_PATTERN = r"^[^\x00]*$"
+
+
+# Fixed last segments of paths beside a parameter's: POST /v1/runs/estimate beside GET /v1/runs/{run_id}.
+FIXED_SEGMENTS = ("estimate",)
+
+
+class IdConvertor(Convertor[str]):
+    """``{name:id}`` in a route's path: any segment but :data:`FIXED_SEGMENTS` (whatever else is not an id
+    is still a 422 naming the parameter, by its declared pattern), so that a fixed path beside the route is
+    that path's alone: its other methods answer 405 with its own ``Allow``, not a lookup of an id."""
+
+    regex = f"(?!(?:{'|'.join(FIXED_SEGMENTS)})$)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return str(value)
+
+
+register_url_convertor("id", IdConvertor())
 
 
 def id_path(description: str) -> Any:

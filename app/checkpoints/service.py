@@ -18,6 +18,7 @@ from app.checkpoints.extract import ArchiveError, ArchiveTooLarge, archive_kind,
 from app.config import Settings
 from app.db import on_commit, on_rollback
 from app.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from app.evaluations import repository as evaluations_repository
 from app.ids import new_id
 from app.models import Checkpoint, Tenant
 from app.pagination import Page
@@ -138,6 +139,14 @@ def delete_checkpoint(session: Session, storage: Storage, tenant: Tenant, checkp
         raise Conflict(
             f"checkpoint {checkpoint.id!r} is the base model of active run(s) {', '.join(runs[:5])}; cancel "
             "them or wait for them to finish, then delete it"
+        )
+    evaluations = evaluations_repository.active_using_model(
+        session, tenant.id, str(BaseModelSpec.checkpoint(checkpoint.id))
+    )
+    if evaluations:
+        raise Conflict(
+            f"checkpoint {checkpoint.id!r} is compared by active evaluation(s) {', '.join(evaluations[:5])}; "
+            "cancel them or wait for them to finish, then delete it"
         )
     key = checkpoint.storage_key
     repository.delete(session, checkpoint)

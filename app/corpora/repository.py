@@ -28,7 +28,7 @@ def page(session: Session, tenant_id: str, *, limit: int, after: str | None) -> 
 
 
 def active_runs_using(session: Session, corpus_id: str) -> list[str]:
-    """Ids of the runs that may still read the corpus (training, evaluation or reference corpus)."""
+    """Ids of the runs that may still read the corpus (training, evaluation, reference or replay corpus)."""
     statement = (
         select(Run.id)
         .where(
@@ -36,6 +36,7 @@ def active_runs_using(session: Session, corpus_id: str) -> list[str]:
                 Run.corpus_id == corpus_id,
                 Run.eval_corpus_id == corpus_id,
                 Run.reference_corpus_id == corpus_id,
+                Run.replay_corpus_id == corpus_id,
             ),
             Run.status.in_(ACTIVE_RUN_STATUSES),
         )

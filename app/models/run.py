@@ -8,7 +8,7 @@ UPDATE), trains, and records metrics, events and checkpoints as it goes. Statuse
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -21,10 +21,13 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.models.base import Base, BigIntegerPK, JSONType, UTCDateTime, utcnow
 from app.runs.states import RunStatus
+
+if TYPE_CHECKING:
+    from app.models.evaluation import Evaluation
 
 __all__ = ["Run", "RunCheckpoint", "RunEvent", "RunMetric"]
 
@@ -63,6 +66,10 @@ class Run(Base):
     reference_corpus_id: Mapped[str | None] = mapped_column(
         ForeignKey("corpora.id", ondelete="SET NULL"), index=True
     )
+    # The general-domain corpus replayed against forgetting (hyperparameter replay_ratio), if any.
+    replay_corpus_id: Mapped[str | None] = mapped_column(
+        ForeignKey("corpora.id", ondelete="SET NULL"), index=True
+    )
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     # "metadata" is reserved by SQLAlchemy's declarative classes: the attribute is ``metadata_``.
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
@@ -87,6 +94,13 @@ class Run(Base):
     # When a worker's sweep last sent this queued run's task again (None: only the API's send, at
     # created_at). See app.runs.service.resend_stale_queued.
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The body's ``downstream`` settings (dataset_id, method, seeds, hyperparameters): when the run
+    # succeeds, the worker queues the evaluation of its base model against its final model.
+    downstream: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # That evaluation, once queued (its ``run_id`` is this run's): the run JSON shows its state.
+    downstream_evaluation: Mapped[Evaluation | None] = relationship(
+        primaryjoin="Run.id == foreign(Evaluation.run_id)", viewonly=True, uselist=False
+    )
 
 
 class RunMetric(Base):

@@ -25,16 +25,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from app.jobs import leases
+from app.jobs.leases import Heartbeat
 from app.models import Run, RunCheckpoint, RunMetric, utcnow
 from app.queue import RunEnqueuer
-from app.runs import repository
 from app.runs.events import EventLevel, RunEventType, add_event
 from app.runs.live import StatusMessage
 from app.runs.schemas import RunError, RunEventPublic, RunProgress
-from app.runs.states import WORKER_HELD_STATUSES, RunStatus, Trigger, sources, target
+from app.runs.states import RUN_STATES, WORKER_HELD_STATUSES, RunStatus, Trigger, target
 from app.storage import Storage
 from app.storage.keys import run_checkpoints_key
 from worker.pretraining.records import MetricsRecord
@@ -80,36 +81,17 @@ class ClaimedRun:
     resumed_after_attempt: int = 0
 
 
-@dataclass(frozen=True)
-class Heartbeat:
-    """The run as the heartbeat found it: whether cancellation was asked for, its status, and whether
-    this attempt still owns it (False: stop working on it). ``confirmed`` False: the database could not
-    be reached, and the rest is what the attempt knew before (its lease was not renewed)."""
-
-    owned: bool
-    cancel_requested: bool = False
-    status: RunStatus | None = None
-    confirmed: bool = True
-
-
 def resend_stale_queued(
     session: Session, *, older_than: timedelta, enqueue: RunEnqueuer, limit: int = 100
 ) -> list[str]:
     """Send again the task of every run still queued ``older_than`` after its last send (its submission,
-    or this function's previous send), and return their ids.
-
-    The API sends a run's task once, after the commit; if that send failed (the broker was unreachable),
-    or the message was lost, the run would stay queued for ever. Sending again is always safe: a worker
-    claims a run with one conditional UPDATE, so a duplicate message does nothing. Rows are taken with
-    ``SKIP LOCKED`` (several workers sweep at once without sending twice) and sent before the commit: a
-    failed send leaves ``sent_at`` as it was, to be tried at the next sweep.
+    or this function's previous send), and return their ids: a send that failed or a message that was
+    lost would leave it queued for ever. Why this is safe, and how several sweepers share the rows:
+    :func:`app.jobs.leases.resend_stale_queued`.
     """
-    runs = repository.stale_unclaimed(session, sources(Trigger.CLAIM), utcnow() - older_than, limit=limit)
-    for run in runs:
-        enqueue(run.id)
-        run.sent_at = utcnow()
-    session.flush()
-    return [run.id for run in runs]
+    return leases.resend_stale_queued(
+        session, Run, RUN_STATES, older_than=older_than, enqueue=enqueue, limit=limit
+    )
 
 
 def claim_run(
@@ -117,23 +99,16 @@ def claim_run(
 ) -> ClaimedRun | None:
     """The ``claim`` transition (``queued -> preparing``) with ``attempt + 1``, in one conditional UPDATE;
     None when the run is not queued (a duplicate delivery, or cancelled meanwhile) or does not exist."""
-    now = now or utcnow()
-    statement = (
-        update(Run)
-        .where(Run.id == run_id, Run.status.in_(sources(Trigger.CLAIM)), Run.cancel_requested.is_(False))
-        .values(
-            status=target(Trigger.CLAIM),
-            attempt=Run.attempt + 1,
-            worker_id=worker_id,
-            # A resumed run (queued again after an interruption) keeps the time it first started.
-            started_at=func.coalesce(Run.started_at, now),
-            heartbeat_at=now,
-            error=None,
-        )
-        .returning(Run.id, Run.tenant_id, Run.attempt, Run.started_at, Run.resumed_after_attempt)
-        .execution_options(synchronize_session=False)
+    row = leases.claim(
+        session,
+        Run,
+        RUN_STATES,
+        run_id,
+        worker_id,
+        now=now,
+        where=(Run.cancel_requested.is_(False),),
+        returning=(Run.resumed_after_attempt,),
     )
-    row = session.execute(statement).one_or_none()
     if row is None:
         return None
     return ClaimedRun(
@@ -193,20 +168,10 @@ def rewind(session: Session, run_id: str, after_step: int | None) -> None:
     )
 
 
-def _held(run_id: str, attempt: int) -> Any:
-    return (Run.id == run_id, Run.attempt == attempt, Run.status.in_(WORKER_HELD_STATUSES))
-
-
 def _transition_held(session: Session, run_id: str, attempt: int, trigger: Trigger, **values: Any) -> bool:
     """Make ``trigger``'s transition if this attempt still holds the run in one of its source statuses;
     whether it did."""
-    statement = (
-        update(Run)
-        .where(*_held(run_id, attempt), Run.status.in_(sources(trigger)))
-        .values(status=target(trigger), **values)
-        .execution_options(synchronize_session=False)
-    )
-    return session.execute(statement).rowcount > 0  # type: ignore[attr-defined]
+    return leases.transition_held(session, Run, RUN_STATES, run_id, attempt, trigger, **values)
 
 
 def _given(**fields: Any) -> dict[str, Any]:
@@ -224,19 +189,12 @@ def heartbeat(
     latest: Mapping[str, Any] | None = None,
     baseline: Mapping[str, Any] | None = None,
     warnings: Sequence[Mapping[str, Any]] | None = None,
-) -> Heartbeat:
+) -> Heartbeat[RunStatus]:
     """Refresh ``heartbeat_at`` (and whichever of progress, latest, baseline, warnings is given) and read
     back ``cancel_requested``: one round trip, about once a second while a run trains."""
     given = _given(progress=progress, latest=latest, baseline=baseline, warnings=warnings)
-    values = {"heartbeat_at": now or utcnow(), **given}
-    statement = (
-        update(Run)
-        .where(*_held(run_id, attempt))
-        .values(**values)
-        .returning(Run.cancel_requested, Run.status)
-        .execution_options(synchronize_session=False)
-    )
-    row = session.execute(statement).one_or_none()
+    returning = (Run.cancel_requested, Run.status)
+    row = leases.renew(session, Run, RUN_STATES, run_id, attempt, returning=returning, now=now, **given)
     if row is None:
         return Heartbeat(owned=False)
     return Heartbeat(owned=True, cancel_requested=bool(row.cancel_requested), status=RunStatus(row.status))
@@ -375,7 +333,7 @@ def reap_expired(
     task of every run back in ``queued`` and publishes the messages, after the commit."""
     now = now or utcnow()
     reaped = []
-    for run in repository.expired_leases(session, WORKER_HELD_STATUSES, now - timeout, limit=limit):
+    for run in leases.expired_leases(session, Run, WORKER_HELD_STATUSES, now - timeout, limit=limit):
         silent = (now - run.heartbeat_at).total_seconds() if run.heartbeat_at else None
         lost = f"worker {run.worker_id or 'unknown'} stopped answering" + (
             f" (no heartbeat for {silent:,.0f} s)" if silent else ""

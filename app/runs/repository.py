@@ -9,9 +9,8 @@ and the same buckets computed in Python.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ARRAY, ColumnElement, String, bindparam, func, or_, select, text
@@ -38,7 +37,6 @@ __all__ = [
     "metric_extents",
     "metric_points",
     "page",
-    "stale_unclaimed",
     "status_of",
 ]
 
@@ -318,37 +316,6 @@ def _metric_extents_postgresql(
         SeriesExtent(series_split, name, (first_step, first_value), (last_step, last_value))
         for series_split, name, first_step, first_value, last_step, last_value in rows
     ]
-
-
-def stale_unclaimed(
-    session: Session, statuses: Collection[RunStatus], cutoff: datetime, *, limit: int
-) -> list[Run]:
-    """Runs in ``statuses`` (waiting for a worker) last sent (``sent_at``, else ``created_at``) before
-    ``cutoff``, oldest first, locked; rows another transaction holds are skipped."""
-    last_sent = func.coalesce(Run.sent_at, Run.created_at)
-    statement = (
-        select(Run)
-        .where(Run.status.in_(statuses), last_sent < cutoff)
-        .order_by(last_sent)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return list(session.scalars(statement))
-
-
-def expired_leases(
-    session: Session, statuses: Collection[RunStatus], cutoff: datetime, *, limit: int
-) -> list[Run]:
-    """Runs held by a worker (``statuses``) whose heartbeat is older than ``cutoff``, oldest first, locked;
-    rows another transaction holds (a heartbeat being written, another reaper) are skipped."""
-    statement = (
-        select(Run)
-        .where(Run.status.in_(statuses), Run.heartbeat_at < cutoff)
-        .order_by(Run.heartbeat_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return list(session.scalars(statement))
 
 
 def last_event_data(session: Session, run_id: str, event_type: str) -> dict[str, Any]:

@@ -7,10 +7,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.evaluations.schemas import DownstreamCreate, RunDownstreamPublic
 from app.models import Run
 from app.runs.states import RunStatus
+from worker.pretraining.records import SelectedCheckpoint, StoppedEarly, VocabularyExtension
 
 __all__ = [
+    "OUTCOME_KEYS",
     "MetricSeries",
     "MetricSplit",
     "MetricsPublic",
@@ -26,6 +29,8 @@ __all__ = [
 ]
 
 MetricSplit = Literal["train", "eval", "reference"]
+# What a succeeded run's worker writes into its ``progress`` JSON beside RunProgress (see RunPublic).
+OUTCOME_KEYS = ("selected_checkpoint", "stopped_early", "vocabulary")
 
 
 class RunCreate(BaseModel):
@@ -54,6 +59,13 @@ class RunCreate(BaseModel):
         max_length=40,
         description="General-domain text evaluated before and after training, to measure forgetting.",
     )
+    replay_corpus_id: str | None = Field(
+        None,
+        max_length=40,
+        description="General-domain text replayed against forgetting: hyperparameters.replay_ratio of every "
+        "epoch's training instances come from it (required with replay_ratio above 0, refused with 0). It "
+        "may be the reference corpus: its held-out part is then evaluated and only the rest replayed.",
+    )
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict,
         description="Hyperparameters by name; omitted ones take their defaults (echoed back on the run).",
@@ -61,6 +73,12 @@ class RunCreate(BaseModel):
     )
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Any JSON object of yours (at most 16 KiB), returned unchanged."
+    )
+    downstream: DownstreamCreate | None = Field(
+        None,
+        description="Did it help? When the run succeeds, its base model and its final model are compared on "
+        "this labelled dataset (an evaluation, queued by the worker: see the run's `downstream` field).",
+        examples=[{"dataset_id": "ds_Vn3kE0aZ2sC1mXy8QpLr7tUw", "method": "finetune", "seeds": 5}],
     )
 
 
@@ -119,6 +137,10 @@ class RunPublic(BaseModel):
     corpus_id: str | None = Field(description="Null once the corpus was deleted after the run finished.")
     eval_corpus_id: str | None
     reference_corpus_id: str | None
+    replay_corpus_id: str | None = Field(
+        description="The corpus replayed against forgetting (replay_ratio); null without replay, or once it "
+        "was deleted after the run finished."
+    )
     hyperparameters: dict[str, Any] = Field(description="Every hyperparameter, defaults filled in.")
     created_at: datetime
     started_at: datetime | None
@@ -131,10 +153,45 @@ class RunPublic(BaseModel):
     metadata: dict[str, Any]
     attempt: int = Field(description="How many times a worker has started this run.")
     cancel_requested: bool
+    selected_checkpoint: SelectedCheckpoint | None = Field(
+        None,
+        description="Which step's weights the run's model holds, and why (select_checkpoint, "
+        "max_reference_loss_increase); null until the run succeeds. The other kept checkpoints stay "
+        "downloadable (GET /v1/runs/{id}/checkpoints).",
+    )
+    stopped_early: StoppedEarly | None = Field(
+        None, description="Why early_stopping_patience ended the run before max_steps; null otherwise."
+    )
+    vocabulary: VocabularyExtension | None = Field(
+        None,
+        description="What add_domain_tokens did: the words made tokens (with their counts, pieces and "
+        "embedding rows) and the corpus's unk_rate and wordpieces_per_word before and after; null until the "
+        "run succeeds, and without add_domain_tokens (the training_started event carries it from the start).",
+    )
+    downstream: RunDownstreamPublic | None = Field(
+        None,
+        description="The downstream settings of its submission and the state of their evaluation "
+        "(comparing its base model with its final model); null without downstream settings.",
+    )
+    eta_seconds: float | None = Field(
+        None,
+        description="Seconds until the run is expected to end. Queued: the wait for a worker (the runs ahead "
+        "of it) plus its own estimate (as POST /v1/runs/estimate gives it); preparing: its own estimate less "
+        "the time spent; running: its remaining steps at its own measured pace (progress.eta_seconds); "
+        "null once it has ended, while it is being cancelled, or when it cannot be estimated.",
+    )
 
     @classmethod
-    def from_run(cls, run: Run) -> RunPublic:
+    def from_run(cls, run: Run, *, eta_seconds: float | None = None) -> RunPublic:
+        """The run as the API serves it; ``eta_seconds`` of a queued or preparing run is the caller's to
+        give (:func:`app.estimates.service.run_etas`), a running run's is its progress's."""
+        pace = (run.progress or {}).get("eta_seconds")
+        if run.status == RunStatus.RUNNING and isinstance(pace, (int, float)):
+            eta_seconds = float(pace)
+        elif run.status not in (RunStatus.QUEUED, RunStatus.PREPARING):
+            eta_seconds = None
         return cls(
+            eta_seconds=eta_seconds,
             id=run.id,
             name=run.name,
             status=run.status,
@@ -142,6 +199,7 @@ class RunPublic(BaseModel):
             corpus_id=run.corpus_id,
             eval_corpus_id=run.eval_corpus_id,
             reference_corpus_id=run.reference_corpus_id,
+            replay_corpus_id=run.replay_corpus_id,
             hyperparameters=run.hyperparameters,
             created_at=run.created_at,
             started_at=run.started_at,
@@ -154,7 +212,21 @@ class RunPublic(BaseModel):
             metadata=run.metadata_ or {},
             attempt=run.attempt,
             cancel_requested=run.cancel_requested,
+            **_outcome(run.progress or {}),
+            downstream=RunDownstreamPublic.from_run(run),
         )
+
+
+def _outcome(progress: dict[str, Any]) -> dict[str, Any]:
+    """``selected_checkpoint``, ``stopped_early`` and ``vocabulary`` of a succeeded run: its worker keeps
+    them in the ``progress`` JSON column (beside what RunProgress shows; no column of their own)."""
+    selected, stopped = progress.get(OUTCOME_KEYS[0]), progress.get(OUTCOME_KEYS[1])
+    vocabulary = progress.get(OUTCOME_KEYS[2])  # add_domain_tokens's report
+    return {
+        "selected_checkpoint": SelectedCheckpoint.model_validate(selected) if selected else None,
+        "stopped_early": StoppedEarly.model_validate(stopped) if stopped else None,
+        "vocabulary": VocabularyExtension.model_validate(vocabulary) if vocabulary else None,
+    }
 
 
 class RunsPublic(BaseModel):

@@ -13,8 +13,10 @@ from collections.abc import Callable, Sequence
 from sqlalchemy.orm import Session
 
 from app.base_models.service import final_model_key
+from app.base_models.spec import BaseModelSpec
 from app.db import on_commit, session_scope
 from app.errors import Conflict, NotFound
+from app.evaluations import repository as evaluations_repository
 from app.models import Run, RunCheckpoint, RunEvent, Tenant, utcnow
 from app.pagination import Page, decode_id_cursor
 from app.queue import RunEnqueuer
@@ -138,6 +140,7 @@ def resume_run(
             ("corpus", "corpus_id", run.corpus_id),
             ("eval corpus", "eval_corpus_id", run.eval_corpus_id),
             ("reference corpus", "reference_corpus_id", run.reference_corpus_id),
+            ("replay corpus", "replay_corpus_id", run.replay_corpus_id),
         )
         if now is None and (inputs.get(field) or field == "corpus_id")
     ]
@@ -190,6 +193,14 @@ def delete_run(session: Session, storage: Storage, tenant: Tenant, run_id: str) 
         raise Conflict(
             f"run {run.id!r} is the base model of active run(s) {', '.join(users[:5])}; cancel them or wait "
             "for them to finish, then delete it"
+        )
+    evaluations = evaluations_repository.active_using_model(
+        session, tenant.id, str(BaseModelSpec.run(run.id)), prefix=BaseModelSpec.run_step_prefix(run.id)
+    )
+    if evaluations:
+        raise Conflict(
+            f"run {run.id!r} is compared by active evaluation(s) {', '.join(evaluations[:5])}; cancel them "
+            "or wait for them to finish, then delete it"
         )
     keys = _outermost(
         {

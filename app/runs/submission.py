@@ -19,6 +19,7 @@ from app.base_models.service import ResolvedBaseModel, resolve_base_model
 from app.config import Settings
 from app.db import on_commit
 from app.errors import Conflict, ValidationFailed
+from app.evaluations.service import check_downstream
 from app.ids import new_id
 from app.models import Corpus, Run, Tenant
 from app.queue import RunEnqueuer
@@ -27,7 +28,7 @@ from app.runs.events import RunEventType, add_event
 from app.runs.schemas import RunCreate
 from app.runs.states import RunStatus
 from app.storage import Storage
-from worker.pretraining.hyperparameters import Hyperparameters, load_hyperparameters
+from worker.pretraining.hyperparameters import HyperparameterError, Hyperparameters, load_hyperparameters
 from worker.pretraining.model_files import (
     TOKENIZER_FILES,
     BaseModelError,
@@ -40,6 +41,7 @@ from worker.pretraining.model_files import (
     vocabulary_error,
 )
 from worker.pretraining.preparation_rules import (
+    HeldOut,
     PreparationError,
     check_documents,
     check_scripts,
@@ -47,7 +49,16 @@ from worker.pretraining.preparation_rules import (
     held_out_split,
 )
 
-__all__ = ["MAX_METADATA_BYTES", "CreatedRun", "create_run"]
+__all__ = [
+    "MAX_METADATA_BYTES",
+    "CheckedRun",
+    "CreatedRun",
+    "check_base_model",
+    "check_corpora",
+    "check_corpus_preparation",
+    "check_run",
+    "create_run",
+]
 
 MAX_METADATA_BYTES = 16 << 10
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -85,20 +96,11 @@ def create_run(
         if existing is not None:
             return _replayed(existing, idempotency_key, request_hash)
 
-    hyperparameters = load_hyperparameters(body.hyperparameters)  # HyperparameterError: 422, mapped once
-    _check_metadata(body.metadata)
-    corpus = _corpus(session, tenant, body.corpus_id, "corpus_id")
-    eval_corpus = (
-        _corpus(session, tenant, body.eval_corpus_id, "eval_corpus_id") if body.eval_corpus_id else None
-    )
-    reference_corpus = (
-        _corpus(session, tenant, body.reference_corpus_id, "reference_corpus_id")
-        if body.reference_corpus_id
-        else None
-    )
-    _check_corpora(hyperparameters, corpus, eval_corpus, reference_corpus)
-    base = resolve_base_model(session, tenant, body.base_model, settings=settings, storage=storage)
-    _check_base_model(hyperparameters, base)
+    checked = check_run(session, storage, settings, tenant, body)
+    hyperparameters, base, corpus = checked.hyperparameters, checked.base, checked.corpus
+    eval_corpus, reference_corpus = checked.eval_corpus, checked.reference_corpus
+    # Its dataset is share-locked with the run's insert: it cannot be deleted while the run is active.
+    downstream = check_downstream(session, tenant, body.downstream) if body.downstream else None
 
     run = Run(
         id=new_id("run"),
@@ -109,6 +111,7 @@ def create_run(
         corpus_id=corpus.id,
         eval_corpus_id=eval_corpus.id if eval_corpus else None,
         reference_corpus_id=reference_corpus.id if reference_corpus else None,
+        replay_corpus_id=checked.replay_corpus.id if checked.replay_corpus else None,
         hyperparameters=hyperparameters.model_dump(mode="json"),
         metadata_=body.metadata,
         idempotency_key=idempotency_key,
@@ -117,6 +120,7 @@ def create_run(
         latest={},
         baseline={},
         warnings=[],
+        downstream=downstream,
     )
     try:
         with session.begin_nested():
@@ -137,6 +141,45 @@ def create_run(
 
     on_commit(session, send)
     return CreatedRun(run=run, created=True)
+
+
+@dataclass(frozen=True)
+class CheckedRun:
+    """A run body that passed every check of the submission: what the run would be made of."""
+
+    hyperparameters: Hyperparameters  # defaults filled in
+    base: ResolvedBaseModel
+    corpus: Corpus
+    eval_corpus: Corpus | None
+    reference_corpus: Corpus | None
+    replay_corpus: Corpus | None = None
+
+
+def check_run(
+    session: Session, storage: Storage, settings: Settings, tenant: Tenant, body: RunCreate
+) -> CheckedRun:
+    """Every check of a run submission, nothing stored or sent: the hyperparameters (HyperparameterError,
+    422 ``hyperparameters.<field>``), the metadata, the corpora (this tenant's), what their stored
+    statistics and the base model's files refuse (ValidationFailed naming the field). Shared by
+    :func:`create_run` and the estimate of a run (:mod:`app.estimates.service`)."""
+    hyperparameters = load_hyperparameters(body.hyperparameters)  # HyperparameterError: 422, mapped once
+    _check_metadata(body.metadata)
+    corpus = _corpus(session, tenant, body.corpus_id, "corpus_id")
+    eval_corpus = (
+        _corpus(session, tenant, body.eval_corpus_id, "eval_corpus_id") if body.eval_corpus_id else None
+    )
+    reference_corpus = (
+        _corpus(session, tenant, body.reference_corpus_id, "reference_corpus_id")
+        if body.reference_corpus_id
+        else None
+    )
+    replay_corpus = (
+        _corpus(session, tenant, body.replay_corpus_id, "replay_corpus_id") if body.replay_corpus_id else None
+    )
+    check_corpora(hyperparameters, corpus, eval_corpus, reference_corpus, replay_corpus=replay_corpus)
+    base = resolve_base_model(session, tenant, body.base_model, settings=settings, storage=storage)
+    check_base_model(hyperparameters, base)
+    return CheckedRun(hyperparameters, base, corpus, eval_corpus, reference_corpus, replay_corpus)
 
 
 def _request_hash(body: RunCreate) -> str:
@@ -191,6 +234,7 @@ _CORPUS_ROLES = {
     "corpus_id": "corpus",
     "eval_corpus_id": "eval corpus",
     "reference_corpus_id": "reference corpus",
+    "replay_corpus_id": "replay corpus",
 }
 
 
@@ -205,47 +249,105 @@ def _refused_as(param: str) -> Iterator[None]:
         raise ValidationFailed(named, str(exc)) from None
 
 
-def _check_corpora(
+def check_corpora(
     hyperparameters: Hyperparameters,
     corpus: Corpus,
     eval_corpus: Corpus | None,
     reference_corpus: Corpus | None,
+    *,
+    replay_corpus: Corpus | None = None,
 ) -> None:
     """What the corpora's stored statistics already refuse: settings an eval corpus makes ignored
     (HyperparameterError, 422 ``hyperparameters.<field>``), too few documents (next-sentence prediction on
-    one), whole-word masking of text without spaces, a held-out split that leaves too little to train on."""
+    one), whole-word masking of text without spaces, a held-out split that leaves too little to train on,
+    a forgetting budget without a reference corpus, and select_checkpoint=best or early stopping without a
+    held-out split."""
     if eval_corpus is not None:
         hyperparameters.check_eval_corpus()
+    _check_replay(hyperparameters, replay_corpus, reference_corpus)
     for param, stored in (
         ("corpus_id", corpus),
         ("eval_corpus_id", eval_corpus),
         ("reference_corpus_id", reference_corpus),
+        ("replay_corpus_id", replay_corpus),
     ):
-        if stored is None:
-            continue
-        what = f"{_CORPUS_ROLES[param]} {stored.id}"
-        with _refused_as(param):
-            check_documents(stored.documents, hyperparameters, what)
-            characters = stored.stats.get("characters")
-            unspaced = stored.stats.get(
-                "unspaced_script_characters"
-            )  # absent: uploaded before it was counted
-            if isinstance(characters, int) and isinstance(unspaced, int):
-                check_scripts(
-                    hyperparameters, characters=characters, unspaced_script_characters=unspaced, what=what
-                )
+        if stored is not None:
+            _check_stored_corpus(hyperparameters, param, stored)
+    hyperparameters.check_reference_corpus(reference_corpus is not None)  # a forgetting budget needs one
+    held = _held_out(hyperparameters, corpus, eval_corpus=eval_corpus is not None)
+    # select_checkpoint=best and early stopping compare held-out losses (sentences None: not known yet).
+    hyperparameters.check_eval_split(eval_corpus is not None or held.documents > 0 or held.sentences != 0)
+
+
+def check_corpus_preparation(hyperparameters: Hyperparameters, corpus: Corpus) -> None:
+    """What the training corpus's stored statistics refuse of the preparation settings alone (its documents,
+    scripts and held-out split, as :func:`check_corpora` asks them): the checks of a corpus analysis, which
+    names no other corpus (the rules across corpora, replay and reference, are the run's)."""
+    _check_stored_corpus(hyperparameters, "corpus_id", corpus)
+    _held_out(hyperparameters, corpus, eval_corpus=False)
+
+
+def _check_stored_corpus(hyperparameters: Hyperparameters, param: str, stored: Corpus) -> None:
+    """Too few documents, whole-word masking of text without spaces (ValidationFailed naming ``param``)."""
+    what = f"{_CORPUS_ROLES[param]} {stored.id}"
+    with _refused_as(param):
+        check_documents(stored.documents, hyperparameters, what)
+        characters = stored.stats.get("characters")
+        unspaced = stored.stats.get("unspaced_script_characters")  # absent: uploaded before it was counted
+        if isinstance(characters, int) and isinstance(unspaced, int):
+            check_scripts(
+                hyperparameters, characters=characters, unspaced_script_characters=unspaced, what=what
+            )
+
+
+def _held_out(hyperparameters: Hyperparameters, corpus: Corpus, *, eval_corpus: bool) -> HeldOut:
+    """What is held out of the training corpus; ValidationFailed when the settings ask for a split it cannot
+    give and still train."""
     with _refused_as("corpus_id"):
-        held_out_split(
+        return held_out_split(
             hyperparameters,
             documents=corpus.documents,
             # Lines are sentences unless they are split (sentence_splitting: auto) after tokenizing.
             sentences=corpus.sentences if hyperparameters.sentence_splitting == "none" else None,
-            eval_corpus=eval_corpus is not None,
+            eval_corpus=eval_corpus,
             what=f"corpus {corpus.id}",
         )
 
 
-def _check_base_model(hyperparameters: Hyperparameters, base: ResolvedBaseModel) -> None:
+def _check_replay(
+    hyperparameters: Hyperparameters, replay_corpus: Corpus | None, reference_corpus: Corpus | None
+) -> None:
+    """replay_ratio above 0 needs a replay corpus (422 ``hyperparameters.replay_ratio``), a replay corpus
+    needs replay_ratio above 0 (422 ``replay_corpus_id``); a replay corpus that is also the reference corpus
+    must spare a held-out part for the reference evaluation (no instance both replayed and evaluated)."""
+    problem = hyperparameters.replay_corpus_error(has_replay_corpus=replay_corpus is not None)
+    if problem is not None:
+        field, message = problem
+        if field == "replay_ratio":
+            raise HyperparameterError([problem])
+        raise ValidationFailed("replay_corpus_id", message)
+    if replay_corpus is None or reference_corpus is None or replay_corpus.id != reference_corpus.id:
+        return
+    what = f"replay corpus {replay_corpus.id}"
+    with _refused_as("replay_corpus_id"):
+        held = held_out_split(
+            hyperparameters,
+            documents=replay_corpus.documents,
+            sentences=replay_corpus.sentences if hyperparameters.sentence_splitting == "none" else None,
+            eval_corpus=False,
+            what=what,
+        )
+    if held.documents == 0 and held.sentences == 0:
+        raise ValidationFailed(
+            "replay_corpus_id",
+            f"the {what} is also the reference corpus, but nothing of it would be held out for the reference "
+            "evaluation (eval_fraction or eval_documents is 0, or it is too small to spare a part), and no "
+            "instance may be both replayed and used to measure forgetting: give a separate reference corpus, "
+            "or hold out part of this one",
+        )
+
+
+def check_base_model(hyperparameters: Hyperparameters, base: ResolvedBaseModel) -> None:
     """What the base model's files refuse, when they are here to read (not for hf: models, which the
     worker downloads; it checks them then): max_seq_length beyond the position embeddings, next-sentence
     prediction on a model of one token type, a tokenizer larger than the embedding matrix, whole-word

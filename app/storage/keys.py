@@ -1,6 +1,8 @@
 """Every storage key bertpt writes, named once. Keys are derived from row ids, never from user input.
 
 corpora/<corpus id>/corpus.txt[.gz]   an uploaded corpus, as uploaded
+datasets/<dataset id>/train.<format>  a labelled dataset's training file, as uploaded (.tsv, .csv, .jsonl)
+datasets/<dataset id>/test.<format>   its test file, when one was uploaded
 checkpoints/<checkpoint id>/          an uploaded base checkpoint, extracted (save_pretrained files)
 prepared/<cache key>/                 prepared data, shared by the runs that agree on corpus, tokenizer
                                       and preparation parameters (worker.pretraining.prepare)
@@ -15,6 +17,7 @@ runs/<run id>/archives/               the sha256 of each download archive of the
 from __future__ import annotations
 
 from pathlib import PurePosixPath
+from typing import Literal
 
 from worker.pretraining.layout import RunLayout
 
@@ -22,6 +25,8 @@ __all__ = [
     "PREPARED_DATA",
     "checkpoint_key",
     "corpus_key",
+    "dataset_file_key",
+    "dataset_key",
     "run_archives_key",
     "run_checkpoint_key",
     "run_checkpoints_key",
@@ -31,6 +36,7 @@ __all__ = [
 ]
 
 CORPORA = "corpora"
+DATASETS = "datasets"
 CHECKPOINTS = "checkpoints"
 RUNS = "runs"
 PREPARED_DATA = "prepared"
@@ -40,6 +46,17 @@ ARCHIVES = "archives"
 def corpus_key(corpus_id: str, *, gzip: bool) -> str:
     """Named after the content, not the client's file name: a gzip file called .txt is still gzip."""
     return f"{CORPORA}/{corpus_id}/corpus.txt" + (".gz" if gzip else "")
+
+
+def dataset_key(dataset_id: str) -> str:
+    """The dataset's directory: deleting it deletes its files."""
+    return f"{DATASETS}/{dataset_id}"
+
+
+def dataset_file_key(dataset_id: str, role: Literal["train", "test"], file_format: str) -> str:
+    """Named after its role and format (``tsv``, ``csv``, ``jsonl``), not the client's file name; the
+    extension is what the labelled-dataset reader takes the format from."""
+    return f"{dataset_key(dataset_id)}/{role}.{file_format}"
 
 
 def checkpoint_key(checkpoint_id: str) -> str:

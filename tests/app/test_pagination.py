@@ -50,4 +50,11 @@ def test_every_cursor_the_schema_allows_is_accepted(
             assert not re.match(pattern, refused)
             response = client.get(url, params={"after": refused}, headers=alice.headers)
             assert_error(response, 422, "validation_error", "after")
-    assert sorted(lists) == ["/v1/checkpoints", "/v1/corpora", "/v1/runs", "/v1/runs/{run_id}/events"]
+    assert sorted(lists) == [
+        "/v1/checkpoints",
+        "/v1/corpora",
+        "/v1/datasets",
+        "/v1/evaluations",
+        "/v1/runs",
+        "/v1/runs/{run_id}/events",
+    ]

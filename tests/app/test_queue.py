@@ -8,7 +8,7 @@ import secrets
 import redis
 
 from app.config import Settings
-from app.queue import RUN_TASK, celery_config, create_celery, enqueue_run
+from app.queue import ANALYSIS_TASK, RUN_TASK, celery_config, create_celery, enqueue_run
 from tests.support import REDIS_URL
 
 
@@ -18,7 +18,11 @@ def test_celery_configuration(settings: Settings) -> None:
     assert config["accept_content"] == ["json"]
     assert config["task_acks_late"] is True and config["worker_prefetch_multiplier"] == 1
     assert config["broker_transport_options"] == {"visibility_timeout": settings.visibility_timeout}
-    assert config["task_routes"] == {RUN_TASK: {"queue": settings.training_queue}}
+    assert config["task_routes"][RUN_TASK] == {"queue": settings.training_queue}
+    # Analyses go to the training queue, unless ANALYSIS_QUEUE names another one (a CPU worker's).
+    assert config["task_routes"][ANALYSIS_TASK] == {"queue": settings.training_queue}
+    cpu = celery_config(settings.model_copy(update={"analysis_queue": "analysis"}))
+    assert cpu["task_routes"][ANALYSIS_TASK] == {"queue": "analysis"}
     assert create_celery(settings).conf.broker_url == settings.redis_url
 
 

@@ -64,6 +64,7 @@ def test_a_run_from_upload_to_downloaded_model(
     submit_run: Callable[..., str],
     wait_for_run: Callable[..., dict[str, Any]],
     assert_run_ended: Callable[..., Any],
+    poll: Poll,
     tmp_path: Path,
 ) -> None:
     with TestClient(create_app(settings)) as client:
@@ -130,6 +131,36 @@ def test_a_run_from_upload_to_downloaded_model(
         archive = ("downloaded.tar", download.content)
         again = client.post("/v1/checkpoints", files={"file": archive}, headers=headers)
         assert again.status_code == 201, again.text
+
+        # Estimates: the run has ended, and its ETA with it. The worker analyses its corpus with its settings
+        # (the run's prepared data, found in the cache); the estimate of the same body is exact, from this
+        # run's own measures (throughput, startup), and within 2x of the time the run took.
+        assert run["eta_seconds"] is None
+        by_type = {event["type"]: event["data"] for event in events}
+        analyzed = {"base_model": run["base_model"], "hyperparameters": HYPERPARAMETERS}
+        answer = client.post(f"/v1/corpora/{run['corpus_id']}/analyze", json=analyzed, headers=headers)
+        assert answer.status_code == 202, answer.text
+        location = answer.headers["Location"]
+
+        def analysed() -> dict[str, Any] | None:
+            found: dict[str, Any] = client.get(location, headers=headers).json()
+            return found if found["status"] in ("succeeded", "failed") else None
+
+        analysis = poll(analysed, "the corpus analysed", seconds=90, every=0.3)
+        assert analysis["status"] == "succeeded", f"{analysis}\n--- worker log ---\n{worker.log()[-6000:]}"
+        assert analysis["analysis"]["data_key"] == by_type["data_prepared"]["data_key"]
+        assert analysis["analysis"]["train"]["instances"] == by_type["training_started"]["train_instances"]
+        body = {
+            "base_model": run["base_model"],
+            "corpus_id": run["corpus_id"],
+            "hyperparameters": HYPERPARAMETERS,
+        }
+        estimate = client.post("/v1/runs/estimate", json=body, headers=headers).json()
+        assert (estimate["exact"], estimate["analysis_id"], estimate["steps"]) == (True, analysis["id"], 6)
+        assert estimate["throughput"]["source"] == "measured" and estimate["startup_source"] == "measured"
+        assert estimate["queue"] == {"runs": 0, "wait_seconds": 0.0, "workers": 1, "workers_known": True}
+        took = (stored.finished_at - stored.started_at).total_seconds()
+        assert 0.5 <= estimate["total_seconds"] / took <= 2, (estimate, took)
 
 
 def test_a_run_whose_message_was_lost_still_runs(

@@ -106,9 +106,54 @@ def test_migrations_match_the_models(engine: Engine) -> None:
         "tenants",
         "api_keys",
         "corpora",
+        "datasets",
         "checkpoints",
         "runs",
         "run_metrics",
         "run_events",
         "run_checkpoints",
+        "evaluations",
     }
+
+
+def test_0006_creates_the_datasets_table_and_its_downgrade_drops_it(
+    empty_database: Callable[[], AbstractContextManager[str]],
+) -> None:
+    with empty_database() as url:
+        upgrade_database(url, "0006")
+        engine = create_db_engine(url)
+        try:
+            with engine.connect() as connection:
+                inspector = inspect(connection)
+                assert "datasets" in inspector.get_table_names()
+                assert "ix_datasets_tenant_id_created_at_id" in {
+                    i["name"] for i in inspector.get_indexes("datasets")
+                }
+            command.downgrade(alembic_config(url), "0005")
+            with engine.connect() as connection:
+                assert "datasets" not in inspect(connection).get_table_names()
+            upgrade_database(url, "0006")  # and up again
+        finally:
+            engine.dispose()
+
+
+def test_0007_creates_the_evaluations_table_and_runs_downstream_and_its_downgrade_drops_them(
+    empty_database: Callable[[], AbstractContextManager[str]],
+) -> None:
+    with empty_database() as url:
+        upgrade_database(url, "0007")
+        engine = create_db_engine(url)
+        try:
+            with engine.connect() as connection:
+                inspector = inspect(connection)
+                assert "evaluations" in inspector.get_table_names()
+                assert "downstream" in {column["name"] for column in inspector.get_columns("runs")}
+                unique = {i["name"] for i in inspector.get_indexes("evaluations") if i["unique"]}
+                assert unique == {"ix_evaluations_run_id"}  # one downstream evaluation per run
+            command.downgrade(alembic_config(url), "0006")
+            with engine.connect() as connection:
+                inspector = inspect(connection)
+                assert "evaluations" not in inspector.get_table_names()
+                assert "downstream" not in {column["name"] for column in inspector.get_columns("runs")}
+        finally:
+            engine.dispose()

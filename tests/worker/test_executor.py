@@ -93,6 +93,31 @@ def test_a_bad_corpus_fails_with_its_line_and_no_traceback(
     assert _stream(factory, run_id)[-1][1]["status"] == "failed"
 
 
+def test_a_bad_replay_corpus_fails_the_run_naming_it(
+    factory: Factory, worker_context: WorkerContext, tiny_bert_dir: Path, tiny_corpus_bytes: bytes
+) -> None:
+    """The replay corpus travels like the reference corpus: from its row to the training process, and back
+    in the run's terms when it cannot be read."""
+    corpus_id = factory.corpus(tiny_corpus_bytes)
+    replay_id = factory.corpus(b"General text here.\nMore of it.\n\nThird \xff bad.\nMore text.\n")
+    checkpoint_id = factory.checkpoint(tiny_bert_dir)
+    run_id = factory.run(
+        corpus_id=corpus_id,
+        base_model=f"checkpoint:{checkpoint_id}",
+        replay_corpus_id=replay_id,
+        hyperparameters={**TINY_HYPERPARAMETERS, "replay_ratio": 0.25},
+    )
+
+    assert execute_run(run_id, context=worker_context) == RunStatus.FAILED
+
+    run = factory.get_run(run_id)
+    assert run.error is not None and run.error["type"] == "corpus_format_error"
+    assert run.error["corpus_id"] == replay_id and run.error["line"] == 4
+    assert run.error["message"].startswith(f"replay corpus {replay_id}, line 4")
+    preparing = [event for event in _events(factory, run_id) if event.type == "preparing"]
+    assert preparing[0].data["replay_corpus_id"] == replay_id
+
+
 def test_cancelling_a_running_training_stops_it_with_a_checkpoint(
     factory: Factory,
     worker_context: WorkerContext,
@@ -218,7 +243,7 @@ def test_a_supervisor_that_cannot_renew_its_lease_gives_the_run_up_before_the_re
     with caplog.at_level(logging.WARNING, logger="worker.executor"):
         assert execute_run(run_id, context=worker_context) is None
     assert time.monotonic() - started < 60  # it did not wait for the database to come back
-    assert "the database has been unreachable too long to keep the run's lease" in caplog.text
+    assert "the database has been unreachable too long to keep its lease" in caplog.text
     run = factory.get_run(run_id)
     assert run.status == RunStatus.PREPARING and run.attempt == 1  # nothing written: the reaper's to take
 

@@ -16,11 +16,14 @@ from app.db import session_scope
 from app.models import RunCheckpoint, RunEvent, RunMetric
 from app.runs import lifecycle
 from app.runs.live import LiveMessage, StatusMessage
-from app.runs.schemas import RunCheckpointPublic, RunEventPublic
+from app.runs.schemas import RunCheckpointPublic, RunEventPublic, RunPublic
 from app.runs.states import RunStatus, Trigger
 from tests.support import Factory
+from worker import executor
+from worker.context import WorkerContext
 from worker.pretraining.layout import RunLayout
 from worker.pretraining.records import (
+    AddedToken,
     CheckpointSaved,
     EvalMetrics,
     LogLine,
@@ -28,9 +31,14 @@ from worker.pretraining.records import (
     PreparedDataSummary,
     Progress,
     RunWarning,
+    SelectedCheckpoint,
     SplitSummary,
+    StoppedEarly,
+    TokenizationStats,
+    TrainingResult,
     TrainingStarted,
     TrainMetrics,
+    VocabularyExtension,
 )
 from worker.recorder import RunRecorder, directory_digest
 
@@ -235,3 +243,101 @@ def test_restore_knows_the_kept_checkpoints(
         recorder = RunRecorder(claimed, factory.session_factory, RecordingPublisher(), run_dir=tmp_path)
         recorder.restore(session)
     assert recorder.last_checkpoint_step == resumed_from and recorder.progress.step == 7
+
+
+def test_the_selected_checkpoint_and_an_early_stop_reach_the_run_json_and_the_event(
+    factory: Factory, tmp_path: Path, worker_context: WorkerContext
+) -> None:
+    recorder, _, _ = _recorder(factory, tmp_path / "run")
+    recorder.handle(STARTED)
+    recorder.flush()  # running
+    final = EvalMetrics(masked_lm_loss=3.0, masked_lm_accuracy=0.4, perplexity=20.1)
+    selected = SelectedCheckpoint(
+        step=4,
+        select_checkpoint="best",
+        reason="lowest eval masked_lm_loss (2.9000) among the 2 evaluated steps after step 0 within the "
+        "forgetting budget of 0.05 nats (step 6 over it)",
+        eval_masked_lm_loss=2.9,
+        reference_masked_lm_loss=4.01,
+        reference_loss_increase=0.01,
+        max_reference_loss_increase=0.05,
+        rejected_over_budget=[6],
+        evaluated_steps=[2, 4, 6],
+    )
+    stopped = StoppedEarly(step=6, best_step=4, best_eval_masked_lm_loss=2.9, patience=1, reason="no better")
+    result = TrainingResult(
+        status="completed",
+        steps=6,
+        max_steps=10,
+        baseline_metrics={"eval": BASELINE.metrics},  # type: ignore[dict-item]
+        final_metrics={"eval": final},
+        final_metrics_step=6,
+        train_metrics=None,
+        warnings=[],
+        runtime_seconds=3.0,
+        samples_seen=48,
+        tokens_seen=900,
+        data_key="k1",
+        selected_checkpoint=selected,
+        stopped_early=stopped,
+        run_dir=tmp_path / "run",
+        model_path=tmp_path / "run" / "model",
+        checkpoint_path=None,
+    )
+    assert executor._succeed(recorder, result, worker_context) == RunStatus.SUCCEEDED
+    shown = RunPublic.from_run(factory.get_run(recorder.run_id))
+    assert shown.selected_checkpoint == selected and shown.stopped_early == stopped
+    assert shown.progress.step == 6  # beside RunProgress's own fields, not among them
+    (succeeded,) = [e for e in _rows(factory, recorder.run_id, RunEvent) if e.type == "succeeded"]
+    assert "stopped early before step 10: no better" in succeeded.message
+    assert "the model is step 4's: lowest eval masked_lm_loss" in succeeded.message
+    assert succeeded.data["stopped_by"] == "early_stopping"
+    assert succeeded.data["selected_checkpoint"]["rejected_over_budget"] == [6]
+    # A run that ended otherwise shows neither.
+    other = RunPublic.from_run(
+        factory.get_run(factory.run(corpus_id=factory.corpus(b"x y.\n"), base_model="x"))
+    )
+    assert other.selected_checkpoint is None and other.stopped_early is None
+
+
+def test_the_vocabulary_extension_reaches_the_started_event_and_the_run_json(
+    factory: Factory, tmp_path: Path, worker_context: WorkerContext
+) -> None:
+    stats = TokenizationStats(words=100, unk_rate=0.01, wordpieces_per_word=1.5)
+    vocabulary = VocabularyExtension(
+        add_domain_tokens=1,
+        min_count=20,
+        added=[
+            AddedToken(
+                token="kinase", id=1, count=40, pieces=["kin", "##ase"], slot="unused", replaced="[unused0]"
+            )
+        ],
+        before=stats,
+        after=stats.model_copy(update={"wordpieces_per_word": 1.1}),
+        vocab_size_before=30522,
+    )
+    recorder, _, _ = _recorder(factory, tmp_path / "run")
+    recorder.handle(STARTED.model_copy(update={"vocabulary": vocabulary}))
+    recorder.flush()
+    (started,) = [e for e in _rows(factory, recorder.run_id, RunEvent) if e.type == "training_started"]
+    assert VocabularyExtension.model_validate(started.data["vocabulary"]) == vocabulary
+    result = TrainingResult(
+        status="completed",
+        steps=4,
+        max_steps=4,
+        baseline_metrics={},
+        final_metrics={},
+        final_metrics_step=None,
+        train_metrics=None,
+        warnings=[],
+        runtime_seconds=3.0,
+        samples_seen=32,
+        tokens_seen=900,
+        data_key="k1",
+        vocabulary=vocabulary,
+        run_dir=tmp_path / "run",
+        model_path=tmp_path / "run" / "model",
+        checkpoint_path=None,
+    )
+    assert executor._succeed(recorder, result, worker_context) == RunStatus.SUCCEEDED
+    assert RunPublic.from_run(factory.get_run(recorder.run_id)).vocabulary == vocabulary

@@ -22,8 +22,9 @@ import os
 import platform
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,22 +32,34 @@ import torch
 
 from worker.pretraining.base_model import LoadedBase, load_base_model, non_finite_parameter
 from worker.pretraining.collator import PretrainingCollator
+from worker.pretraining.corpus import iter_documents
 from worker.pretraining.hyperparameters import HyperparameterError, Hyperparameters, load_hyperparameters
 from worker.pretraining.layout import CHECKPOINT_MANIFEST, MODEL_MANIFEST, RunLayout
 from worker.pretraining.masking import MaskingConfig, TokenMasker
 from worker.pretraining.model_files import segment_types_error, sequence_length_error, weight_files
-from worker.pretraining.prepare import PreparedData, file_sha256, prepare_corpus, prepare_eval_corpus
+from worker.pretraining.prepare import (
+    PreparationError,
+    PreparedData,
+    file_sha256,
+    prepare_corpus,
+    prepare_eval_corpus,
+)
 from worker.pretraining.records import (
     LogLine,
     ModelManifest,
+    ModelShape,
+    ReplaySummary,
     RunWarning,
+    SelectedCheckpoint,
     TrainingFailed,
     TrainingFinished,
     TrainingOutcome,
     TrainingResult,
     TrainingStarted,
     TrainingStatus,
+    VocabularyExtension,
 )
+from worker.pretraining.replay import ReplayMixture
 from worker.pretraining.run_checkpoints import (
     ResumeError,
     latest_checkpoint,
@@ -57,6 +70,7 @@ from worker.pretraining.run_checkpoints import (
     temporary_sibling,
     write_json,
 )
+from worker.pretraining.selection import SelectionRules, choose_checkpoint, selection_warnings
 from worker.pretraining.sinks import JsonlSink, RecordSink, TensorBoardSink, combine_sinks
 from worker.pretraining.tokenizer import quiet_transformers
 from worker.pretraining.trainer import (
@@ -69,6 +83,7 @@ from worker.pretraining.trainer import (
     total_steps,
     training_arguments,
 )
+from worker.pretraining.vocabulary import VocabularyError, add_domain_vocabulary
 
 __all__ = ["MANIFEST_FORMAT", "export_model", "resolve_precision", "run_pretraining"]
 
@@ -106,6 +121,7 @@ def run_pretraining(
     *,
     eval_corpus: str | os.PathLike[str] | None = None,
     reference_corpus: str | os.PathLike[str] | None = None,
+    replay_corpus: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     sink: RecordSink | None = None,
     should_stop: StopCheck | None = None,
@@ -116,7 +132,10 @@ def run_pretraining(
 
     ``hyperparameters``: a Hyperparameters, a dict or a run-config path. ``eval_corpus``: held-out
     domain text (else ``eval_fraction`` of the corpus documents). ``reference_corpus``: general-domain
-    text evaluated alongside, to watch forgetting. ``cache_dir``: prepared-data cache (default
+    text evaluated alongside, to watch forgetting. ``replay_corpus``: general-domain text of which
+    ``replay_ratio`` of every epoch's training instances are drawn, against forgetting (prepared with the
+    same settings; when it is also the reference corpus, its held-out part is the reference evaluation and
+    only the rest is replayed). ``cache_dir``: prepared-data cache (default
     ``<out_dir>/../.bertpt-cache``). ``sink(record)`` receives every record (metrics, events, progress,
     log lines; without a sink the log lines go to this module's logger). ``should_stop()`` is polled
     every step: when true, a checkpoint is written and the run ends "cancelled". ``max_runtime_seconds``
@@ -130,6 +149,10 @@ def run_pretraining(
     """
     attempt_started = _clock()
     h = _hyperparameters(hyperparameters)
+    replay_error = h.replay_corpus_error(has_replay_corpus=replay_corpus is not None)
+    if replay_error is not None:
+        raise HyperparameterError([replay_error])
+    h.check_reference_corpus(reference_corpus is not None)  # a forgetting budget needs one
     layout = RunLayout(Path(out_dir))
     cache = Path(cache_dir) if cache_dir is not None else layout.root.absolute().parent / ".bertpt-cache"
     say = _say(sink)
@@ -137,21 +160,42 @@ def run_pretraining(
     precision = resolve_precision(h.precision, cuda=cuda)
 
     loaded = _load_base(base, h, say)
-    data, reference = _prepare_data(h, loaded, corpus, eval_corpus, reference_corpus, cache, say)
-    run_info = _run_info(h, loaded, data, reference)
-    warnings = _warnings(loaded, data, reference, say)
+    loaded, vocabulary = _add_domain_vocabulary(h, loaded, corpus, say)  # before any data is tokenized
+    replay_sha256 = file_sha256(Path(replay_corpus)) if replay_corpus is not None else None
+    # The same text as replay and as reference: its held-out part is the reference evaluation.
+    shared = reference_corpus is not None and replay_sha256 == file_sha256(Path(reference_corpus))
+    data, reference = _prepare_data(
+        h, loaded, corpus, eval_corpus, None if shared else reference_corpus, cache, say
+    )
+    h.check_eval_split(data.eval is not None)  # select_checkpoint=best, early stopping
+    domain = data.train
+    replay: _Replay | None = None
+    if replay_corpus is not None and replay_sha256 is not None:
+        replay = _prepare_replay(
+            h, loaded, replay_corpus, replay_sha256, len(domain), cache, say, for_reference=shared
+        )
+        if replay.held_out_for_reference:
+            reference = replay.data
+    run_info = _run_info(h, loaded, data, reference, replay)
+    warnings = _warnings(loaded, data, reference, say, replay)
     finished = _finished_run(layout, run_info, resume)
     if finished is not None:
         say(f"{layout.model} already holds this run's final model")
         return finished
     start = _resume_point(layout, run_info, resume)
-    max_steps = total_steps(h, len(data.train))
+    train = (
+        domain
+        if replay is None
+        else ReplayMixture(domain, replay.pool, replay_per_epoch=replay.per_epoch, seed=h.seed)
+    )
+    max_steps = total_steps(h, len(train))
     if start.checkpoint is not None:
         say(f"resuming from {start.checkpoint} (step {start.step} of {max_steps})")
 
     device = "cuda" if cuda else "cpu"
     layout.root.mkdir(parents=True, exist_ok=True)
     tensorboard = TensorBoardSink(layout.tensorboard, purge_step=start.step + 1 if start.checkpoint else None)
+    replay_summary = replay.summary(h.replay_ratio) if replay is not None else None
     emit = combine_sinks(JsonlSink(layout.metrics), tensorboard, sink)
     try:
         trainer = _build_trainer(
@@ -161,6 +205,7 @@ def run_pretraining(
             data,
             reference,
             start,
+            train=train,
             max_steps=max_steps,
             precision=precision,
             cuda=cuda,
@@ -175,18 +220,34 @@ def run_pretraining(
                 step=start.step,
                 max_steps=max_steps,
                 resumed_from_step=start.step if start.checkpoint else None,
-                train_instances=len(data.train),
+                train_instances=len(train),
+                replay_instances=replay.per_epoch if replay is not None else 0,
                 eval_splits={name: len(split) for name, split in trainer.eval_splits.items()},
                 precision=precision,
                 device=device,
-                data=data.summary(),
+                data=data.summary().model_copy(update={"replay": replay_summary}),
                 warnings=warnings,
+                vocabulary=vocabulary,
+                model=ModelShape.from_config(loaded.config.to_dict()),
             )
         )
-        say(f"training {max_steps} steps on {len(data.train)} instances ({precision}, {device})")
+        of_them = f", {replay.per_epoch} of them replayed" if replay is not None else ""
+        say(
+            f"training {max_steps} steps on {len(train)} instances per epoch{of_them} ({precision}, {device})"
+        )
         try:
             result = _train_and_export(
-                trainer, layout, run_info, loaded, data.key, warnings, precision, start, say
+                trainer,
+                layout,
+                run_info,
+                loaded,
+                data.key,
+                warnings,
+                precision,
+                start,
+                say,
+                replay=replay_summary,
+                vocabulary=vocabulary,
             )
         except BaseException as exc:
             step = getattr(exc, "step", trainer.state.global_step)  # where a NaN was met, if that is why
@@ -237,6 +298,33 @@ def _load_base(base: str | os.PathLike[str], h: Hyperparameters, say: Any) -> Lo
     return loaded
 
 
+def _add_domain_vocabulary(
+    h: Hyperparameters, loaded: LoadedBase, corpus: str | os.PathLike[str], say: Any
+) -> tuple[LoadedBase, VocabularyExtension | None]:
+    """``add_domain_tokens``: the corpus's most frequent words that the tokenizer cuts into pieces, made
+    tokens of the model (changed in place) and of the tokenizer that everything after uses: the data
+    preparation (its cache key follows the vocabulary), the checkpoints and the exported model. The same
+    inputs give the same words, so a resumed attempt rebuilds the same tokenizer (see
+    :mod:`worker.pretraining.vocabulary`). Counted over the whole corpus file: the held-out documents are
+    chosen later, by the preparation. Raises HyperparameterError for a tokenizer that is not WordPiece."""
+    if not h.add_domain_tokens:
+        return loaded, None
+    say(f"counting the words of {corpus} (add_domain_tokens={h.add_domain_tokens})")
+    sentences = chain.from_iterable(iter_documents(Path(corpus)))
+    try:
+        tokenizer, extension = add_domain_vocabulary(
+            loaded.model,
+            loaded.tokenizer,
+            sentences,
+            limit=h.add_domain_tokens,
+            min_count=h.domain_token_min_count,
+        )
+    except VocabularyError as exc:
+        raise HyperparameterError([("add_domain_tokens", str(exc))]) from exc
+    say(extension.summary())
+    return replace(loaded, tokenizer=tokenizer), extension
+
+
 def _prepare_data(
     h: Hyperparameters,
     loaded: LoadedBase,
@@ -263,19 +351,112 @@ def _prepare_data(
     return data, reference
 
 
+# The sources of a replay corpus's warnings, as a run names them (see RunWarning.source).
+_REPLAY_SOURCES = {"corpus": "replay_corpus", "train": "replay", "eval": "reference"}
+
+
+@dataclass(frozen=True)
+class _Replay:
+    """The replay corpus prepared like the corpus: its training split (``pool``) is what the epochs draw
+    ``per_epoch`` instances from; when it is also the reference corpus (``held_out_for_reference``), its
+    held-out split is the reference evaluation."""
+
+    data: PreparedData
+    pool: Any  # data.train, read once
+    per_epoch: int
+    domain_per_epoch: int
+    held_out_for_reference: bool
+
+    @property
+    def warnings(self) -> list[RunWarning]:
+        """The replay corpus's warnings, naming it and its splits in the run's terms."""
+        return [
+            w.model_copy(update={"source": _REPLAY_SOURCES.get(w.source or "corpus", w.source)})
+            for w in self.data.warnings
+        ]
+
+    def summary(self, ratio: float) -> ReplaySummary:
+        return ReplaySummary(
+            ratio=ratio,
+            corpus_sha256=self.data.manifest["corpus_sha256"],
+            data_key=self.data.key,
+            instances=len(self.pool),
+            instances_per_epoch=self.per_epoch,
+            domain_instances_per_epoch=self.domain_per_epoch,
+            held_out_for_reference=self.held_out_for_reference,
+        )
+
+
+def _prepare_replay(
+    h: Hyperparameters,
+    loaded: LoadedBase,
+    replay_corpus: str | os.PathLike[str],
+    replay_sha256: str,
+    domain_instances: int,
+    cache: Path,
+    say: Any,
+    *,
+    for_reference: bool,
+) -> _Replay:
+    """Prepare the replay corpus with the run's preparation settings. Also the reference corpus
+    (``for_reference``): its held-out split (``eval_fraction``, ``eval_documents``) is evaluated and only
+    the rest replayed, so no instance is both trained on and used to measure forgetting; otherwise all of
+    it is replayed. Raises PreparationError naming the replay corpus."""
+    config = h.preparation()
+    if not for_reference:
+        config = config.model_copy(update={"eval_fraction": 0.0, "eval_documents": None})
+    say(f"preparing the replay corpus {replay_corpus}")
+    try:
+        data = prepare_corpus(
+            Path(replay_corpus), loaded.tokenizer, cache, config, corpus_sha256=replay_sha256, log=say
+        )
+    except PreparationError as exc:
+        raise PreparationError(f"the replay corpus: {exc}", exc.field) from exc
+    if for_reference and data.eval is None:
+        raise PreparationError(
+            "the replay corpus is also the reference corpus, but nothing of it is held out for the reference "
+            "evaluation (eval_fraction or eval_documents is 0, or the corpus is too small to spare a part), "
+            "and no instance may be both replayed and used to measure forgetting: give a separate reference "
+            "corpus, or hold out part of this one"
+        )
+    pool = data.train
+    return _Replay(
+        data=data,
+        pool=pool,
+        per_epoch=h.replay_instances(domain_instances),
+        domain_per_epoch=domain_instances,
+        held_out_for_reference=for_reference,
+    )
+
+
 def _warnings(
-    loaded: LoadedBase, data: PreparedData, reference: PreparedData | None, say: Any
+    loaded: LoadedBase,
+    data: PreparedData,
+    reference: PreparedData | None,
+    say: Any,
+    replay: _Replay | None = None,
 ) -> list[RunWarning]:
     """Everything the user should know about the inputs, in one list of one shape: the corpora's and the
     preparation's warnings, then the base model's."""
-    found = [*data.warnings, *(reference.warnings if reference is not None else []), *loaded.warnings]
+    if reference is not None and replay is not None and reference is replay.data:
+        reference = None  # the replay corpus's held-out part: its warnings come with the replay's
+    found = [
+        *data.warnings,
+        *(reference.warnings if reference is not None else []),
+        *(replay.warnings if replay is not None else []),
+        *loaded.warnings,
+    ]
     for warning in found[: len(found) - len(loaded.warnings)]:  # the model's were said when it loaded
         say(f"warning: {warning.message}")
     return found
 
 
 def _run_info(
-    h: Hyperparameters, loaded: LoadedBase, data: PreparedData, reference: PreparedData | None
+    h: Hyperparameters,
+    loaded: LoadedBase,
+    data: PreparedData,
+    reference: PreparedData | None,
+    replay: _Replay | None = None,
 ) -> dict[str, Any]:
     """What identifies the run: a resume must match it (see ``resume_mismatches``)."""
     digests = [file_sha256(loaded.path / name) for name in weight_files(loaded.path)]
@@ -287,6 +468,8 @@ def _run_info(
         "data_key": data.key,
         "reference_corpus_sha256": reference.manifest["corpus_sha256"] if reference else None,
         "reference_data_key": reference.key if reference else None,
+        "replay_corpus_sha256": replay.data.manifest["corpus_sha256"] if replay else None,
+        "replay_data_key": replay.data.key if replay else None,
         "base_model": loaded.source,
         "base_model_path": str(loaded.path),
         "base_model_sha256": weights,
@@ -358,6 +541,7 @@ def _build_trainer(
     reference: PreparedData | None,
     start: _Start,
     *,
+    train: Any,
     max_steps: int,
     precision: Precision,
     cuda: bool,
@@ -406,7 +590,7 @@ def _build_trainer(
         ),
         data_collator=collator(masker),
         processing_class=tokenizer,  # saved into every checkpoint: `run:<id>@<step>` loads as a base
-        train_dataset=data.train,
+        train_dataset=train,  # data.train, or it and the replay corpus's instances (ReplayMixture)
         nsp=h.nsp,
         eval_splits=eval_splits,
         eval_collator=collator(None),  # the eval splits carry fixed masks
@@ -419,8 +603,9 @@ def _build_trainer(
         keep_checkpoints=h.keep_checkpoints,
         run_info=run_info,
         run_state=start.state or RunState(),
-        updates_per_epoch=steps_per_epoch(len(data.train), h.batch_size, h.gradient_accumulation_steps),
+        updates_per_epoch=steps_per_epoch(len(train), h.batch_size, h.gradient_accumulation_steps),
         max_nonfinite_steps=h.max_nonfinite_steps,
+        selection=SelectionRules.from_hyperparameters(h),
     )
 
 
@@ -434,12 +619,16 @@ def _train_and_export(
     precision: Precision,
     start: _Start,
     say: Any,
+    *,
+    replay: ReplaySummary | None = None,
+    vocabulary: VocabularyExtension | None = None,
 ) -> TrainingResult:
     """Train (or resume), evaluate at the end if not done yet, export, write result.json."""
     max_steps = trainer.args.max_steps
-    if start.checkpoint is not None and start.step >= max_steps:
-        # The last checkpoint is the final step (the export did not happen): Trainer would train one
-        # step too many on resume, so take the weights and finish.
+    stopped_early = start.state is not None and start.state.stopped_early is not None
+    if start.checkpoint is not None and (start.step >= max_steps or stopped_early):
+        # The last checkpoint is the final step, or early stopping ended the training there (the export
+        # did not happen): Trainer would train on, so take the weights and finish.
         trainer._load_from_checkpoint(str(start.checkpoint))
         trainer.state.global_step = start.step
     else:
@@ -449,6 +638,9 @@ def _train_and_export(
     step = trainer.state.global_step
     if status != "cancelled" and trainer.eval_splits and run_state.last_eval_step != step:
         trainer.evaluate()
+    if run_state.stopped_early is not None:
+        say(f"stopped early at step {step} of {max_steps}: {run_state.stopped_early.reason}")
+    selected = _select_checkpoint(trainer, layout, step, say) if status != "cancelled" else None
     trainer._take_tokens_seen()
     outcome = TrainingOutcome(
         status=status,
@@ -458,12 +650,20 @@ def _train_and_export(
         final_metrics=run_state.last_eval,
         final_metrics_step=run_state.last_eval_step,
         train_metrics=run_state.last_train,
-        warnings=[*warnings, *_training_warnings(run_state, step)],
+        warnings=[
+            *warnings,
+            *_training_warnings(run_state, step),
+            *(selection_warnings(selected) if selected is not None else []),
+        ],
         runtime_seconds=round(run_state.runtime_seconds + trainer.attempt_seconds(), 3),
         samples_seen=run_state.samples_seen,
         tokens_seen=run_state.tokens_seen,
         skipped_steps=run_state.skipped_steps,
         data_key=data_key,
+        replay=replay,
+        vocabulary=vocabulary,
+        selected_checkpoint=selected,
+        stopped_early=run_state.stopped_early,
     ).outcome_fields()
     model_path: Path | None = None
     if status != "cancelled":
@@ -491,6 +691,32 @@ def _train_and_export(
     )
     write_json(layout.result, result.json_object())
     return result
+
+
+def _select_checkpoint(
+    trainer: PretrainingTrainer, layout: RunLayout[Path], step: int, say: Any
+) -> SelectedCheckpoint:
+    """Choose the step to export (:func:`~worker.pretraining.selection.choose_checkpoint`) and put its
+    weights into the trainer's model: those in memory for the last step, else its kept checkpoint's.
+
+    Raises TrainingError when the selected step's checkpoint is not there (it is never rotated away).
+    """
+    rules = trainer.selection
+    chosen = choose_checkpoint(trainer.run_state.evaluated_steps(), rules, step)
+    if chosen is None:  # select_checkpoint=best and nothing evaluated after step 0 (the run trained 0 steps)
+        chosen = SelectedCheckpoint(
+            step=step, select_checkpoint=rules.select_checkpoint, reason="the last step: no evaluated step"
+        )
+    if chosen.step != step:
+        checkpoint = layout.checkpoint(chosen.step)
+        if not (checkpoint / CHECKPOINT_MANIFEST).is_file():
+            raise TrainingError(
+                f"the selected step {chosen.step} ({chosen.reason}) has no complete checkpoint at "
+                f"{checkpoint}"
+            )
+        trainer._load_from_checkpoint(str(checkpoint))
+    say(f"exporting the weights of step {chosen.step}: {chosen.reason}")
+    return chosen
 
 
 def _versions() -> dict[str, str]:

@@ -23,7 +23,10 @@ from pydantic import (
 )
 
 __all__ = [
+    "DEFAULT_DOMAIN_TOKEN_MIN_COUNT",
     "DEFAULT_EVAL_FRACTION",
+    "MAX_DOMAIN_TOKENS",
+    "MAX_REPLAY_RATIO",
     "PREPARATION_FIELDS",
     "HyperparameterError",
     "Hyperparameters",
@@ -33,6 +36,13 @@ __all__ = [
 
 
 DEFAULT_EVAL_FRACTION = 0.05
+# add_domain_tokens' ceiling: a third of BERT's 30,522 rows, ten times its [unusedK] rows; beyond it every
+# MLM softmax pays for words seen ever less often.
+MAX_DOMAIN_TOKENS = 10_000
+# A word becomes a domain token from this many occurrences on (domain_token_min_count's default).
+DEFAULT_DOMAIN_TOKEN_MIN_COUNT = 20
+# replay_ratio's ceiling: at 0.9 an epoch is already nine parts replay to one part domain text.
+MAX_REPLAY_RATIO = 0.9
 
 
 class HyperparameterError(ValueError):
@@ -231,6 +241,26 @@ class Hyperparameters(PreparationConfig):
     warmup_ratio: float = Field(
         0.06, ge=0.0, le=1.0, description="Share of the steps spent warming the learning rate up linearly."
     )
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
+        "linear",
+        description="The learning rate after the warm-up, as transformers' schedulers shape it. linear: "
+        "down to 0 at the last step (BERT's); cosine: a cosine decay to min_lr_ratio of the peak (0 when "
+        "unset); constant_with_warmup: the peak until the end (for runs ended by early stopping or time). "
+        "The warm-up re-warms an already converged checkpoint: for continual pre-training, Gupta et al. "
+        "2023 (Continual Pre-Training of Large Language Models: How to (re)warm your model?) find that the "
+        "length of the warm-up matters little and the peak learning rate a lot (a higher peak adapts more "
+        "to the new domain and forgets more of the old), and both they and Ibrahim et al. 2024 (Simple and "
+        "Scalable Strategies to Continually Pre-train Large Language Models) re-warm then decay with a "
+        "cosine to a small floor.",
+    )
+    min_lr_ratio: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="cosine only (an error with another lr_scheduler): the floor the cosine decays to, as a "
+        "share of the peak learning rate (transformers' cosine_with_min_lr, min_lr_rate). Unset: the cosine "
+        "decays to 0.",
+    )
     weight_decay: float = Field(
         0.01, ge=0.0, le=1.0, description="AdamW weight decay (never applied to LayerNorm or biases)."
     )
@@ -250,6 +280,31 @@ class Hyperparameters(PreparationConfig):
         "state, about three times the size of the weights (275 MB for MiniLM-L6): keep more only to go "
         "back to an earlier step.",
     )
+    select_checkpoint: Literal["last", "best"] = Field(
+        "last",
+        description="Which evaluated step becomes the run's model. last: the last step; best: the step of "
+        "lowest held-out masked_lm_loss among the evaluated steps after step 0 (ties: the earliest), which "
+        "needs eval_every_steps and a held-out split. Steps over max_reference_loss_increase are never "
+        "selected. The selected step's checkpoint is kept besides the keep_checkpoints newest (one is "
+        "written when a step becomes the selection).",
+    )
+    max_reference_loss_increase: float | None = Field(
+        None,
+        ge=0.0,
+        description="A forgetting budget, in nats: an evaluated step whose reference-corpus masked_lm_loss "
+        "is more than this above step 0's (the base checkpoint's) is never selected; with "
+        "select_checkpoint=last the newest step within the budget is exported. When no trained step is "
+        "within it, the weights of step 0 are exported, with a warning. Needs a reference corpus.",
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="Stop the run (as completed, with a checkpoint) after this many evaluations in a row "
+        "without a lower held-out masked_lm_loss than the best before them, counted from the first "
+        "evaluation after step 0 (the loss can rise while the learning rate re-warms). Needs "
+        "eval_every_steps and a held-out split; with select_checkpoint=best the best step is exported.",
+    )
     max_runtime_seconds: int | None = Field(
         None, ge=1, description="Stop cleanly (with a checkpoint) after this much wall time."
     )
@@ -268,12 +323,130 @@ class Hyperparameters(PreparationConfig):
         description="Stop the run as failed after this many consecutive steps whose loss or gradient norm "
         "is not finite (each one is skipped, not applied).",
     )
+    add_domain_tokens: int = Field(
+        0,
+        ge=0,
+        le=MAX_DOMAIN_TOKENS,
+        description="Before training, make up to this many words of the corpus tokens of their own: the most "
+        "frequent words (as the tokenizer normalizes and splits the text; pure numbers and punctuation left "
+        "out) that it cuts into several wordpieces or maps to [UNK], seen at least domain_token_min_count "
+        "times. They go into the checkpoint's [unusedK] vocabulary rows while it has some (BERT's uncased "
+        "vocabulary: 994), else into rows appended to the embeddings (rounded up to a multiple of 64); each "
+        "new row starts as the mean of the embeddings of the pieces it replaces. The extended tokenizer is "
+        "saved with every checkpoint and the model. 0: off.",
+    )
+    domain_token_min_count: int = Field(
+        DEFAULT_DOMAIN_TOKEN_MIN_COUNT,
+        ge=1,
+        description="add_domain_tokens only (an error when it is 0): how many times a word must occur in the "
+        "corpus to become a token. A rarer word's new row is trained on too few occurrences to move far "
+        "from its initialization (each occurrence is a masked-LM target 15% of the time), and its pieces "
+        "served it as well.",
+    )
+    replay_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        le=MAX_REPLAY_RATIO,
+        description="Share of every epoch's training instances drawn from a general-domain replay corpus "
+        "(`--replay-corpus`; `replay_corpus_id` in the REST API), prepared like the corpus and mixed evenly "
+        "through the epoch, to limit forgetting; 0: no replay. Continual pre-training that replays a small "
+        "share of general text forgets less at little cost to the new domain: Ibrahim et al. 2024 (Simple "
+        "and Scalable Strategies to Continually Pre-train Large Language Models) replay 5% for a mild "
+        "distribution shift (English to English web text) and 25% for a large one (English to German). "
+        "Domain-adaptive pre-training of BERT-like models (Gururangan et al. 2020, Don't Stop Pretraining) "
+        "is the setting.",
+    )
 
     @model_validator(mode="after")
     def _check_duration(self) -> Hyperparameters:
         if self.max_steps is not None and self.num_epochs is not None:
             raise ValueError("set max_steps or num_epochs, not both")
         return self
+
+    @field_validator("domain_token_min_count")
+    @classmethod
+    def _min_count_needs_domain_tokens(cls, value: int, info: ValidationInfo) -> int:
+        if value != DEFAULT_DOMAIN_TOKEN_MIN_COUNT and info.data.get("add_domain_tokens") == 0:
+            raise ValueError(
+                f"domain_token_min_count={value} applies only to add_domain_tokens, which is 0 (off), so it "
+                "would be ignored: set add_domain_tokens or drop domain_token_min_count"
+            )
+        return value
+
+    # Learning-rate schedule and checkpoint selection: like the preparation settings above, a setting that
+    # another one makes ignored (or meaningless) is an error of the later field.
+
+    @field_validator("min_lr_ratio")
+    @classmethod
+    def _min_lr_ratio_needs_cosine(cls, value: float | None, info: ValidationInfo) -> float | None:
+        scheduler = info.data.get("lr_scheduler")
+        if value is not None and scheduler is not None and scheduler != "cosine":
+            raise ValueError(
+                f"min_lr_ratio={value} is the floor of the cosine schedule, but lr_scheduler is "
+                f"{scheduler!r} and it would be ignored: set lr_scheduler='cosine' or drop min_lr_ratio"
+            )
+        return value
+
+    @field_validator("select_checkpoint")
+    @classmethod
+    def _best_needs_evaluations(cls, value: str, info: ValidationInfo) -> str:
+        if value == "best" and info.data.get("eval_every_steps") == 0:
+            raise ValueError(
+                "select_checkpoint='best' chooses among the evaluated steps, but eval_every_steps is 0 (only "
+                "step 0 and the last step are evaluated), so the last step would always be chosen: set "
+                "eval_every_steps, or select_checkpoint='last'"
+            )
+        return value
+
+    @field_validator("early_stopping_patience")
+    @classmethod
+    def _patience_needs_evaluations(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("eval_every_steps") == 0:
+            raise ValueError(
+                f"early_stopping_patience={value} counts evaluations during training, but eval_every_steps "
+                "is 0 (only step 0 and the last step are evaluated) and it would be ignored: set "
+                "eval_every_steps, or drop early_stopping_patience"
+            )
+        return value
+
+    def check_reference_corpus(self, given: bool) -> None:
+        """``max_reference_loss_increase`` is measured on the reference corpus: without one (``given``
+        false), HyperparameterError naming the field (exit 2 in the CLI, 422 in the REST API)."""
+        if self.max_reference_loss_increase is not None and not given:
+            raise HyperparameterError(
+                [
+                    (
+                        "max_reference_loss_increase",
+                        f"max_reference_loss_increase={self.max_reference_loss_increase} is a budget on the "
+                        "reference corpus's masked_lm_loss, but no reference corpus is given "
+                        "(--reference-corpus, reference_corpus_id): give one, or drop the budget",
+                    )
+                ]
+            )
+
+    def check_eval_split(self, present: bool) -> None:
+        """``select_checkpoint='best'`` and ``early_stopping_patience`` compare held-out masked_lm_losses:
+        without a held-out split (``present`` false: eval_fraction 0, or a corpus too small to spare one),
+        HyperparameterError naming the field."""
+        if present:
+            return
+        if self.select_checkpoint == "best":
+            field, given = "select_checkpoint", "select_checkpoint='best'"
+        elif self.early_stopping_patience is not None:
+            field = "early_stopping_patience"
+            given = f"early_stopping_patience={self.early_stopping_patience}"
+        else:
+            return
+        raise HyperparameterError(
+            [
+                (
+                    field,
+                    f"{given} compares the held-out masked_lm_loss of evaluations, but the run has no "
+                    "held-out split (eval_fraction is 0, or the corpus is too small to hold one out): give "
+                    "an eval corpus or hold documents out (eval_fraction, eval_documents)",
+                )
+            ]
+        )
 
     @property
     def epochs(self) -> float:
@@ -282,6 +455,32 @@ class Hyperparameters(PreparationConfig):
 
     def preparation(self) -> PreparationConfig:
         return PreparationConfig(**self.model_dump(include=set(PREPARATION_FIELDS)))
+
+    def replay_instances(self, domain_instances: int) -> int:
+        """Replay instances mixed into every epoch of ``domain_instances`` domain instances, so that they
+        are ``replay_ratio`` of the epoch: ``round(domain * r / (1 - r))``, at least 1 (0 without replay)."""
+        r = self.replay_ratio
+        return max(1, round(domain_instances * r / (1.0 - r))) if r > 0 else 0
+
+    def replay_corpus_error(self, *, has_replay_corpus: bool) -> tuple[str, str] | None:
+        """``(field, message)`` when ``replay_ratio`` and the presence of a replay corpus disagree (one
+        would be ignored, or would have nothing to draw from): ``replay_ratio`` when it is above 0 without
+        a corpus, ``replay_corpus`` when a corpus comes with ``replay_ratio`` 0. The CLI exits 2, the REST
+        API answers 422 (``hyperparameters.replay_ratio`` or ``replay_corpus_id``)."""
+        corpus = "a replay corpus (`--replay-corpus` in `bertpt train`, `replay_corpus_id` in the REST API)"
+        if self.replay_ratio > 0 and not has_replay_corpus:
+            return (
+                "replay_ratio",
+                f"replay_ratio={self.replay_ratio} mixes general-domain text into every epoch, but no replay "
+                f"corpus is given: give {corpus}, or set replay_ratio to 0",
+            )
+        if has_replay_corpus and self.replay_ratio == 0:
+            return (
+                "replay_corpus",
+                f"{corpus} is given, but replay_ratio is 0, so it would be ignored: set replay_ratio (about "
+                "0.05 for a mild domain shift, 0.25 for a large one) or leave the replay corpus out",
+            )
+        return None
 
 
 def load_hyperparameters(

@@ -64,6 +64,7 @@ from worker.pretraining.preparation_rules import (
 )
 from worker.pretraining.records import PreparedDataSummary, RunWarning, SplitSummary
 from worker.pretraining.tokenizer import load_tokenizer
+from worker.pretraining.vocabulary import word_starts
 
 __all__ = [
     "FORMAT_VERSION",
@@ -264,6 +265,9 @@ def tokenize_corpus(
     backend = _backend(tokenizer)
     dtype = _token_dtype(tokenizer)
     unk_id = tokenizer.unk_token_id
+    # The tokenizer's words (TokenizationStats.words), counted as the wordpieces that start one; by
+    # whitespace for a tokenizer that is not WordPiece.
+    starts = word_starts(tokenizer)
     budget = segment_budget if segment_budget is not None else np.iinfo(np.int64).max
     found = _Findings()
     # Token ids go to a temporary file as they come and are read back into one array at the end, so
@@ -311,7 +315,9 @@ def tokenize_corpus(
                 found.unk_tokens += n_unknown
             flat.tofile(token_file)
             length_chunks.append(lengths)
-            words += len(" ".join(texts).split())
+            words += (
+                int(np.count_nonzero(starts[flat])) if starts is not None else len(" ".join(texts).split())
+            )
         doc_sentence_counts.extend(counts)
         pending.clear()
         pending_lines.clear()
@@ -817,6 +823,7 @@ def _corpus_summary(tokenized: _TokenizedCorpus) -> dict[str, Any]:
     return {
         **tokenized.report.stats.to_dict(),
         "tokens": tokenized.tokens,
+        "words": tokenized.words,  # the tokenizer's words (TokenizationStats.words)
         "wordpieces_per_word": round(tokenized.tokens / max(tokenized.words, 1), 4),
         "empty_sentences_dropped": tokenized.empty_sentences,
         "documents_without_text": tokenized.dropped_documents,

@@ -38,6 +38,7 @@ from pydantic import (
 
 __all__ = [
     "LEGACY_METRIC_NAMES",
+    "AddedToken",
     "CheckpointSaved",
     "EvalMetrics",
     "EvalSplit",
@@ -45,11 +46,16 @@ __all__ = [
     "MetricSplit",
     "MetricsRecord",
     "ModelManifest",
+    "ModelShape",
     "PreparedDataSummary",
     "Progress",
+    "ReplaySummary",
     "RunWarning",
+    "SelectedCheckpoint",
     "SplitSummary",
     "StepSkipped",
+    "StoppedEarly",
+    "TokenizationStats",
     "TrainMetrics",
     "TrainingEvent",
     "TrainingFailed",
@@ -59,6 +65,7 @@ __all__ = [
     "TrainingResult",
     "TrainingStarted",
     "TrainingStatus",
+    "VocabularyExtension",
     "non_finite_flags",
     "parse_record",
 ]
@@ -191,8 +198,9 @@ class RunWarning(_Record):
         None,
         examples=["corpus"],
         description="What the warning is about when a run has several inputs: a corpus (`corpus`, "
-        "`eval_corpus`, `reference_corpus`; ``first_line`` is a line of that file) or a prepared split "
-        "(`train`, `eval`, `reference`). None: the run itself, or the only corpus (an upload).",
+        "`eval_corpus`, `reference_corpus`, `replay_corpus`; ``first_line`` is a line of that file) or a "
+        "prepared split (`train`, `eval`, `reference`, `replay`). None: the run itself, or the only corpus "
+        "(an upload).",
     )
 
 
@@ -222,18 +230,129 @@ class SplitSummary(_Record):
     tokens_used_share: float | None = None
 
 
+class ReplaySummary(_Record):
+    """The general-domain text replayed against forgetting (``replay_ratio``): ``instances_per_epoch`` of
+    every epoch's ``instances_per_epoch + domain_instances_per_epoch`` training instances come from the
+    replay corpus's ``instances`` prepared instances (the cache entry ``data_key``), drawn without
+    replacement and mixed evenly through the epoch. ``held_out_for_reference``: the replay corpus is also
+    the reference corpus; its held-out part is the reference evaluation, only the rest is replayed."""
+
+    ratio: float
+    corpus_sha256: str
+    data_key: str
+    instances: int
+    instances_per_epoch: int
+    domain_instances_per_epoch: int
+    held_out_for_reference: bool
+
+
 class PreparedDataSummary(_Record):
-    """What preparing the data produced: the cache entry, the corpus statistics, the splits."""
+    """What preparing the data produced: the cache entry, the corpus statistics, the splits, and the replay
+    corpus's instances mixed into every epoch, if any."""
 
     data_key: str
     corpus: dict[str, Any]  # worker.pretraining.prepare's corpus summary (statistics and warnings)
     eval_corpus: dict[str, Any] | None = None
     splits: dict[str, SplitSummary]
     preparation_seconds: float | None = None
+    replay: ReplaySummary | None = None
+
+
+class TokenizationStats(_Record):
+    """How a tokenizer cuts a text into wordpieces (:func:`worker.pretraining.vocabulary.tokenization_stats`).
+
+    ``words``: the tokenizer's own words, what its normalizer and pre-tokenizer make of the text (BERT's
+    lowercases, then splits at whitespace and around every punctuation character: ``"kinase,"`` is two
+    words); ``unk_rate``: the share of those words whose wordpieces include the unknown token (WordPiece
+    turns a word it cannot spell into one ``[UNK]``); ``wordpieces_per_word``: wordpieces over words (1.0:
+    every word is one token). The preparation's ``unk_rate`` (corpus summary, :class:`SplitSummary`) is a
+    share of wordpieces instead; its ``wordpieces_per_word`` is this one.
+    """
+
+    words: int
+    unk_rate: float
+    wordpieces_per_word: float
+
+
+class AddedToken(_Record):
+    """A word of the domain made one token (``add_domain_tokens``): ``count`` times in the training corpus
+    (as the tokenizer's words), cut into ``pieces`` by the base tokenizer. Its id (and embedding row)
+    ``id`` is ``slot`` ``unused``, the row of the base vocabulary's placeholder ``replaced`` (e.g.
+    ``[unused0]``), or ``appended``, an id after the vocabulary's (a row added by resizing the embeddings,
+    unless the matrix already had rows beyond the vocabulary)."""
+
+    token: str
+    id: int
+    count: int
+    pieces: list[str]
+    slot: Literal["unused", "appended"]
+    replaced: str | None = None
+
+
+class VocabularyExtension(_Record):
+    """What ``add_domain_tokens`` did to the vocabulary (:mod:`worker.pretraining.vocabulary`): the words
+    ``added`` (most frequent first; empty when no word of the corpus qualified), the tokenization of the
+    training corpus ``before`` and ``after``, and the embedding rows: ``vocab_size_before`` the base
+    model's, ``resized_to`` the new size when rows were appended (a multiple of 64), None when the
+    ``[unusedK]`` rows held every word."""
+
+    add_domain_tokens: int
+    min_count: int
+    added: list[AddedToken]
+    before: TokenizationStats
+    after: TokenizationStats
+    vocab_size_before: int
+    resized_to: int | None = None
+
+    def summary(self, examples: int = 10) -> str:
+        """One line for a person: how many words were added where, the tokenization before and after, and
+        the ``examples`` most frequent words with their counts."""
+        if not self.added:
+            return (
+                f"add_domain_tokens={self.add_domain_tokens}: no word of the corpus seen at least "
+                f"{self.min_count} times is cut into several wordpieces or mapped to [UNK]; the vocabulary "
+                f"is unchanged (wordpieces per word {self.before.wordpieces_per_word})"
+            )
+        unused = sum(token.slot == "unused" for token in self.added)
+        rows = f"{unused} in [unusedK] rows, {len(self.added) - unused} appended"
+        if self.resized_to is not None:
+            rows += f"; embeddings resized from {self.vocab_size_before} to {self.resized_to} rows"
+        words = ", ".join(f"{token.token} ({token.count})" for token in self.added[:examples])
+        more = ", ..." if len(self.added) > examples else ""
+        return (
+            f"added {len(self.added)} domain words as tokens ({rows}): wordpieces per word "
+            f"{self.before.wordpieces_per_word} -> {self.after.wordpieces_per_word}, words with [UNK] "
+            f"{self.before.unk_rate:.2%} -> {self.after.unk_rate:.2%}; {words}{more}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
 # Events
+
+
+class ModelShape(_Record):
+    """The size of a BERT, as its config.json gives it: what the time of a training step depends on (see
+    :mod:`worker.pretraining.estimates`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int | None = None
+    vocab_size: int | None = None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ModelShape | None:
+        """From a config.json's values; None when it lacks the hidden size or the layers."""
+        values = {name: config.get(name) for name in cls.model_fields}
+        if not all(isinstance(values[name], int) for name in ("hidden_size", "num_hidden_layers")):
+            return None
+        return cls.model_validate({k: v for k, v in values.items() if isinstance(v, int)})
+
+    @property
+    def label(self) -> str:
+        """``<layers>x<hidden size>``, as model sizes are usually written (``12x768``: BERT-base)."""
+        return f"{self.num_hidden_layers}x{self.hidden_size}"
 
 
 class TrainingStarted(_Record):
@@ -243,12 +362,15 @@ class TrainingStarted(_Record):
     step: int
     max_steps: int
     resumed_from_step: int | None
-    train_instances: int
+    train_instances: int  # per epoch, replay instances included
+    replay_instances: int = 0  # of train_instances, those from the replay corpus (see data.replay)
     eval_splits: dict[str, int]  # eval split -> instances
     precision: Literal["fp32", "bf16", "fp16"]
     device: str
     data: PreparedDataSummary
     warnings: list[RunWarning]
+    vocabulary: VocabularyExtension | None = None  # add_domain_tokens: the words made tokens
+    model: ModelShape | None = None  # what the throughput was measured on (run estimates)
 
 
 class CheckpointSaved(_Record):
@@ -325,6 +447,39 @@ def parse_record(text: str | bytes) -> TrainingRecord:
 # The end of a run
 
 
+class SelectedCheckpoint(_Record):
+    """Which step's weights a run exported, and why (``select_checkpoint``, ``max_reference_loss_increase``;
+    see :mod:`worker.pretraining.selection`).
+
+    ``step`` 0 is the base checkpoint as evaluated before training (exported only when no trained step is
+    within the forgetting budget). The losses are that step's held-out (``eval``) and reference-corpus
+    masked_lm_loss, None when the split does not exist or the step was not evaluated;
+    ``reference_loss_increase`` the latter minus step 0's, in nats. ``rejected_over_budget``: the evaluated
+    steps whose reference loss rose more than ``max_reference_loss_increase`` above step 0's.
+    """
+
+    step: int
+    select_checkpoint: Literal["last", "best"]
+    reason: str
+    eval_masked_lm_loss: float | None = None
+    reference_masked_lm_loss: float | None = None
+    reference_loss_increase: float | None = None
+    max_reference_loss_increase: float | None = None
+    rejected_over_budget: list[int] = []
+    evaluated_steps: list[int] = []  # evaluated after step 0: the candidates, over budget included
+
+
+class StoppedEarly(_Record):
+    """The run stopped at ``step``, before ``max_steps``, because ``patience`` evaluations in a row did not
+    lower the held-out masked_lm_loss below that of ``best_step`` (``early_stopping_patience``)."""
+
+    step: int
+    best_step: int
+    best_eval_masked_lm_loss: float
+    patience: int
+    reason: str
+
+
 class TrainingOutcome(_Record):
     """What a run ended with: shared by :class:`TrainingResult` and the model's :class:`ModelManifest`."""
 
@@ -341,6 +496,11 @@ class TrainingOutcome(_Record):
     tokens_seen: int
     data_key: str
     skipped_steps: int = 0
+    # The step whose weights were exported and why (None: no model, the run was cancelled).
+    selected_checkpoint: SelectedCheckpoint | None = None
+    stopped_early: StoppedEarly | None = None  # set when early_stopping_patience ended the run
+    replay: ReplaySummary | None = None  # the general-domain text mixed into every epoch, if any
+    vocabulary: VocabularyExtension | None = None  # add_domain_tokens: the words made tokens, if asked
 
     @field_validator("train_metrics", mode="before")
     @classmethod

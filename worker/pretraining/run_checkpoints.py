@@ -12,10 +12,11 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from worker.pretraining.hyperparameters import Hyperparameters
 from worker.pretraining.layout import CHECKPOINT_MANIFEST, TMP_PREFIX, TRAINER_STATE, checkpoint_step
 
 __all__ = [
@@ -45,8 +46,16 @@ RESUME_INSENSITIVE = frozenset(
         "precision",
     }
 )
-# Run-level facts that must match for a resume (the hyperparameters are compared field by field).
-RESUME_KEYS = ("corpus_sha256", "data_key", "reference_corpus_sha256", "base_model_sha256")
+# Run-level facts that must match for a resume (the hyperparameters are compared field by field). The
+# replay corpus and its prepared data are trained on: another one would be another run.
+RESUME_KEYS = (
+    "corpus_sha256",
+    "data_key",
+    "reference_corpus_sha256",
+    "replay_corpus_sha256",
+    "replay_data_key",
+    "base_model_sha256",
+)
 
 
 class ResumeError(ValueError):
@@ -162,24 +171,42 @@ def remove_incomplete(root: Path) -> list[Path]:
     return removed
 
 
-def rotate_checkpoints(root: Path, keep: int) -> list[Path]:
-    """Keep the ``keep`` newest complete checkpoints (by step); returns the removed ones."""
+def rotate_checkpoints(root: Path, keep: int, protect: Iterable[int] = ()) -> list[Path]:
+    """Keep the ``keep`` newest complete checkpoints (by step), and those of the steps in ``protect``
+    (the selected step of ``select_checkpoint``) besides; returns the removed ones."""
     checkpoints = complete_checkpoints(root)
-    doomed = [path for _, path in checkpoints[: max(0, len(checkpoints) - keep)]]
+    kept = set(protect)
+    doomed = [path for step, path in checkpoints[: max(0, len(checkpoints) - keep)] if step not in kept]
     for path in doomed:
         _remove(path)
     return doomed
 
 
-def _differences(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable[str]) -> list[str]:
+def _differences(
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    ignore: Iterable[str],
+    defaults: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """What differs between ``saved`` and ``current``; a name absent from ``saved`` (written before it
+    existed) whose ``current`` value is its default in ``defaults`` does not."""
     skip = set(ignore)
+    defaults = defaults or {}
     out = []
     for name in sorted(set(saved) | set(current)):
         if name in skip:
             continue
+        if name not in saved and name in defaults and current.get(name) == defaults[name]:
+            continue
         if saved.get(name) != current.get(name):
             out.append(f"{name}: {saved.get(name)!r} in the checkpoint, {current.get(name)!r} now")
     return out
+
+
+def _hyperparameter_defaults() -> dict[str, Any]:
+    """Every hyperparameter's default: a checkpoint of an earlier bertpt lacks the fields added since, and
+    at their defaults they change nothing (``replay_ratio`` 0 is no replay)."""
+    return {name: info.default for name, info in Hyperparameters.model_fields.items()}
 
 
 def resume_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -195,7 +222,10 @@ def resume_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[st
     problems += [
         f"hyperparameter {p}"
         for p in _differences(
-            saved_run.get("hyperparameters") or {}, current.get("hyperparameters") or {}, RESUME_INSENSITIVE
+            saved_run.get("hyperparameters") or {},
+            current.get("hyperparameters") or {},
+            RESUME_INSENSITIVE,
+            _hyperparameter_defaults(),
         )
     ]
     return problems

@@ -15,7 +15,7 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["iter_docstring_documents", "write_sample_corpus"]
+__all__ = ["iter_docstring_documents", "package_documents", "write_sample_corpus"]
 
 # A sentence ends at . ! or ? followed by whitespace and an upper-case letter or a quote; good enough for
 # prose docstrings, and it never splits "e.g. foo" or "os.path.join".
@@ -76,14 +76,37 @@ def iter_docstring_documents(
     the installed packages). The docstrings of one source file form a document, cut every
     ``max_sentences`` sentences, so documents are long and on one topic, like articles."""
     for path in _python_sources(include_site_packages):
-        sentences: list[str] = []
-        for doc in _docstrings(path):
-            for paragraph in re.split(r"\n\s*\n", doc):
-                sentences.extend(_sentences(paragraph))
-        for start in range(0, len(sentences), max_sentences):
-            document = sentences[start : start + max_sentences]
-            if len(document) >= min_sentences:
-                yield document
+        yield from _file_documents(path, min_sentences, max_sentences)
+
+
+def _file_documents(path: Path, min_sentences: int, max_sentences: int) -> Iterator[list[str]]:
+    """The docstring sentences of one source file, cut every ``max_sentences`` sentences."""
+    sentences: list[str] = []
+    for doc in _docstrings(path):
+        for paragraph in re.split(r"\n\s*\n", doc):
+            sentences.extend(_sentences(paragraph))
+    for start in range(0, len(sentences), max_sentences):
+        document = sentences[start : start + max_sentences]
+        if len(document) >= min_sentences:
+            yield document
+
+
+def package_documents(
+    package: str, min_sentences: int = 2, *, max_sentences: int = 40
+) -> list[tuple[str, list[str]]]:
+    """``(source file relative to the package, sentences)`` for each docstring document of an installed
+    package (read with ``ast``, never imported), in file order. Empty when the package is not installed.
+    Used by ``bench/adaptation.py`` to build a domain corpus and a labelled task (which package a text
+    comes from)."""
+    root = Path(sysconfig.get_paths()["purelib"]) / package
+    skip = {"test", "tests", "__pycache__"}
+    found: list[tuple[str, list[str]]] = []
+    for path in sorted(root.rglob("*.py")) if root.is_dir() else []:
+        relative = path.relative_to(root)
+        if skip.intersection(relative.parts):
+            continue
+        found.extend((str(relative), doc) for doc in _file_documents(path, min_sentences, max_sentences))
+    return found
 
 
 def write_sample_corpus(

@@ -162,6 +162,13 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option(
     "--reference-corpus", type=_FILE, help="General-domain text evaluated alongside, to watch forgetting."
 )
+@click.option(
+    "--replay-corpus",
+    type=_FILE,
+    help="General-domain text replayed against forgetting: --replay-ratio of every epoch's training "
+    "instances come from it (needs --replay-ratio above 0). May be the reference corpus: its held-out part "
+    "is then evaluated and the rest replayed.",
+)
 @click.option("--config", "config_path", type=_FILE, help="Run-config JSON with hyperparameters.")
 @click.option(
     "--cache-dir",
@@ -181,6 +188,7 @@ def train_command(
     out: Path,
     eval_corpus: Path | None,
     reference_corpus: Path | None,
+    replay_corpus: Path | None,
     config_path: Path | None,
     cache_dir: Path | None,
     resume: bool,
@@ -211,6 +219,7 @@ def train_command(
                 h,
                 eval_corpus=eval_corpus,
                 reference_corpus=reference_corpus,
+                replay_corpus=replay_corpus,
                 cache_dir=cache_dir,
                 sink=display.on_record,
                 should_stop=should_stop,
@@ -226,9 +235,21 @@ def train_command(
         signal.signal(signal.SIGINT, previous_handler)
 
     console.print(summary_table(result))
+    if result.replay is not None:
+        replay = result.replay
+        console.print(
+            f"replayed {replay.instances_per_epoch} of every epoch's "
+            f"{replay.instances_per_epoch + replay.domain_instances_per_epoch} instances "
+            f"(replay_ratio {replay.ratio}) from {replay.instances} prepared from the replay corpus"
+            + (" (its held-out part: the reference split)" if replay.held_out_for_reference else "")
+        )
     for warning in result.warnings:
         console.print(f"warning: {warning.message}", style="yellow", markup=False, highlight=False)
+    if result.stopped_early is not None:
+        console.print(f"stopped early: {result.stopped_early.reason}", markup=False, highlight=False)
     if result.model_path is not None:
-        console.print(f"model: {result.model_path}")
+        selected = result.selected_checkpoint
+        why = f" (step {selected.step}: {selected.reason})" if selected is not None else ""
+        console.print(f"model: {result.model_path}{why}", markup=False, highlight=False)
     if result.checkpoint_path is not None and result.status != "completed":
         console.print(f"resumable from: {result.checkpoint_path} (run the same command again)")

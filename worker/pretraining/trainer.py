@@ -1,13 +1,15 @@
 """``PretrainingTrainer``: transformers' ``Trainer`` for BERT pre-training batches.
 
 What the stock ``Trainer`` provides and is used as is: AdamW with weight decay off for biases and
-LayerNorms, the linear warmup/decay schedule, gradient accumulation and clipping, mixed precision through
-accelerate (autocast + grad scaler), and checkpoint contents (model, optimizer, scheduler, scaler, RNG
-states, trainer state) with the resume logic around them (restore, skip the batches already seen).
+LayerNorms, the learning-rate schedules (a warm-up, then linear, cosine or constant: ``lr_schedule``),
+gradient accumulation and clipping, mixed precision through accelerate (autocast + grad scaler), and
+checkpoint contents (model, optimizer, scheduler, scaler, RNG states, trainer state) with the resume logic
+around them (restore, skip the batches already seen).
 What it changes: the loss (MLM head at the predicted positions only, token-weighted over a whole
 accumulated step), the sampler (length-grouped, reproducible per (seed, epoch)), the evaluation (whole
 eval splits with fixed masks, no predictions kept), the logs (typed records to a sink) and checkpoint
-publication (temporary directory + rename, rotation by step). The Trainer internals it relies on are
+publication (temporary directory + rename, rotation by step, the selected checkpoint kept: see
+:mod:`worker.pretraining.selection`) and early stopping. The Trainer internals it relies on are
 listed and checked in :mod:`worker.pretraining.trainer_api`.
 Single device: the loss calls the model's submodules directly, so DDP/FSDP wrappers are not supported.
 """
@@ -30,6 +32,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
 
 from worker.pretraining.base_model import non_finite_parameter, tied_aliases
+from worker.pretraining.estimates import steps_per_epoch, total_steps  # torch-free: the API counts too
 from worker.pretraining.hyperparameters import Hyperparameters
 from worker.pretraining.layout import CHECKPOINT_MANIFEST, TRAINER_STATE, checkpoint_name, checkpoint_step
 from worker.pretraining.loss import LossTotals, pretraining_loss, train_loss
@@ -38,13 +41,16 @@ from worker.pretraining.records import (
     CheckpointSaved,
     EvalMetrics,
     EvalSplit,
+    LogLine,
     MetricsRecord,
     Progress,
     StepSkipped,
+    StoppedEarly,
     TrainingRecord,
     TrainingStatus,
     TrainMetrics,
 )
+from worker.pretraining.replay import ReplayMixingSampler, ReplayMixture
 from worker.pretraining.run_checkpoints import (
     complete_checkpoints,
     latest_checkpoint,
@@ -54,6 +60,7 @@ from worker.pretraining.run_checkpoints import (
     write_json,
 )
 from worker.pretraining.sampler import LengthGroupedSampler, longest_first
+from worker.pretraining.selection import EvaluatedStep, SelectionRules, choose_checkpoint, stop_early
 from worker.pretraining.sinks import RecordSink
 from worker.pretraining.tokenizer import quiet_transformers
 from worker.pretraining.trainer_api import require_trainer_api
@@ -67,6 +74,8 @@ __all__ = [
     "RunState",
     "StopCheck",
     "TrainingError",
+    "evaluated_step",
+    "lr_schedule",
     "steps_per_epoch",
     "total_steps",
     "training_arguments",
@@ -120,19 +129,6 @@ class NonFiniteWeightsError(TrainingError):
         )
 
 
-def steps_per_epoch(num_instances: int, batch_size: int, gradient_accumulation_steps: int) -> int:
-    """Optimizer steps in one pass, counted like Trainer (a short last accumulation still steps)."""
-    batches = math.ceil(num_instances / batch_size)
-    return max(1, math.ceil(batches / gradient_accumulation_steps))
-
-
-def total_steps(h: Hyperparameters, num_instances: int) -> int:
-    if h.max_steps is not None:
-        return h.max_steps
-    per_epoch = steps_per_epoch(num_instances, h.batch_size, h.gradient_accumulation_steps)
-    return max(1, math.ceil(h.epochs * per_epoch))
-
-
 class RunState(BaseModel):
     """What a run carries across checkpoints besides Trainer's own state (the ``state`` of every
     checkpoint manifest)."""
@@ -147,6 +143,12 @@ class RunState(BaseModel):
     last_eval: dict[EvalSplit, EvalMetrics] = {}
     last_eval_step: int | None = None
     last_train: TrainMetrics | None = None
+    # Checkpoint selection (worker.pretraining.selection): the evaluations after step 0 (step 0's is the
+    # baseline), the step whose checkpoint is kept for the export (None: the last step is exported), and
+    # why the run stopped early, if it did.
+    evaluations: list[EvaluatedStep] = []
+    selected_step: int | None = None
+    stopped_early: StoppedEarly | None = None
 
     @field_validator("last_train", mode="before")
     @classmethod
@@ -156,6 +158,21 @@ class RunState(BaseModel):
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> RunState:
         return cls.model_validate(manifest.get("state") or {})
+
+    def evaluated_steps(self) -> list[EvaluatedStep]:
+        """The run's evaluations as checkpoint selection sees them, step 0's (the baseline) first."""
+        base = [evaluated_step(0, self.baseline)] if self.baseline else []
+        return [*base, *self.evaluations]
+
+
+def evaluated_step(step: int, results: Mapping[EvalSplit, EvalMetrics]) -> EvaluatedStep:
+    """The masked-LM losses of an evaluation's splits, for checkpoint selection."""
+    held_out, reference = results.get("eval"), results.get("reference")
+    return EvaluatedStep(
+        step=step,
+        eval_masked_lm_loss=held_out.masked_lm_loss if held_out is not None else None,
+        reference_masked_lm_loss=reference.masked_lm_loss if reference is not None else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,8 +208,14 @@ class PretrainingTrainer(Trainer):
     ``{"eval": ..., "reference": ...}``) with their ``eval_collator`` (static masks), ``sink`` for the
     records (metrics, checkpoints, progress), ``should_stop`` (polled every step), ``deadline`` (a
     ``clock()`` time to stop at), ``eval_every_steps`` / ``checkpoint_every_steps`` /
-    ``keep_checkpoints``, ``run_info`` (written into every checkpoint manifest), ``run_state`` and
-    ``max_nonfinite_steps``.
+    ``keep_checkpoints``, ``run_info`` (written into every checkpoint manifest), ``run_state``,
+    ``max_nonfinite_steps`` and ``selection`` (checkpoint selection and early stopping).
+
+    With a ``selection`` that may export a step before the last (``select_checkpoint='best'`` or a
+    forgetting budget), a checkpoint is written at every evaluation whose step becomes the selection (at
+    step 0 too, the fallback of a budget that no trained step meets), and rotation never removes the
+    selected one (``run_state.selected_step``). With ``early_stopping_patience``, the evaluation that
+    exhausts it ends the training with a checkpoint, ``run_state.stopped_early`` saying why.
 
     An optimizer step whose loss or gradient norm is not finite is not applied: neither the optimizer nor
     the learning-rate schedule moves (with fp16, the loss scaler lowers its scale as usual). It is counted
@@ -223,6 +246,7 @@ class PretrainingTrainer(Trainer):
         run_state: RunState | None = None,
         updates_per_epoch: int | None = None,
         max_nonfinite_steps: int = 5,
+        selection: SelectionRules | None = None,
         **kwargs: Any,
     ):
         self.nsp = nsp
@@ -239,6 +263,7 @@ class PretrainingTrainer(Trainer):
         self.run_state = run_state or RunState()
         self.updates_per_epoch = updates_per_epoch
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.selection = selection or SelectionRules()
         self.stop_status: TrainingStatus | None = None
         self.last_checkpoint: Path | None = None
         self._attempt_started = time.perf_counter()
@@ -253,6 +278,7 @@ class PretrainingTrainer(Trainer):
         self._nonfinite_in_a_row = 0
         self._overflows_in_a_row = 0  # fp16 overflows in a row (the scaler's own business, at first)
         self._schedule_before_skip: dict[str, Any] | None = None
+        self._checkpoint_after_evaluation = False  # step 0 became the selected checkpoint
         require_trainer_api()
         super().__init__(*args, **kwargs)
         for noisy in (PrinterCallback, ProgressCallback):
@@ -272,10 +298,12 @@ class PretrainingTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        if isinstance(dataset, ReplayMixture):  # domain and replay instances, mixed evenly
+            return ReplayMixingSampler(dataset, self._train_batch_size, seed=seed)
         lengths = getattr(dataset, "lengths", None)
         if lengths is None:
             return super()._get_train_sampler(train_dataset)
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return LengthGroupedSampler(lengths, self._train_batch_size, seed=seed)
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list[Any], None]:
@@ -540,6 +568,8 @@ class PretrainingTrainer(Trainer):
             self.run_state.last_eval_step = step
             if not self.run_state.baseline and step == 0:
                 self.run_state.baseline = results
+            if self.stop_status != "cancelled":
+                self._select(step, results)
         flat = {
             f"{name}_{key}": value
             for name, metrics in results.items()
@@ -547,7 +577,36 @@ class PretrainingTrainer(Trainer):
         }
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, flat)
         self._paused += time.perf_counter() - started
+        if self._checkpoint_after_evaluation:
+            self._checkpoint_after_evaluation = False
+            self._save_checkpoint(self.model, None)
         return flat
+
+    def _select(self, step: int, results: Mapping[EvalSplit, EvalMetrics]) -> None:
+        """After an evaluation: record it, keep this step's weights if it becomes the selected checkpoint,
+        and stop the training if early stopping says so."""
+        state = self.run_state
+        if step > 0:
+            earlier = [e for e in state.evaluations if e.step != step]
+            state.evaluations = [*earlier, evaluated_step(step, results)]
+        rules = self.selection
+        if rules.keeps_weights:
+            chosen = choose_checkpoint(state.evaluated_steps(), rules, step)
+            if chosen is not None and chosen.step != state.selected_step:
+                state.selected_step = chosen.step  # always this step: only the latest evaluation is new
+                if step == 0:  # before the first optimizer step: Trainer's loop saves nothing now
+                    self._checkpoint_after_evaluation = True
+                else:  # saved right after this evaluation (or already, when training has ended)
+                    self.control.should_save = True
+        training = 0 < step < (self.state.max_steps or 0) and self.stop_status is None
+        if training and state.stopped_early is None:
+            stopped = stop_early(state.evaluated_steps(), rules.early_stopping_patience)
+            if stopped is not None:
+                state.stopped_early = stopped
+                self.control.should_training_stop = True
+                self.control.should_save = True
+                self.control.should_log = True  # the last training window, like any other stop
+                self.emit(LogLine(message=f"stopping early at step {step}: {stopped.reason}"))
 
     def evaluate_split(self, dataset: Any) -> EvalMetrics | None:
         """Token-weighted MLM and NSP metrics over a whole split (None if cancelled meanwhile)."""
@@ -641,7 +700,8 @@ class PretrainingTrainer(Trainer):
         write_json(tmp / CHECKPOINT_MANIFEST, self.checkpoint_manifest())
         publish_directory(tmp, final)
         self.last_checkpoint = final
-        rotate_checkpoints(root, self.keep_checkpoints)
+        selected = self.run_state.selected_step
+        rotate_checkpoints(root, self.keep_checkpoints, protect=() if selected is None else (selected,))
         self.emit(
             CheckpointSaved(
                 step=self.state.global_step,
@@ -652,6 +712,15 @@ class PretrainingTrainer(Trainer):
             )
         )
         self._paused += time.perf_counter() - started
+
+
+def lr_schedule(h: Hyperparameters) -> tuple[str, dict[str, float]]:
+    """transformers' scheduler (a ``SchedulerType`` name for ``get_scheduler``) and its keyword arguments
+    for ``lr_scheduler`` and ``min_lr_ratio``: cosine with a floor is ``cosine_with_min_lr`` with
+    ``min_lr_rate``, the floor as a share of the peak."""
+    if h.lr_scheduler == "cosine" and h.min_lr_ratio is not None:
+        return "cosine_with_min_lr", {"min_lr_rate": h.min_lr_ratio}
+    return h.lr_scheduler, {}
 
 
 def training_arguments(
@@ -666,6 +735,7 @@ def training_arguments(
 ) -> TrainingArguments:
     """TrainingArguments for a run: evaluation and saving are driven by PretrainingTrainer's flow
     callback, so Trainer's own strategies are off."""
+    scheduler, scheduler_kwargs = lr_schedule(h)
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=h.batch_size,
@@ -677,7 +747,8 @@ def training_arguments(
         adam_beta2=0.999,
         adam_epsilon=1e-6,  # BERT's
         max_grad_norm=h.max_grad_norm,
-        lr_scheduler_type="linear",
+        lr_scheduler_type=scheduler,
+        lr_scheduler_kwargs=scheduler_kwargs,
         warmup_steps=math.ceil(max_steps * h.warmup_ratio),
         max_steps=max_steps,
         optim="adamw_torch_fused",  # fused kernels on the CPU too (torch >= 2.4)

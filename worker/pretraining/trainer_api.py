@@ -62,7 +62,11 @@ TRAINER_HOOKS: tuple[TrainerHook, ...] = (
         "re-ties the decoder on resume instead of a missing-keys warning",
         overridden=True,
     ),
-    TrainerHook("_load_from_checkpoint", ("resume_from_checkpoint",), "the final step's weights on resume"),
+    TrainerHook(
+        "_load_from_checkpoint",
+        ("resume_from_checkpoint",),
+        "the final step's weights on resume, the selected checkpoint's for the export",
+    ),
     TrainerHook("_prepare_inputs", ("inputs",), "moves an evaluation batch to the device"),
     TrainerHook("save_model", ("output_dir", "_internal_call"), "the weights of a checkpoint"),
     TrainerHook("_save_optimizer_and_scheduler", ("output_dir",), "optimizer and scheduler of a checkpoint"),

@@ -4,13 +4,14 @@ model as downloads."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import Field
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import (
@@ -23,6 +24,7 @@ from app.api.deps import (
     SettingsDep,
     StorageDep,
     StreamOptionsDep,
+    WorkerRegistryDep,
 )
 from app.api.downloads import streamed_download
 from app.api.schemas import (
@@ -35,7 +37,11 @@ from app.api.schemas import (
     id_path,
     json_response,
 )
+from app.config import Settings
 from app.errors import ValidationFailed
+from app.estimates.service import run_etas
+from app.estimates.workers import WorkerRegistry
+from app.models import Run
 from app.pagination import DEFAULT_LIMIT
 from app.runs import downloads, metric_series, service, submission
 from app.runs.download_archive import MEDIA_TYPE, StreamedArchive
@@ -52,6 +58,7 @@ from app.runs.schemas import (
 )
 from app.runs.states import RunStatus
 from app.runs.stream import STREAM_ID_PATTERN, follow_run, parse_last_event_id
+from app.storage import Storage
 
 # Every route takes a parameter, and refuses an invalid one with a 422 in the one error body (FastAPI
 # would document its own body for it).
@@ -107,6 +114,7 @@ def create_run(
     settings: SettingsDep,
     storage: StorageDep,
     enqueue: EnqueuerDep,
+    registry: WorkerRegistryDep,
     idempotency_key: Annotated[
         str | None,
         Header(alias="Idempotency-Key", description="Any unique string (a UUID): makes retrying safe."),
@@ -117,13 +125,16 @@ def create_run(
     )
     response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
     response.headers["Location"] = f"/v1/runs/{result.run.id}"
-    return RunPublic.from_run(result.run)
+    return _served(session, settings, storage, registry, [result.run])[0]
 
 
 @router.get("", response_model=RunsPublic, summary="List runs, newest first", responses=error_responses(422))
 def list_runs(
     session: SessionDep,
     tenant: CurrentTenant,
+    settings: SettingsDep,
+    storage: StorageDep,
+    registry: WorkerRegistryDep,
     status_filter: Annotated[
         list[StatusList] | None,
         Query(
@@ -136,13 +147,24 @@ def list_runs(
     statuses = _run_statuses(status_filter)
     page = service.list_runs(session, tenant, statuses=statuses, limit=limit, after=after)
     return json_response(
-        RunsPublic(data=[RunPublic.from_run(run) for run in page.items], next_cursor=page.next_cursor)
+        RunsPublic(
+            data=_served(session, settings, storage, registry, page.items), next_cursor=page.next_cursor
+        )
     )
 
 
-@router.get("/{run_id}", response_model=RunPublic, summary="Get a run", responses=error_responses(404))
-def get_run(run_id: RunId, session: SessionDep, tenant: CurrentTenant) -> Response:
-    return json_response(RunPublic.from_run(service.get_run(session, tenant, run_id)))
+# ":id": not /v1/runs/estimate (POST only, app.api.routes.estimates): app.api.schemas.IdConvertor.
+@router.get("/{run_id:id}", response_model=RunPublic, summary="Get a run", responses=error_responses(404))
+def get_run(
+    run_id: RunId,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    settings: SettingsDep,
+    storage: StorageDep,
+    registry: WorkerRegistryDep,
+) -> Response:
+    run = service.get_run(session, tenant, run_id)
+    return json_response(_served(session, settings, storage, registry, [run])[0])
 
 
 @router.post(
@@ -175,16 +197,18 @@ def resume_run(
     run_id: RunId,
     session: SessionDep,
     tenant: CurrentTenant,
+    settings: SettingsDep,
     storage: StorageDep,
     enqueue: EnqueuerDep,
     publisher: LivePublisherDep,
+    registry: WorkerRegistryDep,
 ) -> RunPublic:
     resumed = service.resume_run(session, storage, tenant, run_id, enqueue=enqueue, publisher=publisher)
-    return RunPublic.from_run(resumed)
+    return _served(session, settings, storage, registry, [resumed])[0]
 
 
 @router.delete(
-    "/{run_id}",
+    "/{run_id:id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a finished run and its files",
     description="Only succeeded, failed or cancelled runs (409 otherwise, and while an active run starts "
@@ -367,6 +391,14 @@ def _archive_response(request: Request, archive: StreamedArchive) -> Response:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
+
+
+def _served(
+    session: Session, settings: Settings, storage: Storage, registry: WorkerRegistry, runs: Sequence[Run]
+) -> list[RunPublic]:
+    """The runs as the API serves them, with the ``eta_seconds`` of those queued or preparing."""
+    etas = run_etas(session, settings, storage, runs, registry=registry)
+    return [RunPublic.from_run(run, eta_seconds=etas.get(run.id)) for run in runs]
 
 
 def _split_list(values: list[str] | None) -> list[str]:

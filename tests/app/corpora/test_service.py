@@ -326,15 +326,19 @@ def test_delete_is_refused_while_an_active_run_uses_it(
 ) -> None:
     corpus_id = upload_corpus(client, alice, corpus_bytes()).json()["id"]
     eval_id = upload_corpus(client, alice, corpus_bytes(tag="eval")).json()["id"]
-    run = make_run(session, alice.tenant, corpus_id=corpus_id, eval_corpus_id=eval_id)
-    for target in (corpus_id, eval_id):
+    replay_id = upload_corpus(client, alice, corpus_bytes(tag="replay")).json()["id"]
+    run = make_run(
+        session, alice.tenant, corpus_id=corpus_id, eval_corpus_id=eval_id, replay_corpus_id=replay_id
+    )
+    for target in (corpus_id, eval_id, replay_id):
         error = assert_error(client.delete(f"/v1/corpora/{target}", headers=alice.headers), 409, "conflict")
         assert run.id in error["message"]
-    assert len(stored_files(storage)) == 2
+    assert len(stored_files(storage)) == 3
     # once the run has finished, the corpus can go; the run keeps its record
     run.status = RunStatus.SUCCEEDED
     session.commit()
-    assert client.delete(f"/v1/corpora/{corpus_id}", headers=alice.headers).status_code == 204
+    for target in (corpus_id, replay_id):
+        assert client.delete(f"/v1/corpora/{target}", headers=alice.headers).status_code == 204
     session.expire_all()
     finished = session.get(Run, run.id)
-    assert finished is not None and finished.corpus_id is None
+    assert finished is not None and finished.corpus_id is None and finished.replay_corpus_id is None

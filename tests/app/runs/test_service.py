@@ -238,6 +238,20 @@ def test_resume_refuses_a_run_whose_corpus_was_deleted(
     assert sent == []
 
 
+def test_resume_refuses_a_run_whose_replay_corpus_was_deleted(
+    client: TestClient, alice: TenantKey, session: Session, sent: list[str], storage: LocalStorage
+) -> None:
+    corpus_id = _corpus_row(session, alice.tenant)
+    run = make_run(session, alice.tenant, status=RunStatus.CANCELLED, corpus_id=corpus_id)
+    write_complete_checkpoint(storage, run.id, 10)
+    inputs = {"corpus_id": corpus_id, "replay_corpus_id": "corp_general"}
+    add_event(session, run.id, RunEventType.PREPARING, "preparing", data=inputs)
+    session.commit()
+    error = assert_error(client.post(f"/v1/runs/{run.id}/resume", headers=alice.headers), 409, "conflict")
+    assert error["message"].endswith("its replay corpus corp_general was deleted; submit a new run")
+    assert sent == []
+
+
 # -- delete ----------------------------------------------------------------------------------------------
 
 

@@ -115,6 +115,58 @@ def test_all_three_corpora_and_a_name(
     )
 
 
+def test_a_replay_corpus_is_stored_and_shown(
+    client: TestClient, alice: TenantKey, corpus_id: str, enqueued: list[str], session: Session
+) -> None:
+    general = upload_corpus(client, alice, corpus_bytes(6, 3, tag="general")).json()["id"]
+    body = {
+        "base_model": builtin_base_model(),
+        "corpus_id": corpus_id,
+        "replay_corpus_id": general,
+        "hyperparameters": {"replay_ratio": 0.05},
+    }
+    run = submit(client, alice, body).json()
+    assert run["replay_corpus_id"] == general and run["hyperparameters"]["replay_ratio"] == 0.05
+    assert client.get(f"/v1/runs/{run['id']}", headers=alice.headers).json()["replay_corpus_id"] == general
+    stored = session.get(Run, run["id"])
+    assert stored is not None and stored.replay_corpus_id == general
+    # The reference corpus may be the replay corpus: its held-out part is evaluated, the rest replayed.
+    shared = submit(client, alice, {**body, "reference_corpus_id": general}).json()
+    assert shared["reference_corpus_id"] == shared["replay_corpus_id"] == general
+    without = submit(client, alice, {"base_model": builtin_base_model(), "corpus_id": corpus_id}).json()
+    assert without["replay_corpus_id"] is None and without["hyperparameters"]["replay_ratio"] == 0.0
+    assert enqueued == [run["id"], shared["id"], without["id"]]
+
+
+def test_replay_ratio_and_the_replay_corpus_go_together(
+    client: TestClient, alice: TenantKey, corpus_id: str, enqueued: list[str], session: Session
+) -> None:
+    base = {"base_model": builtin_base_model(), "corpus_id": corpus_id}
+    nothing_to_replay = {**base, "hyperparameters": {"replay_ratio": 0.25}}
+    error = assert_error(
+        submit(client, alice, nothing_to_replay), 422, "validation_error", "hyperparameters.replay_ratio"
+    )
+    assert "no replay corpus is given" in error["message"]
+    general = new_corpus(client, alice, "general")
+    ignored = {**base, "replay_corpus_id": general}
+    error = assert_error(submit(client, alice, ignored), 422, "validation_error", "replay_corpus_id")
+    assert "replay_ratio is 0, so it would be ignored" in error["message"]
+    too_much = {**base, "replay_corpus_id": general, "hyperparameters": {"replay_ratio": 0.95}}
+    assert_error(submit(client, alice, too_much), 422, "validation_error", "hyperparameters.replay_ratio")
+    # Replayed and evaluated as the reference, a corpus must spare a held-out part: 3 documents cannot
+    # (next-sentence prediction holds out 2 and needs 2 to replay), 4 can.
+    for documents, accepted in ((3, False), (4, True)):
+        small = upload_corpus(client, alice, corpus_bytes(documents, 3, tag="small")).json()["id"]
+        shared = {**base, "reference_corpus_id": small, "replay_corpus_id": small,
+                  "hyperparameters": {"replay_ratio": 0.05}}  # fmt: skip
+        if accepted:
+            assert submit(client, alice, shared).status_code == 201
+        else:
+            error = assert_error(submit(client, alice, shared), 422, "validation_error", "replay_corpus_id")
+            assert "is also the reference corpus" in error["message"]
+    assert len(enqueued) == run_count(session, alice) == 1
+
+
 @pytest.mark.parametrize(
     ("hyperparameters", "param", "words"),
     [
@@ -194,7 +246,7 @@ def test_corpora_must_be_the_tenants_own(
 ) -> None:
     base = builtin_base_model()
     bobs = new_corpus(client, bob)
-    for field in ("corpus_id", "eval_corpus_id", "reference_corpus_id"):
+    for field in ("corpus_id", "eval_corpus_id", "reference_corpus_id", "replay_corpus_id"):
         body = {"base_model": base, "corpus_id": corpus_id, field: bobs}
         theirs = assert_error(submit(client, alice, body), 422, "validation_error", field)
         body[field] = "corp_missing"
@@ -534,3 +586,51 @@ def test_a_failed_commit_queues_nothing(
     assert_error(response, 500, "internal_error")
     assert enqueued == []
     assert run_count(session, alice) == 0
+
+
+def test_checkpoint_selection_is_refused_without_the_corpora_it_compares(
+    client: TestClient, alice: TenantKey, corpus_id: str, enqueued: list[str], session: Session
+) -> None:
+    base = builtin_base_model()
+    reference_id = new_corpus(client, alice, "reference")
+    ten_documents = upload_corpus(client, alice, corpus_bytes(documents=10, tag="ten"))
+    assert ten_documents.status_code == 201, ten_documents.text
+    for corpus, hyperparameters, param, words in (
+        (
+            corpus_id,
+            {"max_reference_loss_increase": 0.05},
+            "max_reference_loss_increase",
+            "no reference corpus",
+        ),
+        # The 3-document corpus is too small to hold documents out: no held-out split to compare.
+        (corpus_id, {"select_checkpoint": "best"}, "select_checkpoint", "no held-out split"),
+        (
+            ten_documents.json()["id"],
+            {"early_stopping_patience": 2, "eval_fraction": 0.0},
+            "early_stopping_patience",
+            "no held-out split",
+        ),
+    ):
+        body = {"base_model": base, "corpus_id": corpus, "hyperparameters": hyperparameters}
+        error = assert_error(submit(client, alice, body), 422, "validation_error", f"hyperparameters.{param}")
+        assert words in error["message"]
+    assert enqueued == [] and run_count(session, alice) == 0
+    chosen = {
+        "select_checkpoint": "best",
+        "max_reference_loss_increase": 0.05,
+        "early_stopping_patience": 2,
+        "lr_scheduler": "cosine",
+        "min_lr_ratio": 0.1,
+    }
+    body = {
+        "base_model": base,
+        "corpus_id": ten_documents.json()["id"],
+        "reference_corpus_id": reference_id,
+        "hyperparameters": chosen,
+    }
+    accepted = submit(client, alice, body)
+    assert accepted.status_code == 201, accepted.text
+    run = accepted.json()
+    assert {name: run["hyperparameters"][name] for name in chosen} == chosen
+    assert run["selected_checkpoint"] is None and run["stopped_early"] is None  # until it succeeds
+    assert enqueued == [run["id"]]

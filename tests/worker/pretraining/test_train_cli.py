@@ -52,6 +52,9 @@ def test_cli_bad_config_is_one_line_naming_the_field(
         (["--config", str(config)], "max_step"),
         (["--precision", "fp16"], "precision"),  # needs a GPU
         (["--max-seq-length", "128"], "max_seq_length"),  # the tiny BERT has 64 positions
+        (["--replay-ratio", "0.95"], "replay_ratio"),  # at most 0.9
+        (["--replay-ratio", "0.25"], "replay_ratio"),  # nothing to replay
+        (["--replay-corpus", str(tiny_corpus)], "replay_corpus"),  # replay_ratio 0 would ignore it
     ]
     for extra, field in refused:
         result = runner.invoke(_cli(), [*common, *extra])
@@ -112,7 +115,7 @@ def test_cli_shows_the_corpus_warnings(
 
 
 def test_cli_runs_a_job_and_prints_the_summary(
-    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, cache_dir: Path
+    tmp_path: Path, tiny_bert_dir: Path, tiny_corpus: Path, small_corpus: Path, cache_dir: Path
 ) -> None:
     from click.testing import CliRunner
 
@@ -135,8 +138,11 @@ def test_cli_runs_a_job_and_prints_the_summary(
         "--max-steps",
         "3",
     ]
+    args += ["--replay-corpus", str(small_corpus), "--replay-ratio", "0.2"]
     result = CliRunner().invoke(_cli(), args, terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "completed after 3/3 steps" in result.output
+    replay = json.loads((tmp_path / "run" / "result.json").read_text())["replay"]
+    assert replay["ratio"] == 0.2 and f"replayed {replay['instances_per_epoch']} of every" in result.output
     assert "baseline (step 0)" in result.output and "masked_lm_loss" in result.output
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
