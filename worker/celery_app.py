@@ -27,7 +27,7 @@ from app.queue import create_celery
 from app.runs.live import create_redis
 from worker.context import default_worker_id
 
-__all__ = ["app", "create_worker_app"]
+__all__ = ["app", "create_worker_app", "worker_pool"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,23 +44,43 @@ _housekeeper: Housekeeper | None = None
 
 
 @worker_ready.connect
-def _start_housekeeping(**_: Any) -> None:
-    """In the worker's main process, once its pool is up: the reapers and the sweeps of runs and
-    evaluations left queued."""
+def _start_housekeeping(sender: Any = None, **_: Any) -> None:
+    """In the worker's main process, once its pool is up (``sender``: its Celery consumer): the reapers and
+    the sweeps of runs and evaluations left queued, and the announcement of a training worker."""
     global _housekeeper
     settings = get_settings()
     if settings.housekeeping:
-        _housekeeper = start_housekeeping(settings, extra=[("announce this worker", _announcer(settings))])
+        slots, queues = worker_pool(sender, settings)
+        extra = (
+            [("announce this worker", _announcer(settings, slots, queues))]
+            if settings.training_queue in queues
+            else []
+        )
+        _housekeeper = start_housekeeping(settings, extra=extra)
 
 
-def _announcer(settings: Settings) -> Chore:
-    """A chore that says, every housekeeping period, that this worker is alive with its training slots
-    (what the queue part of run estimates divides by: :mod:`app.estimates.workers`); said once now too."""
+def worker_pool(consumer: Any, settings: Settings) -> tuple[int, frozenset[str]]:
+    """The concurrency of the worker whose Celery ``consumer`` is given (``--concurrency``) and the names
+    of the queues it consumes (``--queues``); the settings' (``WORKER_CONCURRENCY``, the training queue)
+    for what it does not say."""
+    concurrency = getattr(getattr(consumer, "controller", None), "concurrency", None)
+    try:
+        consumed = frozenset(consumer.app.amqp.queues.consume_from)
+    except AttributeError:
+        consumed = frozenset()
+    slots = concurrency if isinstance(concurrency, int) and concurrency > 0 else settings.worker_concurrency
+    return slots, consumed or frozenset({settings.training_queue})
+
+
+def _announcer(settings: Settings, slots: int, queues: frozenset[str]) -> Chore:
+    """A chore that says, every housekeeping period, that this worker is alive with ``slots`` training
+    slots (what the queue part of run estimates divides by: :mod:`app.estimates.workers`); said once now
+    too."""
     client = create_redis(settings.redis_url, socket_timeout=10)
     worker, period = default_worker_id(), housekeeping_period(settings)
 
     def announce() -> list[str]:
-        announce_worker(client, settings, worker, period_seconds=period)
+        announce_worker(client, settings, worker, slots=slots, queues=queues, period_seconds=period)
         return []
 
     try:

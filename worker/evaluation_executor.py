@@ -213,7 +213,8 @@ class EvaluationAttempt:
 
     def retry_or_fail(self, failure: RunFailure) -> EvaluationStatus | None:
         """An attempt interrupted by ``failure`` (not the owner's doing): queued again to start over while
-        attempts are left, else failed saying so; stopped when it is being cancelled."""
+        attempts are left, else failed saying so; stopped when it is being cancelled (a cancel that lands
+        after the last heartbeat too: the retry, from ``running`` only, is then refused and it is stopped)."""
         if self.status == EvaluationStatus.CANCELLING:
             return self.finish(Trigger.STOP)
         max_attempts = self.context.settings.max_attempts
@@ -225,8 +226,8 @@ class EvaluationAttempt:
             return lifecycle.retry_evaluation(session, self.claimed.id, self.claimed.attempt)
 
         if not write_with_retries(self.context.session_factory, requeue, label=self.label):
-            logger.warning("%s: no longer held by attempt %d; not retried", self.label, self.claimed.attempt)
-            return None
+            # Still held but cancelled since the last heartbeat (else finish writes nothing and says so).
+            return self.finish(Trigger.STOP)
         logger.warning("%s: %s", self.label, message)
         try:
             self.context.enqueue_evaluation(self.claimed.id)

@@ -13,7 +13,9 @@ for (POST or GET), one still queued ``REQUEUE_AFTER_SECONDS`` after its task was
 a heartbeat for ``HEARTBEAT_TIMEOUT_SECONDS`` (its worker died), is queued and sent again; the worker's
 claim is one conditional UPDATE and its writes are fenced by the attempt, so a duplicate does nothing. A
 failure that another try may cure (the worker lost, a process killed, an internal error) is retried by the
-next POST; one of the corpus or the settings is kept and answered as is.
+next POST; one of the corpus or the settings is kept and answered as is. Like a run's, tries are capped at
+``MAX_ATTEMPTS`` (``Settings.max_attempts``): an analysis whose last attempt died or failed so is failed for
+good (``attempts_exhausted`` for a worker that stopped answering), never sent again.
 """
 
 from __future__ import annotations
@@ -220,7 +222,22 @@ def _answer(
         and status == AnalysisStatus.FAILED
         and (row.error or {}).get("type") in RETRIED_FAILURES
     )
-    if (lost or failed_again) and repository.requeue(session, row, from_status=status, attempt=row.attempt):
+    # Only a claim spends an attempt: a task lost while queued is sent again whatever the count.
+    exhausted = status != AnalysisStatus.QUEUED and row.attempt >= settings.max_attempts
+    if lost and exhausted:
+        timeout = settings.heartbeat_timeout_seconds
+        error = {
+            "type": "attempts_exhausted",
+            "message": f"attempt {row.attempt} of {settings.max_attempts} stopped answering (no heartbeat "
+            f"for {timeout} s: its worker died or was killed, often for memory) and no attempt is left: the "
+            "analysis is failed for good; a run with these settings would likely die the same way (try "
+            "fewer documents or a smaller max_seq_length)",
+        }
+        repository.finish(session, row.id, row.attempt, error=error)
+        session.refresh(row)
+    elif (lost or (failed_again and not exhausted)) and repository.requeue(
+        session, row, from_status=status, attempt=row.attempt
+    ):
         _send_once_committed(session, row.id, enqueue)
     return RequestedAnalysis(row, done=not row.status.is_pending)
 

@@ -46,7 +46,8 @@ class AnalyzeRequest(BaseModel):
 class AnalysisError(BaseModel):
     """Why an analysis failed: ``type`` (``corpus_format_error``, ``data_preparation_error``,
     ``base_model_error``, ``hyperparameter_error``, ``input_error``, ``analysis_process_died``,
-    ``internal_error``) and a ``message`` saying what to do."""
+    ``internal_error``, ``attempts_exhausted``: its last allowed attempt stopped answering) and a ``message``
+    saying what to do."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -129,7 +130,8 @@ class RunEstimate(BaseModel):
     exact: bool = Field(
         description="true: instances and tokens from a corpus analysis of this corpus with this tokenizer "
         "and these preparation settings (POST /v1/corpora/{id}/analyze); false: approximated from the "
-        "corpus's character and document counts."
+        "corpus's character and document counts, as always with add_domain_tokens (an analysis uses the base "
+        "tokenizer without the domain tokens the run would add) or with an eval corpus."
     )
     analysis_id: str | None = Field(description="The analysis the figures come from, when exact.")
     train_instances: int = Field(description="Sequences of one epoch (replayed ones included).")

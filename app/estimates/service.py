@@ -5,7 +5,11 @@ A run's own time (:func:`own_estimate`) is the training library's arithmetic
 
 - its steps and tokens: exact from a corpus analysis of its corpus with its tokenizer and preparation
   settings (:func:`app.estimates.analyses.cached_analysis`; not with a separate eval corpus, which changes
-  the split), else approximated from the corpus's stored counts;
+  the split, nor with ``add_domain_tokens``, whose extended tokenizer the analysis did not use), else
+  approximated from the corpus's stored counts;
+- its evaluation passes over the held-out split, the eval corpus and the reference corpus (only the held-out
+  part of a reference corpus that is also the replay corpus, as the engine evaluates it), and the
+  preparation of every corpus it reads (the replay corpus's too);
 - the throughput and startup the workers measured (:mod:`app.estimates.throughput`), else the defaults.
 
 The queue ahead (:func:`queue_waits`) is list scheduling over the training slots that live workers announced
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -112,6 +117,7 @@ def estimate_run(
         checked.base,
         eval_corpus=checked.eval_corpus,
         reference_corpus=checked.reference_corpus,
+        replay_corpus=checked.replay_corpus,
     )
     model = QueueModel.build(session, settings, storage, workers, registry)
     queue = model.ahead_of_new()
@@ -147,12 +153,16 @@ def own_estimate(
     *,
     eval_corpus: Corpus | None = None,
     reference_corpus: Corpus | None = None,
+    replay_corpus: Corpus | None = None,
 ) -> OwnEstimate:
     """The figures of a run with ``h`` on ``corpus`` from ``base`` (None: a base that cannot be resolved
-    any more; BERT-base's size is assumed, as for an ``hf:`` model)."""
+    any more; BERT-base's size is assumed, as for an ``hf:`` model). A reference corpus that is also the
+    replay corpus is evaluated on its held-out part only (``worker.pretraining.engine``'s replay)."""
     config = h.preparation()
     analysis = (
-        cached_analysis(session, corpus, base, config) if base is not None and eval_corpus is None else None
+        cached_analysis(session, corpus, base, config)
+        if base is not None and eval_corpus is None and h.add_domain_tokens == 0
+        else None
     )
     preparation_bytes = 0
     if analysis is not None and analysis.result is not None:
@@ -169,16 +179,22 @@ def own_estimate(
         train_instances, mean_length = approximate.train.instances, approximate.train.mean_length
         evaluation_tokens = approximate.eval_tokens
         preparation_bytes += corpus.bytes
+    shared = (
+        reference_corpus is not None and replay_corpus is not None and replay_corpus.id == reference_corpus.id
+    )
     for other in (eval_corpus, reference_corpus):
-        if other is not None:  # evaluated whole
-            whole = approximate_corpus(
+        if other is not None:  # evaluated whole, or its held-out part when it is also the replay corpus
+            evaluated = _held_out_documents(h, other, False) if shared and other is reference_corpus else None
+            part = approximate_corpus(
                 config,
                 characters=_characters(other),
                 documents=other.documents,
-                held_out_documents=other.documents,
+                held_out_documents=other.documents if evaluated is None else evaluated,
             )
-            evaluation_tokens += whole.eval_tokens
+            evaluation_tokens += part.eval_tokens
             preparation_bytes += other.bytes
+    if replay_corpus is not None and not shared:  # prepared once when shared
+        preparation_bytes += replay_corpus.bytes
     steps = step_figures(h, train_instances, mean_length)
     evaluations = evaluation_passes(h, steps.total_steps)
     shape = (_model_shape(base) if base is not None else None) or DEFAULT_MODEL_SHAPE
@@ -334,8 +350,16 @@ class _RunEstimator:
             base = None
         eval_corpus = session.get(Corpus, run.eval_corpus_id) if run.eval_corpus_id else None
         reference = session.get(Corpus, run.reference_corpus_id) if run.reference_corpus_id else None
+        replay = session.get(Corpus, run.replay_corpus_id) if run.replay_corpus_id else None
         own = own_estimate(
-            session, self.workers, h, corpus, base, eval_corpus=eval_corpus, reference_corpus=reference
+            session,
+            self.workers,
+            h,
+            corpus,
+            base,
+            eval_corpus=eval_corpus,
+            reference_corpus=reference,
+            replay_corpus=replay,
         )
         return own.total_seconds
 
@@ -370,19 +394,30 @@ def run_etas(
 ) -> dict[str, float | None]:
     """``eta_seconds`` of those of ``runs`` that are queued or preparing (see the module docstring; a
     running run's is its progress's: :meth:`app.runs.schemas.RunPublic.from_run`). The queue is modelled
-    only when there is one of them; a failure to model it leaves them unknown, never fails the read."""
+    only when there is one of them, and at most every ``registry.max_age_seconds`` in this process while
+    the last model's figures hold every one of them in its status (a run queued or taken since is
+    modelled afresh); a failure to model it leaves them unknown, never fails the read."""
     waiting = [run for run in runs if run.status in (RunStatus.QUEUED, RunStatus.PREPARING)]
     if not waiting:
         return {}
-    try:
-        with session.begin_nested():  # a failed query leaves the request's transaction usable
-            model = QueueModel.build(session, settings, storage, Workers(measured_runs(session)), registry)
-    except Exception:
-        logger.exception("estimating the queue failed")
-        return {}
-    waits = queue_waits(model)
-    totals = {run.id: own for run, own in model.queued}
-    remaining = {run.id: left for run, left in model.in_hands}
+    figures = _cached_figures(registry, waiting)
+    if figures is None:
+        try:
+            with session.begin_nested():  # a failed query leaves the request's transaction usable
+                model = QueueModel.build(
+                    session, settings, storage, Workers(measured_runs(session)), registry
+                )
+        except Exception:
+            logger.exception("estimating the queue failed")
+            return {}
+        figures = _QueueFigures(
+            waits=queue_waits(model),
+            totals={run.id: own for run, own in model.queued},
+            remaining={run.id: left for run, left in model.in_hands},
+        )
+        if registry is not None:
+            registry.queue_figures = (time.monotonic(), figures)
+    waits, totals, remaining = figures.waits, figures.totals, figures.remaining
     etas: dict[str, float | None] = {}
     for run in waiting:
         if run.status == RunStatus.QUEUED:
@@ -392,3 +427,28 @@ def run_etas(
             left = remaining.get(run.id)
             etas[run.id] = round(left, 1) if left is not None else None
     return etas
+
+
+@dataclass(frozen=True)
+class _QueueFigures:
+    """What ``eta_seconds`` needs of a queue model, by run id: the queued runs' waits and own totals, the
+    remaining seconds of those in hands."""
+
+    waits: dict[str, float]
+    totals: dict[str, float | None]
+    remaining: dict[str, float | None]
+
+
+def _cached_figures(registry: WorkerRegistry | None, waiting: Sequence[Run]) -> _QueueFigures | None:
+    """The figures ``registry`` keeps, when younger than its ``max_age_seconds`` and holding every run of
+    ``waiting`` in its status (queued: a wait; preparing: a remaining time)."""
+    if registry is None or registry.queue_figures is None:
+        return None
+    built_at, figures = registry.queue_figures
+    if not isinstance(figures, _QueueFigures) or time.monotonic() - built_at >= registry.max_age_seconds:
+        return None
+    for run in waiting:
+        held = figures.waits if run.status == RunStatus.QUEUED else figures.remaining
+        if run.id not in held:
+            return None
+    return figures

@@ -148,8 +148,11 @@ class RunDownstreamPublic(BaseModel):
     method: EvaluationMethod
     seeds: int
     hyperparameters: dict[str, Any] = Field(description="Every hyperparameter, defaults filled in.")
-    evaluation_id: str | None = Field(description="Null until the run has succeeded.")
-    status: EvaluationStatus | None = Field(description="The evaluation's; null until it exists.")
+    evaluation_id: str | None = Field(
+        description="Null until the run has succeeded, and again once that evaluation is deleted "
+        "(DELETE /v1/evaluations/{evaluation_id}: the settings stay, the comparison is not queued again)."
+    )
+    status: EvaluationStatus | None = Field(description="The evaluation's; null while there is none.")
     progress: EvaluationProgressPublic | None
     result: ComparisonResult | None = Field(description="The comparison, once the evaluation succeeded.")
     error: EvaluationError | None

@@ -92,7 +92,12 @@ class RunProgress(BaseModel):
     epoch: float | None = None
     tokens_seen: int | None = Field(None, description="Real (non-padding) tokens trained on.")
     tokens_per_second: float | None = Field(None, description="Of the last logged training window.")
-    eta_seconds: float | None = Field(None, description="From this attempt's pace; 0 once it succeeded.")
+    eta_seconds: float | None = Field(
+        None,
+        description="Remaining optimizer steps x this attempt's wall-clock seconds per step since its first "
+        "progress (evaluation pauses and checkpoints so far included, pro rata); the evaluations, "
+        "checkpoints and export still to come are not added. 0 once it succeeded.",
+    )
     skipped_steps: int | None = Field(
         None, description="Optimizer steps not applied because their loss or gradient was not finite."
     )
@@ -177,8 +182,10 @@ class RunPublic(BaseModel):
         None,
         description="Seconds until the run is expected to end. Queued: the wait for a worker (the runs ahead "
         "of it) plus its own estimate (as POST /v1/runs/estimate gives it); preparing: its own estimate less "
-        "the time spent; running: its remaining steps at its own measured pace (progress.eta_seconds); "
-        "null once it has ended, while it is being cancelled, or when it cannot be estimated.",
+        "the time spent (both: startup, training, evaluations and export); running: progress.eta_seconds, "
+        "its remaining steps at this attempt's measured wall-clock seconds per step (the evaluations so far "
+        "spread over the steps; the final evaluation and export are not added, so it may end later); null "
+        "once it has ended, while it is being cancelled, or when it cannot be estimated.",
     )
 
     @classmethod

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import delete, update
 
 from app.db import session_scope
+from app.evaluations import lifecycle
 from app.evaluations.states import EvaluationStatus
 from app.ids import new_id
 from app.models import Dataset, Evaluation
@@ -23,7 +24,8 @@ from tests.support import Factory, topic_dataset_tsv
 from tests.worker import evaluation_children
 from worker.context import WorkerContext
 from worker.evaluation.settings import EvaluationHyperparameters
-from worker.evaluation_executor import execute_evaluation
+from worker.evaluation_executor import EvaluationAttempt, execute_evaluation
+from worker.failures import RunFailure
 
 MINILM = "minilm-l6-h384-uncased"
 
@@ -195,3 +197,29 @@ def test_a_killed_evaluation_process_is_retried_then_fails(
         "(POST /v1/evaluations)",
         "exit_code": -9,
     }
+
+
+def test_a_cancel_after_the_last_heartbeat_stops_an_interrupted_attempt(
+    rows: Rows, dataset_id: str, worker_context: WorkerContext
+) -> None:
+    """The process died and the cancel came after the heartbeat the supervisor last read (it still
+    believes ``running``): the retry (from ``running`` only) is refused, so the attempt stops it rather than
+    leaving it ``cancelling`` until the reaper."""
+    evaluation_id = rows.evaluation(dataset_id, [MINILM])
+    with session_scope(worker_context.session_factory) as session:
+        claimed = lifecycle.claim_evaluation(session, evaluation_id, worker_context.worker_id)
+    assert claimed is not None
+    attempt = EvaluationAttempt(claimed, worker_context)
+    assert attempt.status == EvaluationStatus.RUNNING
+    with session_scope(worker_context.session_factory) as session:
+        session.execute(
+            update(Evaluation)
+            .where(Evaluation.id == evaluation_id)
+            .values(status=EvaluationStatus.CANCELLING)
+        )
+
+    failure = RunFailure("evaluation_process_died", "the evaluation process was killed")
+    assert attempt.retry_or_fail(failure) == EvaluationStatus.CANCELLED
+    evaluation = rows.get(evaluation_id)
+    assert evaluation.status == EvaluationStatus.CANCELLED and evaluation.finished_at is not None
+    assert evaluation.error is None

@@ -92,7 +92,9 @@ class ModelResult(BaseModel):
         None, description="Tokens per example the model was given (resolved from the data when not set)."
     )
     epochs_trained: list[int] | None = Field(
-        None, description="Fine-tuning only: epochs run per seed (fewer than num_epochs after an early stop)."
+        None,
+        description="Fine-tuning only: epochs run per seed. Planned: max(num_epochs, ceil(min_train_steps / "
+        "steps per epoch)), so more than num_epochs on a small training part; fewer after an early stop.",
     )
 
 

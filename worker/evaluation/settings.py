@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 __all__ = [
     "DEFAULT_SPLIT_SEED",
@@ -32,6 +33,21 @@ EvaluationMethod = Literal["finetune", "probe"]
 # one dataset scores every model on the same test examples (and a rerun on the same ones again).
 DEFAULT_SPLIT_SEED = 0
 MAX_SEEDS = 20
+# The hyperparameters each method ignores (the probe extracts its features in fixed batches and fits no
+# network; fine-tuning fits no logistic regression). max_seq_length and the split are shared.
+_IGNORED_BY: dict[str, tuple[str, ...]] = {
+    "probe": (
+        "num_epochs",
+        "learning_rate",
+        "min_train_steps",
+        "batch_size",
+        "weight_decay",
+        "warmup_ratio",
+        "validation_fraction",
+        "early_stopping_patience",
+    ),
+    "finetune": ("probe_cv_folds", "probe_cs", "probe_max_iter"),
+}
 
 
 class EvaluationHyperparameters(BaseModel):
@@ -146,6 +162,29 @@ class EvaluationConfig(BaseModel):
         "95% interval of its paired difference to the first model.",
     )
     hyperparameters: EvaluationHyperparameters = Field(default_factory=EvaluationHyperparameters)
+
+    @model_validator(mode="after")
+    def _no_ignored_hyperparameters(self) -> EvaluationConfig:
+        """A hyperparameter the method ignores, set to other than its default, is refused (error at
+        ``hyperparameters.<field>``) rather than silently dropped. Compared with the default, not with
+        ``model_fields_set``: a stored config, every field filled in, validates again."""
+        h = self.hyperparameters
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "ignored_by_method",
+                    "{field} is not used by method '{method}'; remove it or choose the other method",
+                    {"field": name, "method": self.method},
+                ),
+                loc=("hyperparameters", name),
+                input=getattr(h, name),
+            )
+            for name in _IGNORED_BY[self.method]
+            if getattr(h, name) != EvaluationHyperparameters.model_fields[name].default
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
 
 
 def seed_values(config: EvaluationConfig) -> list[int]:

@@ -306,7 +306,9 @@ def _add_domain_vocabulary(
     preparation (its cache key follows the vocabulary), the checkpoints and the exported model. The same
     inputs give the same words, so a resumed attempt rebuilds the same tokenizer (see
     :mod:`worker.pretraining.vocabulary`). Counted over the whole corpus file: the held-out documents are
-    chosen later, by the preparation. Raises HyperparameterError for a tokenizer that is not WordPiece."""
+    chosen later, by the preparation with this tokenizer, so their eval loss is measured on text that helped
+    choose the words (a leak, stated in README's "Domain vocabulary"; an eval corpus has none). Raises
+    HyperparameterError for a tokenizer that is not WordPiece."""
     if not h.add_domain_tokens:
         return loaded, None
     say(f"counting the words of {corpus} (add_domain_tokens={h.add_domain_tokens})")

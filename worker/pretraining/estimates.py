@@ -199,7 +199,8 @@ class CorpusAnalysis(_Figures):
     sequences, seconds are wall-clock seconds of the worker that analysed it."""
 
     data_key: str = Field(
-        description="The prepared-data cache key: a run with these settings reuses the data."
+        description="The prepared-data cache key: a run with these settings and this tokenizer as it is "
+        "reuses the data (not one with add_domain_tokens, whose extended tokenizer makes other instances)."
     )
     corpus_sha256: str
     tokenizer_fingerprint: str = Field(description="Hash of what in the tokenizer changes token ids.")

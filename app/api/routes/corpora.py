@@ -29,7 +29,7 @@ CorpusId = Annotated[str, id_path("The corpus's id (corp_...).")]
     description="A UTF-8 text file, one sentence per line, a blank line between documents, as .txt or "
     ".txt.gz (multipart field `file`, optional field `name`). It is validated while it streams in. 201 with "
     "its statistics and warnings; 200 with the existing corpus when this tenant already uploaded the same "
-    "content.",
+    "content (under its first name: the `name` sent is not applied).",
     responses={
         200: {"model": CorpusPublic, "description": "Same content as an existing corpus"},
         **error_responses(400, 413, 422, 429),

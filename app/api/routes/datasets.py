@@ -37,7 +37,7 @@ _FORMAT = (
     f"optional `name`. Validated as it is received: at least {MIN_LABELS} labels, at least "
     f"{MIN_EXAMPLES_PER_LABEL} examples of each, no empty text; an error names the file, the line and the "
     "field. 201 with its labels and counts; 200 with the existing dataset when this tenant already uploaded "
-    "the same content.",
+    "the same content (under its first name: the `name` sent is not applied, as for corpora).",
     responses={
         200: {"model": DatasetPublic, "description": "Same content as an existing dataset"},
         **error_responses(400, 413, 422, 429),

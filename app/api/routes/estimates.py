@@ -47,7 +47,9 @@ def _location(corpus_id: str, analysis_id: str) -> str:
     "submission checks them (the same 422s). 200 with the analysis when one of this corpus, tokenizer and "
     "preparation settings exists (succeeded, or failed for a reason of the corpus or the settings); else "
     "202 with the analysis queued for a worker, and its URL in Location: poll it until its status is "
-    "succeeded or failed. A run with the same settings reuses the prepared data.",
+    "succeeded or failed. A run with the same settings reuses the prepared data, unless it sets "
+    "add_domain_tokens: the analysis uses the base model's tokenizer as it is, without the domain tokens "
+    "a run would add, whose instances differ.",
     responses={
         200: {"model": AnalysisPublic, "description": "Already analysed"},
         **error_responses(400, 404, 422),
@@ -101,7 +103,8 @@ def get_analysis(
     "throughput workers measured on earlier runs of the same model size and max_seq_length (a documented "
     "default before any), and the queue ahead of it. Exact steps and tokens when the corpus was analysed "
     "with the same tokenizer and preparation settings (POST /v1/corpora/{id}/analyze), else approximated "
-    "from its stored counts (`exact: false`).",
+    "from its stored counts (`exact: false`; always with add_domain_tokens, whose extended tokenizer no "
+    "analysis used, and with an eval corpus).",
     responses=error_responses(400),
 )
 def estimate_run(

@@ -93,7 +93,8 @@ def cancel_evaluation(
     "/{evaluation_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a finished evaluation",
-    description="Only succeeded, failed or cancelled evaluations (409 otherwise).",
+    description="Only succeeded, failed or cancelled evaluations (409 otherwise). A run's downstream "
+    "evaluation can be deleted too: the run keeps its `downstream` settings, with `evaluation_id` null.",
     responses=error_responses(404, 409),
 )
 def delete_evaluation(evaluation_id: EvaluationId, session: SessionDep, tenant: CurrentTenant) -> None:

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.models import Analysis, AnalysisStatus, utcnow
 from tests.support import TenantKey, assert_error
 
@@ -107,6 +108,34 @@ def test_a_lost_analysis_is_sent_again_when_it_is_asked_for(
     assert analyses_sent == [analysis_id] * 4
     session.expire_all()
     assert session.get_one(Analysis, analysis_id).status == AnalysisStatus.FAILED
+
+
+def test_an_analysis_whose_attempts_all_die_fails_for_good(
+    client: TestClient,
+    alice: TenantKey,
+    corpus_id: str,
+    session: Session,
+    settings: Settings,
+    analyses_sent: list[str],
+    finish_analysis: Callable[..., Any],
+) -> None:
+    from app.estimates import repository
+
+    analysis_id = analyze(client, alice, corpus_id).json()["id"]
+    location = f"/v1/corpora/{corpus_id}/analyses/{analysis_id}"
+    for attempt in range(1, settings.max_attempts + 1):
+        # Each attempt's process dies: a claim that never beats again (HEARTBEAT_TIMEOUT_SECONDS: 120).
+        assert repository.claim(session, analysis_id, now=utcnow() - timedelta(hours=1)) == attempt
+        session.commit()
+        answer = client.get(location, headers=alice.headers).json()
+        assert answer["status"] == ("queued" if attempt < settings.max_attempts else "failed")
+    assert answer["error"]["type"] == "attempts_exhausted"
+    assert f"attempt {settings.max_attempts} of {settings.max_attempts}" in answer["error"]["message"]
+    assert analyses_sent == [analysis_id] * settings.max_attempts
+    # Asked for again: answered as it is, not sent again.
+    again = analyze(client, alice, corpus_id)
+    assert again.status_code == 200 and again.json()["status"] == "failed"
+    assert analyses_sent == [analysis_id] * settings.max_attempts
 
 
 @pytest.mark.parametrize(

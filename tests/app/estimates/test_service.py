@@ -6,27 +6,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.estimates.service import QueueModel
 from app.estimates.workers import WorkerRegistry, announce_worker, worker_key
 from app.models import Run, RunMetric, utcnow
 from app.runs.events import RunEventType, add_event
 from app.runs.states import RunStatus
-from tests.support import TenantKey, assert_error, make_run
+from tests.support import TenantKey, assert_error, corpus_bytes, make_run, upload_corpus
 from worker.pretraining.estimates import (
     DEFAULT_STARTUP_SECONDS,
     PREPARATION_BYTES_PER_SECOND,
+    approximate_corpus,
     default_tokens_per_second,
     training_flops_per_token,
 )
 from worker.pretraining.hyperparameters import Hyperparameters
+from worker.pretraining.preparation_rules import held_out_split
 from worker.pretraining.records import ModelShape
 
 MINILM = "minilm-l6-h384-uncased"
@@ -194,14 +199,64 @@ def test_an_analysed_corpus_and_a_measured_run_give_the_exact_arithmetic(
     assert analyses_sent == [analysis_id]
 
 
+def test_a_replay_corpus_is_prepared_and_a_shared_reference_evaluated_on_its_held_out_part(
+    client: TestClient, alice: TenantKey, corpus_id: str
+) -> None:
+    other = upload_corpus(client, alice, corpus_bytes(documents=20, sentences=4, tag="r")).json()
+    base = {"base_model": MINILM, "corpus_id": corpus_id}
+    h = {**HYPERPARAMETERS, "replay_ratio": 0.1}
+    alone = estimate(client, alice, {**base, "hyperparameters": HYPERPARAMETERS}).json()
+    replayed = estimate(client, alice, {**base, "hyperparameters": h, "replay_corpus_id": other["id"]}).json()
+    # The replay corpus is prepared too (the default startup: its bytes at the preparation rate).
+    assert replayed["startup_seconds"] == round(
+        alone["startup_seconds"] + other["bytes"] / PREPARATION_BYTES_PER_SECOND, 1
+    )
+    assert replayed["evaluation_tokens"] == alone["evaluation_tokens"]
+
+    reference = estimate(
+        client,
+        alice,
+        {**base, "hyperparameters": h, "reference_corpus_id": other["id"], "replay_corpus_id": other["id"]},
+    ).json()
+    # Prepared once; only its held-out documents evaluated (the rest is replayed), as the engine does.
+    assert reference["startup_seconds"] == replayed["startup_seconds"]
+    config = Hyperparameters.model_validate(h).preparation()
+    held = held_out_split(config, documents=20, sentences=None, eval_corpus=False).documents
+    part = approximate_corpus(
+        config, characters=other["stats"]["characters"], documents=20, held_out_documents=held
+    )
+    assert 0 < held < 20 and part.eval_tokens > 0
+    assert reference["evaluation_tokens"] == alone["evaluation_tokens"] + part.eval_tokens
+
+
+def test_add_domain_tokens_is_never_estimated_from_an_analysis_of_the_base_tokenizer(
+    client: TestClient,
+    alice: TenantKey,
+    corpus_id: str,
+    analyses_sent: list[str],
+    finish_analysis: Callable[..., Any],
+    analysis_figures: Callable[..., Any],
+) -> None:
+    analyzed = {"base_model": MINILM, "hyperparameters": HYPERPARAMETERS}
+    response = client.post(f"/v1/corpora/{corpus_id}/analyze", json=analyzed, headers=alice.headers)
+    finish_analysis(response.json()["id"], analysis_figures())
+    body = {"base_model": MINILM, "corpus_id": corpus_id, "hyperparameters": HYPERPARAMETERS}
+    assert estimate(client, alice, body).json()["exact"] is True
+    extended = {**body, "hyperparameters": {**HYPERPARAMETERS, "add_domain_tokens": 10}}
+    figures = estimate(client, alice, extended).json()
+    assert (figures["exact"], figures["analysis_id"]) == (False, None)
+
+
 def test_a_queued_run_waits_for_the_runs_ahead_and_eta_seconds_follows_the_status(
     client: TestClient,
+    app: FastAPI,
     alice: TenantKey,
     corpus_id: str,
     session: Session,
     measured_run: Run,
     runs_sent: list[str],
 ) -> None:
+    app.state.worker_registry.max_age_seconds = 0  # every read models the queue afresh
     body = {"base_model": MINILM, "corpus_id": corpus_id, "hyperparameters": HYPERPARAMETERS}
     own = estimate(client, alice, body).json()["total_seconds"]
     queued = client.post("/v1/runs", json=body, headers=alice.headers).json()
@@ -229,19 +284,60 @@ def test_a_queued_run_waits_for_the_runs_ahead_and_eta_seconds_follows_the_statu
     assert done["status"] == "succeeded" and done["eta_seconds"] is None
 
 
+def test_reads_of_runs_reuse_the_queue_model_for_a_few_seconds(
+    client: TestClient,
+    app: FastAPI,
+    alice: TenantKey,
+    corpus_id: str,
+    runs_sent: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    builds: list[int] = []
+    build = QueueModel.build.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[QueueModel], *args: Any, **kwargs: Any) -> QueueModel:
+        builds.append(1)
+        return build(cls, *args, **kwargs)
+
+    monkeypatch.setattr(QueueModel, "build", classmethod(counted))
+    app.state.worker_registry.max_age_seconds = 3600
+    body = {"base_model": MINILM, "corpus_id": corpus_id, "hyperparameters": HYPERPARAMETERS}
+    first = client.post("/v1/runs", json=body, headers=alice.headers).json()
+    assert len(builds) == 1 and first["eta_seconds"] is not None
+    for _ in range(3):
+        assert (
+            client.get(f"/v1/runs/{first['id']}", headers=alice.headers).json()["eta_seconds"]
+            == (first["eta_seconds"])
+        )
+        client.get("/v1/runs", headers=alice.headers)
+    assert len(builds) == 1
+    # A run the cached model does not hold is modelled afresh, the runs ahead of it included.
+    second = client.post("/v1/runs", json=body, headers=alice.headers).json()
+    assert len(builds) == 2 and second["eta_seconds"] > first["eta_seconds"]
+    app.state.worker_registry.max_age_seconds = 0  # expired: built again
+    client.get(f"/v1/runs/{first['id']}", headers=alice.headers)
+    assert len(builds) == 3
+
+
 def test_the_workers_that_announce_themselves_are_the_slots(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     registry = WorkerRegistry(redis_client, settings, max_age_seconds=0)
     assert registry.training_slots() is None
-    announce_worker(redis_client, settings, "host:1", period_seconds=10)
-    announce_worker(
-        redis_client, settings.model_copy(update={"worker_concurrency": 2}), "host:2", period_seconds=10
+    training = [settings.training_queue, "analysis"]
+    announce_worker(redis_client, settings, "host:1", slots=1, queues=training, period_seconds=10)
+    announce_worker(redis_client, settings, "host:2", slots=2, queues=training, period_seconds=10)
+    # A worker of the analysis queue only has no training slot.
+    assert not announce_worker(
+        redis_client, settings, "host:4", slots=4, queues=["analysis"], period_seconds=10
     )
     other_queue = settings.model_copy(update={"training_queue": f"{settings.training_queue}-other"})
-    announce_worker(redis_client, other_queue, "host:3", period_seconds=10)
+    announce_worker(
+        redis_client, other_queue, "host:3", slots=1, queues=[other_queue.training_queue], period_seconds=10
+    )
     try:
         assert registry.training_slots() == 3
+        assert redis_client.exists(worker_key(settings.training_queue, "host:4")) == 0
         assert 0 < redis_client.ttl(worker_key(settings.training_queue, "host:1")) <= 30
     finally:
         redis_client.delete(
@@ -249,6 +345,18 @@ def test_the_workers_that_announce_themselves_are_the_slots(
             worker_key(settings.training_queue, "host:2"),
             worker_key(other_queue.training_queue, "host:3"),
         )
+
+
+def test_a_worker_announces_its_own_concurrency_and_queues(settings: Settings) -> None:
+    from worker.celery_app import create_worker_app, worker_pool
+
+    celery = create_worker_app(settings)
+    celery.amqp.queues.select(["analysis"])  # bertpt worker --queue analysis --concurrency 3
+    consumer = SimpleNamespace(app=celery, controller=SimpleNamespace(concurrency=3))
+    assert worker_pool(consumer, settings) == (3, frozenset({"analysis"}))
+    celery.amqp.queues.select([settings.training_queue, "analysis"])
+    slots, queues = worker_pool(consumer, settings.model_copy(update={"worker_concurrency": 1}))
+    assert slots == 3 and settings.training_queue in queues
 
 
 def test_the_estimate_is_the_only_method_of_its_path(client: TestClient, alice: TenantKey) -> None:

@@ -62,6 +62,8 @@ def test_an_evaluation_is_queued_with_its_models_resolved_and_defaults_filled_in
         ({"seeds": 21}, "seeds"),
         ({"hyperparameters": {"learning_rate": 0}}, "hyperparameters.learning_rate"),
         ({"hyperparameters": {"epochs": 3}}, "hyperparameters.epochs"),
+        ({"method": "probe", "hyperparameters": {"learning_rate": 1e-4}}, "hyperparameters.learning_rate"),
+        ({"hyperparameters": {"probe_cs": 4}}, "hyperparameters.probe_cs"),  # ignored by finetune
         ({"surprise": 1}, "surprise"),
     ],
 )
@@ -178,6 +180,7 @@ def submit_run(client: TestClient, alice: TenantKey, sent: Any) -> Any:
         ({"seeds": 0}, "downstream.seeds"),
         ({"method": "zero-shot"}, "downstream.method"),
         ({"hyperparameters": {"num_epochs": 0}}, "downstream.hyperparameters.num_epochs"),
+        ({"method": "probe", "hyperparameters": {"batch_size": 8}}, "downstream.hyperparameters.batch_size"),
         ({"models": [MINILM]}, "downstream.models"),  # the models are the run's: base and final
     ],
 )
@@ -228,3 +231,9 @@ def test_a_run_with_downstream_settings_queues_their_evaluation_when_it_succeeds
     assert (stored["method"], stored["seeds"], stored["dataset_id"]) == ("probe", 2, dataset_id)
     shown = client.get(f"/v1/runs/{run['id']}", headers=alice.headers).json()["downstream"]
     assert (shown["evaluation_id"], shown["status"], shown["result"]) == (evaluation.id, "queued", None)
+
+    # Deleted once finished: the run keeps its settings, with no evaluation (as its description says).
+    assert client.post(f"/v1/evaluations/{evaluation.id}/cancel", headers=alice.headers).status_code == 200
+    assert client.delete(f"/v1/evaluations/{evaluation.id}", headers=alice.headers).status_code == 204
+    shown = client.get(f"/v1/runs/{run['id']}", headers=alice.headers).json()["downstream"]
+    assert (shown["evaluation_id"], shown["status"], shown["method"]) == (None, None, "probe")

@@ -112,5 +112,10 @@ def test_bad_input_is_one_line_with_a_non_zero_exit(
     assert "unknown setting 'hyperparameters.learning_rat'" in _error(result)
     assert result.exit_code == 2
 
+    ignored = ("--method", "probe", "--learning-rate", 1e-4)  # a setting the probe would silently ignore
+    result = _evaluate("--dataset", dataset, "--model", tiny_bert_dir, *ignored)
+    assert "hyperparameters.learning_rate: learning_rate is not used by method 'probe'" in _error(result)
+    assert result.exit_code == 2
+
     result = _evaluate("--dataset", dataset, "--model", tmp_path / "missing")
     assert "does not exist" in _error(result) and result.exit_code == 2
