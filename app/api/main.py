@@ -51,7 +51,7 @@ from app.runs.metric_series import MetricBucketCache
 from app.runs.stream import StreamOptions, open_async_redis
 from app.storage import Storage, get_storage, sweep_stale_uploads
 from app.tenants.service import Authenticator
-from worker.pretraining.hyperparameters import HyperparameterError
+from worker.pretraining.hyperparameters import HyperparameterError, validation_message
 
 __all__ = ["create_app"]
 
@@ -233,7 +233,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         params = [_param_of(error.get("loc", ())) for error in errors]
         message = "; ".join(
-            f"{param or 'request'}: {error.get('msg', 'invalid')}"
+            f"{param or 'request'}: {validation_message(error)}"
             for param, error in zip(params, errors, strict=True)
         )
         return JSONResponse(

@@ -91,7 +91,8 @@ def compare_models(
     """Fine-tune (``config.method == "finetune"``) or probe each model with seeds ``0 .. config.seeds-1``
     on ``train`` and score it on ``test``; ``models[0]`` is the baseline of the paired differences.
 
-    ``progress`` gets an :class:`EvaluationProgress` after each (model, seed) fit; ``should_stop`` is polled
+    ``progress`` gets an :class:`EvaluationProgress` as the first fit starts (``done`` 0) and after each
+    (model, seed) fit; ``should_stop`` is polled
     before each fit and after every training or feature batch. Raises EvaluationCancelled when it returns
     True, ValueError for inputs that cannot be compared (fewer than 2 labels, a test label absent from
     ``train``, duplicate model names), BaseModelError for a model directory that cannot be used (all are
@@ -126,6 +127,8 @@ def compare_models(
         )
         for seed in seeds:
             check_cancelled()
+            if progress is not None and done == 0:  # the total is known before the first fit ends
+                progress(EvaluationProgress(model=model.name, model_index=0, seed=seed, done=0, total=total))
             predictions, epochs = predict(seed)
             scores.accuracy.append(float(accuracy_score(test_labels, predictions)))
             scores.macro_f1.append(

@@ -147,7 +147,8 @@ class ComparisonResult(BaseModel):
 
 
 class EvaluationProgress(BaseModel):
-    """Reported after each (model, seed) fit: ``done`` of ``total`` fits are finished."""
+    """Reported as the first fit starts and after each (model, seed) fit: ``done`` of ``total`` fits are
+    finished."""
 
     model_config = ConfigDict(frozen=True)
 

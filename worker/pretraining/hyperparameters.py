@@ -9,6 +9,7 @@ This module imports no torch: the API validates submissions with it.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,7 @@ __all__ = [
     "Hyperparameters",
     "PreparationConfig",
     "load_hyperparameters",
+    "validation_message",
 ]
 
 
@@ -43,6 +45,14 @@ MAX_DOMAIN_TOKENS = 10_000
 DEFAULT_DOMAIN_TOKEN_MIN_COUNT = 20
 # replay_ratio's ceiling: at 0.9 an epoch is already nine parts replay to one part domain text.
 MAX_REPLAY_RATIO = 0.9
+
+
+def validation_message(error: Mapping[str, Any]) -> str:
+    """The message of one pydantic error (an item of ``ValidationError.errors()``) as a user reads it: the
+    text a validator raised, without pydantic's ``Value error, `` prefix."""
+    if error.get("type") == "value_error" and error.get("ctx", {}).get("error") is not None:
+        return str(error["ctx"]["error"])
+    return str(error.get("msg", "invalid"))
 
 
 class HyperparameterError(ValueError):
@@ -57,7 +67,7 @@ class HyperparameterError(ValueError):
         errors = []
         for err in exc.errors():
             field = ".".join(str(part) for part in err["loc"]) or "hyperparameters"
-            message = err["msg"]
+            message = validation_message(err)
             if err["type"] == "extra_forbidden":
                 message = f"unknown hyperparameter {field!r} (see `bertpt train --help` for the list)"
             errors.append((field, message))

@@ -634,3 +634,16 @@ def test_checkpoint_selection_is_refused_without_the_corpora_it_compares(
     assert {name: run["hyperparameters"][name] for name in chosen} == chosen
     assert run["selected_checkpoint"] is None and run["stopped_early"] is None  # until it succeeds
     assert enqueued == [run["id"]]
+
+
+def test_a_refused_setting_reads_as_its_rule_without_pydantic_prefixes(
+    client: TestClient, alice: TenantKey, corpus_id: str
+) -> None:
+    body = {
+        "base_model": builtin_base_model(),
+        "corpus_id": corpus_id,
+        "hyperparameters": {"lr_scheduler": "linear", "min_lr_ratio": 0.1},
+    }
+    error = assert_error(submit(client, alice, body), 422, "validation_error", "hyperparameters.min_lr_ratio")
+    assert "min_lr_ratio=0.1 is the floor of the cosine schedule" in error["message"]
+    assert "Value error" not in error["message"]

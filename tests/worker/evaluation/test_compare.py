@@ -85,9 +85,10 @@ def test_fine_tuning_learns_the_topics(finetuned: Any) -> None:
         assert model.macro_f1.mean >= 0.5, model
 
 
-def test_progress_is_reported_after_every_fit(finetuned: Any) -> None:
+def test_progress_is_reported_as_the_first_fit_starts_and_after_every_fit(finetuned: Any) -> None:
     _, reports = finetuned
     assert [(r.model, r.model_index, r.seed, r.done, r.total) for r in reports] == [
+        ("pretraining-heads", 0, 0, 0, 4),
         ("pretraining-heads", 0, 0, 1, 4),
         ("pretraining-heads", 0, 1, 2, 4),
         ("encoder", 1, 0, 3, 4),
@@ -143,7 +144,7 @@ def test_should_stop_cancels_within_fine_tuning(two_models: list[Any], topic_spl
     config = EvaluationConfig(method="finetune", seeds=2, hyperparameters=TINY_FINETUNE)
     with pytest.raises(EvaluationCancelled):
         compare_models(two_models, *topic_split, config, progress=reports.append, should_stop=should_stop)
-    assert polls == 3 and reports == []
+    assert polls == 3 and [(r.done, r.total) for r in reports] == [(0, 4)]  # started, nothing finished
 
 
 def test_inputs_that_cannot_be_compared_are_refused_before_any_fit(
