@@ -11,6 +11,7 @@ the row is written, and removed again if the transaction rolls back. Compressed 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,8 +122,7 @@ def upload_dataset(
                 if file is not None and key is not None:
                     pending.append(stack.enter_context(storage.open_write(key)))
                     with open(file.path, "rb") as source:
-                        while chunk := source.read(_COPY_CHUNK):
-                            pending[-1].write(chunk)
+                        shutil.copyfileobj(source, pending[-1], _COPY_CHUNK)
             try:
                 with session.begin_nested():
                     repository.add(session, dataset)

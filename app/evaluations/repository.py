@@ -3,12 +3,10 @@ deleted: its dataset, the runs and checkpoints it compares."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.evaluations.states import ACTIVE_EVALUATION_STATUSES, EvaluationStatus
+from app.evaluations.states import ACTIVE_EVALUATION_STATUSES
 from app.models import Dataset, Evaluation, Run
 from app.pagination import Page, fetch_page
 from app.runs.states import ACTIVE_RUN_STATUSES
@@ -39,17 +37,8 @@ def for_run(session: Session, run_id: str) -> Evaluation | None:
     return session.scalars(select(Evaluation).where(Evaluation.run_id == run_id)).one_or_none()
 
 
-def page(
-    session: Session,
-    tenant_id: str,
-    *,
-    statuses: Sequence[EvaluationStatus],
-    limit: int,
-    after: str | None,
-) -> Page[Evaluation]:
+def page(session: Session, tenant_id: str, *, limit: int, after: str | None) -> Page[Evaluation]:
     statement = select(Evaluation).where(Evaluation.tenant_id == tenant_id)
-    if statuses:
-        statement = statement.where(Evaluation.status.in_(statuses))
     return fetch_page(session, statement, Evaluation, limit=limit, after=after)
 
 

@@ -97,15 +97,8 @@ def get_evaluation(
     return evaluation
 
 
-def list_evaluations(
-    session: Session,
-    tenant: Tenant,
-    *,
-    statuses: Sequence[EvaluationStatus],
-    limit: int,
-    after: str | None,
-) -> Page[Evaluation]:
-    return repository.page(session, tenant.id, statuses=statuses, limit=limit, after=after)
+def list_evaluations(session: Session, tenant: Tenant, *, limit: int, after: str | None) -> Page[Evaluation]:
+    return repository.page(session, tenant.id, limit=limit, after=after)
 
 
 def cancel_evaluation(session: Session, tenant: Tenant, evaluation_id: str) -> Evaluation:

@@ -55,7 +55,7 @@ def create_evaluation(
 def list_evaluations(
     session: SessionDep, tenant: CurrentTenant, limit: PageLimit = DEFAULT_LIMIT, after: PageAfter = ""
 ) -> Response:
-    page = service.list_evaluations(session, tenant, statuses=[], limit=limit, after=after)
+    page = service.list_evaluations(session, tenant, limit=limit, after=after)
     data = [EvaluationPublic.from_evaluation(evaluation) for evaluation in page.items]
     return json_response(EvaluationsPublic(data=data, next_cursor=page.next_cursor))
 
