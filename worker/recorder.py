@@ -479,6 +479,7 @@ class RunRecorder:
                 progress=self._stored_progress(),
                 latest=self.latest,
                 baseline=self.baseline,
+                warnings=self._stored_warnings(),
             )
             if ended and also is not None:
                 also(session)

@@ -217,10 +217,12 @@ def finish_run(
     progress: Mapping[str, Any] | None = None,
     latest: Mapping[str, Any] | None = None,
     baseline: Mapping[str, Any] | None = None,
+    warnings: Sequence[Mapping[str, Any]] | None = None,
     now: datetime | None = None,
 ) -> bool:
     """A transition that ends the run (``succeed``, ``fail`` or ``stop``: succeeded, failed or
-    cancelled), with what the run leaves behind. False when this attempt no longer holds the run (nothing
+    cancelled), with what the run leaves behind (its warnings too: a run may end before any heartbeat
+    wrote them). False when this attempt no longer holds the run (nothing
     is written)."""
     if trigger not in ENDING_TRIGGERS:
         raise ValueError(f"finish_run ends a run ({', '.join(ENDING_TRIGGERS)}), not {trigger.value!r}")
@@ -229,7 +231,7 @@ def finish_run(
     values["error"] = dict(error) if error is not None else None
     if output_storage_key is not None:
         values["output_storage_key"] = output_storage_key
-    values.update(_given(progress=progress, latest=latest, baseline=baseline))
+    values.update(_given(progress=progress, latest=latest, baseline=baseline, warnings=warnings))
     return _transition_held(session, run_id, attempt, trigger, **values)
 
 
