@@ -26,7 +26,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy app worker
+	$(BIN)/mypy app worker bertpt
 
 imports: venv
 	$(BIN)/lint-imports
