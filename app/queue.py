@@ -4,10 +4,12 @@ The API never imports the worker's task functions: it sends tasks by name. Send 
 task reads are committed (``app.db.on_commit(session, lambda: enqueue_run(run.id))``), or the worker may
 look for a run that does not exist yet.
 
-Two tasks: ``bertpt.runs.execute(run_id)`` on ``TRAINING_QUEUE`` and ``bertpt.evaluations.execute(
-evaluation_id)`` on ``EVALUATION_QUEUE`` (by default the training queue: an evaluation fine-tunes models,
-on the same machines); ``bertpt.analyze_corpus(analysis_id)`` on ``ANALYSIS_QUEUE`` (by default the
-training queue too).
+Three tasks: ``bertpt.runs.execute(run_id)`` on the queue of the run's resource class,
+``TRAINING_QUEUE.<class>`` (``training.cpu``, ``training.gpu``: :class:`app.runs.routing.RunSender` reads
+the class from the run's row; without a queue it goes to the default class's); ``bertpt.evaluations.execute(
+evaluation_id)`` on ``EVALUATION_QUEUE`` (by default ``TRAINING_QUEUE`` itself: an evaluation fine-tunes
+models, on the same machines); ``bertpt.analyze_corpus(analysis_id)`` on ``ANALYSIS_QUEUE`` (by default
+``TRAINING_QUEUE`` too).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Redis redelivers an unacknowledged task after this long: longer than any run.
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "task_routes": {
-            RUN_TASK: {"queue": settings.training_queue},
+            RUN_TASK: {"queue": settings.training_queue_for(settings.default_resource_class)},
             EVALUATION_TASK: {"queue": settings.evaluation_queue_name()},
             ANALYSIS_TASK: {"queue": settings.analysis_queue_name()},
         },
@@ -79,9 +81,11 @@ def get_celery() -> Celery:
     return create_celery(get_settings())
 
 
-def enqueue_run(run_id: str, *, celery: Celery | None = None) -> str:
-    """Send ``bertpt.runs.execute(run_id)`` to the training queue; returns the Celery task id."""
-    result = (celery or get_celery()).send_task(RUN_TASK, args=[run_id])
+def enqueue_run(run_id: str, *, queue: str | None = None, celery: Celery | None = None) -> str:
+    """Send ``bertpt.runs.execute(run_id)`` to ``queue`` (default: the default resource class's training
+    queue); returns the Celery task id."""
+    options = {"queue": queue} if queue is not None else {}  # else its route: task_routes
+    result = (celery or get_celery()).send_task(RUN_TASK, args=[run_id], **options)
     return str(result.id)
 
 

@@ -182,6 +182,35 @@ def storage(tmp_path: Path) -> LocalStorage:
     return LocalStorage(tmp_path / "storage")
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-protocol server (moto's standalone server) on a free loopback port, for the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty bucket on that server. The usual AWS variables point boto3 at it, in this process
+    and in the processes it starts (S3Storage reads nothing else)."""
+    import boto3
+
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "bertpt-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "bertpt-test-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"bertpt-test-{secrets.token_hex(6)}"
+    boto3.session.Session().client("s3").create_bucket(Bucket=bucket)
+    return bucket
+
+
 # -- a test's rows: rolled back at its end ------------------------------------------------------------------
 
 

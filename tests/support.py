@@ -13,6 +13,7 @@ import random
 import re
 import secrets
 import shutil
+import socket
 import tarfile
 import zipfile
 import zlib
@@ -30,6 +31,7 @@ from app.db import session_scope
 from app.ids import new_id
 from app.models import Checkpoint, Corpus, Run, RunCheckpoint, RunMetric, Tenant
 from app.runs.downsample import Point
+from app.runs.live import stream_key
 from app.runs.states import RunStatus
 from app.storage import LocalStorage
 from app.storage.keys import checkpoint_key, corpus_key, run_checkpoint_key
@@ -238,6 +240,15 @@ def make_run(session: Session, tenant: Tenant, **values: Any) -> Run:
     return run
 
 
+def write_directory(storage: LocalStorage, key: str, files: dict[str, bytes]) -> Path:
+    """The folder ``key`` in storage with these files (name -> content), written directly."""
+    directory = storage.local_path(key)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (directory / name).write_bytes(content)
+    return directory
+
+
 def write_complete_checkpoint(storage: LocalStorage, run_id: str, step: int) -> Path:
     """The files that make a run's checkpoint complete on disk (its manifest and trainer state), as the
     library publishes them, beside what the directory holds already (no weights of its own)."""
@@ -260,6 +271,33 @@ def add_checkpoint_row(session: Session, run: Run, step: int, key: str | None = 
     session.add(checkpoint)
     session.commit()
     return checkpoint
+
+
+class LiveStreams:
+    """Publishes to runs' Redis streams as the worker does (XADD of a type and JSON data); :meth:`close`
+    removes the streams it wrote to and closes its connection."""
+
+    def __init__(self) -> None:
+        self.client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        self.keys: set[str] = set()
+
+    def publish(self, run_id: str, kind: str, data: dict[str, Any]) -> str:
+        key = stream_key(run_id)
+        self.keys.add(key)
+        return str(self.client.xadd(key, {"type": kind, "data": json.dumps(data)}))
+
+    def close(self) -> None:
+        if self.keys:
+            self.client.delete(*self.keys)
+        self.client.close()
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listened on a moment ago, for a server started as another
+    process (one that can be handed a bound socket should bind port 0 itself and hold it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 # -- metric curves ---------------------------------------------------------------------------------------

@@ -68,6 +68,14 @@ def test_wheel_carries_every_migration(wheel: Path) -> None:
     assert not missing, f"the wheel lacks {missing}"
 
 
+def test_wheel_carries_the_dashboard(wheel: Path) -> None:
+    """The page and its files are package data, not modules: an installed API serves /ui/ with them."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    static = sorted(path.name for path in (REPO / "app" / "ui" / "static").iterdir())
+    missing = sorted({f"app/ui/static/{name}" for name in static} - names)
+    assert "index.html" in static and not missing, f"the wheel lacks {missing}"
+
+
 def test_unpacked_wheel_migrates_from_outside_the_repository(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

@@ -129,8 +129,12 @@ def _job(analysis_id: str, context: WorkerContext) -> AnalysisJob:
         tenant = session.get(Tenant, analysis.tenant_id) if analysis is not None else None
         if analysis is None or corpus is None or tenant is None:
             raise _InputGone(f"the corpus of analysis {analysis_id} no longer exists")
-        if not storage.exists(corpus.storage_key):
-            raise _InputGone(f"the file of corpus {corpus.id} is missing from storage; ask the operator")
+        try:
+            corpus_path = storage.fetch(corpus.storage_key)
+        except FileNotFoundError:
+            raise _InputGone(
+                f"the file of corpus {corpus.id} is missing from storage; ask the operator"
+            ) from None
         try:
             base = resolve_base_model(
                 session, tenant, analysis.base_model, settings=settings, storage=storage
@@ -139,11 +143,11 @@ def _job(analysis_id: str, context: WorkerContext) -> AnalysisJob:
             raise _InputGone(exc.message) from None
         return AnalysisJob(
             analysis_id=analysis.id,
-            corpus=str(storage.local_path(corpus.storage_key)),
+            corpus=str(corpus_path),
             corpus_id=corpus.id,
             tokenizer=base.source,
             base_model_spec=str(base.spec),
-            cache_dir=str(storage.local_path(PREPARED_DATA)),
+            cache_dir=str(storage.local_cache_dir(PREPARED_DATA)),
             hyperparameters=dict(analysis.hyperparameters),
             hf_hub_offline=settings.hf_hub_offline,
         )

@@ -1,11 +1,12 @@
 """The worker's Celery application: the one configuration of :mod:`app.queue` (Redis broker, JSON only,
-``bertpt.runs.execute`` routed to the training queue, ``bertpt.evaluations.execute`` to the evaluation
-queue and ``bertpt.analyze_corpus`` to the analysis queue, late acknowledgement, prefetch 1, the visibility
-timeout of the settings) plus the task modules. Its main process runs the housekeeping, and announces the
-worker's training slots (:mod:`app.estimates.workers`).
+``bertpt.runs.execute`` sent to the training queue of the run's resource class, ``bertpt.evaluations.execute``
+to the evaluation queue and ``bertpt.analyze_corpus`` to the analysis queue, late acknowledgement, prefetch
+1, the visibility timeout of the settings) plus the task modules. Its main process runs the housekeeping,
+and announces the training queues it serves, its slots and its devices (:mod:`app.estimates.workers`).
 
-    celery -A worker.celery_app worker -Q training --concurrency 1 --prefetch-multiplier 1
+    celery -A worker.celery_app worker -Q training.cpu,training --concurrency 1 --prefetch-multiplier 1
     bertpt worker                       # the same, from the settings
+    bertpt worker --gpus 0              # training.gpu and the others, pinned to GPU 0
 
 Settings are read when this module is imported: it is the worker's entry point, imported by Celery's
 command line (``-A``) or by ``bertpt worker``, never by the API.
@@ -14,6 +15,7 @@ command line (``-A``) or by ``bertpt worker``, never by the API.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery
@@ -26,8 +28,9 @@ from app.housekeeping import Chore, Housekeeper, housekeeping_period, start_hous
 from app.queue import create_celery
 from app.runs.live import create_redis
 from worker.context import default_worker_id
+from worker.webhooks import WebhookDispatcher, start_webhook_dispatcher
 
-__all__ = ["app", "create_worker_app", "worker_pool"]
+__all__ = ["app", "create_worker_app", "pinned_devices", "worker_pool"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
 app = create_worker_app()
 
 _housekeeper: Housekeeper | None = None
+_webhook_dispatcher: WebhookDispatcher | None = None
 
 
 @worker_ready.connect
@@ -53,34 +57,47 @@ def _start_housekeeping(sender: Any = None, **_: Any) -> None:
         slots, queues = worker_pool(sender, settings)
         extra = (
             [("announce this worker", _announcer(settings, slots, queues))]
-            if settings.training_queue in queues
+            if queues & set(settings.training_queues())
             else []
         )
         _housekeeper = start_housekeeping(settings, extra=extra)
+    if settings.webhook_dispatch:
+        _start_webhook_dispatcher(settings)
 
 
 def worker_pool(consumer: Any, settings: Settings) -> tuple[int, frozenset[str]]:
     """The concurrency of the worker whose Celery ``consumer`` is given (``--concurrency``) and the names
-    of the queues it consumes (``--queues``); the settings' (``WORKER_CONCURRENCY``, the training queue)
-    for what it does not say."""
+    of the queues it consumes (``--queues``); the settings' (``WORKER_CONCURRENCY``, the default resource
+    class's training queue) for what it does not say."""
     concurrency = getattr(getattr(consumer, "controller", None), "concurrency", None)
     try:
         consumed = frozenset(consumer.app.amqp.queues.consume_from)
     except AttributeError:
         consumed = frozenset()
     slots = concurrency if isinstance(concurrency, int) and concurrency > 0 else settings.worker_concurrency
-    return slots, consumed or frozenset({settings.training_queue})
+    return slots, consumed or frozenset({settings.training_queue_for(settings.default_resource_class)})
+
+
+def pinned_devices() -> int | None:
+    """How many GPUs this worker is pinned to (``CUDA_VISIBLE_DEVICES``, which ``bertpt worker --gpus``
+    sets); None when it is not pinned."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return None
+    return len([device for device in visible.split(",") if device.strip()])
 
 
 def _announcer(settings: Settings, slots: int, queues: frozenset[str]) -> Chore:
-    """A chore that says, every housekeeping period, that this worker is alive with ``slots`` training
-    slots (what the queue part of run estimates divides by: :mod:`app.estimates.workers`); said once now
-    too."""
+    """A chore that says, every housekeeping period, that this worker is alive on its training ``queues``
+    with ``slots`` training slots and its devices (what the queue part of run estimates divides by, and
+    what tells a run whether a worker serves its queue: :mod:`app.estimates.workers`); said once now too."""
     client = create_redis(settings.redis_url, socket_timeout=10)
-    worker, period = default_worker_id(), housekeeping_period(settings)
+    worker, period, devices = default_worker_id(), housekeeping_period(settings), pinned_devices()
 
     def announce() -> list[str]:
-        announce_worker(client, settings, worker, slots=slots, queues=queues, period_seconds=period)
+        announce_worker(
+            client, settings, worker, slots=slots, queues=queues, period_seconds=period, devices=devices
+        )
         return []
 
     try:
@@ -90,7 +107,15 @@ def _announcer(settings: Settings, slots: int, queues: frozenset[str]) -> Chore:
     return announce
 
 
+def _start_webhook_dispatcher(settings: Settings) -> None:
+    """The delivery of webhook events from the outbox (:mod:`worker.webhooks`), in the main process."""
+    global _webhook_dispatcher
+    _webhook_dispatcher = start_webhook_dispatcher(settings)
+
+
 @worker_shutdown.connect
 def _stop_housekeeping(**_: Any) -> None:
     if _housekeeper is not None:
         _housekeeper.stop()
+    if _webhook_dispatcher is not None:
+        _webhook_dispatcher.stop()

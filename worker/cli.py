@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from app.admin import admin
+from bertpt.cli import CLIENT_COMMANDS
 from worker.evaluation.cli import evaluate_command
 from worker.pretraining.cli import prepare_command
 from worker.pretraining.train_cli import train_command
@@ -27,6 +28,8 @@ cli.add_command(evaluate_command)
 cli.add_command(admin)
 cli.add_command(serve_command)
 cli.add_command(worker_command)
+for client_command in CLIENT_COMMANDS:  # the client commands: talk to a bertpt API (bertpt.cli)
+    cli.add_command(client_command)
 
 
 def main() -> None:

@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory
-from app.queue import Enqueuer, RunEnqueuer, create_celery, enqueue_evaluation, enqueue_run
+from app.queue import Enqueuer, RunEnqueuer, create_celery, enqueue_evaluation
 from app.runs.live import create_redis
+from app.runs.routing import RunSender
 from app.storage import Storage, get_storage
 
 __all__ = ["WorkerContext", "build_worker_context", "default_worker_id", "get_worker_context"]
@@ -47,13 +48,14 @@ class WorkerContext:
 
 def build_worker_context(settings: Settings, *, worker_id: str | None = None) -> WorkerContext:
     celery = create_celery(settings)
+    session_factory = create_session_factory(create_db_engine(settings.database_url))
     return WorkerContext(
         settings=settings,
-        session_factory=create_session_factory(create_db_engine(settings.database_url)),
+        session_factory=session_factory,
         storage=get_storage(settings),
         redis=create_redis(settings.redis_url, socket_timeout=10),
         worker_id=worker_id or default_worker_id(),
-        enqueue=partial(enqueue_run, celery=celery),
+        enqueue=RunSender(settings, session_factory, celery),  # to the run's class's queue
         enqueue_evaluation=partial(enqueue_evaluation, celery=celery),
     )
 

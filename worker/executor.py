@@ -7,12 +7,16 @@
    before this point (the database unreachable) propagate, so that the task retries them; after it,
    every outcome is recorded on the run.
 2. **Inputs** from rows only (:mod:`worker.inputs`): corpus files, the base model, ``runs/<id>/`` as the
-   output directory (the same for every attempt) and the shared ``prepared/`` cache.
+   output directory (the same for every attempt) and the shared ``prepared/`` cache. The output directory
+   is the run's workspace (:meth:`~app.storage.interface.Storage.workspace`): with S3 storage a local copy
+   in the worker's cache, pulled first (what an earlier attempt, maybe on another worker, left).
 3. **Train** in a ``spawn``-ed child (:mod:`worker.training_process`) while this process supervises:
    it drains the child's messages into the run's rows and live stream (:class:`RunRecorder`), and about
    once a second writes progress and the heartbeat and reads ``cancel_requested``. A cancel request sets
    the child's stop event: it stops at the end of the step with a checkpoint (while data is still being
-   prepared, which the library does not interrupt, the child is terminated instead).
+   prepared, which the library does not interrupt, the child is terminated instead). Each checkpoint is
+   pushed to storage as it is announced (in a thread of its own, so the heartbeat goes on), and the
+   whole directory once the child has exited, before the end is recorded: what the rows name is there.
 4. **Finish** (the ``succeed``, ``stop`` or ``fail`` transition): succeeded (``output_storage_key`` = the
    final model directory), cancelled, or failed with
    ``{type, message}`` for the user (tracebacks go to this log only). A run that succeeds with
@@ -33,8 +37,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from pathlib import PurePosixPath
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -47,12 +53,20 @@ from app.runs.lifecycle import Interruption
 from app.runs.live import LivePublisher
 from app.runs.schemas import OUTCOME_KEYS, RunEventPublic
 from app.runs.states import RunStatus, Trigger, target
+from app.storage import Workspace
 from app.storage.keys import run_directory_key, run_model_key
 from worker.context import WorkerContext, get_worker_context
-from worker.failures import RETRIED_FAILURES, RunFailure, describe_process_death, supervisor_failure
+from worker.failures import (
+    RETRIED_FAILURES,
+    RunFailure,
+    describe_process_death,
+    storage_failure,
+    supervisor_failure,
+)
 from worker.inputs import InputError, build_training_job
 from worker.job import TrainingJob
-from worker.pretraining.records import TrainingResult
+from worker.pretraining.layout import CHECKPOINT_MANIFEST, MODEL_MANIFEST, TMP_PREFIX
+from worker.pretraining.records import CheckpointSaved, TrainingResult
 from worker.recorder import RunRecorder, stored_metrics
 from worker.supervision import supervise_child
 from worker.training_process import ChildMessage, run_training_job
@@ -137,7 +151,7 @@ def _claim(run_id: str, context: WorkerContext) -> RunRecorder | None:
             claimed,
             context.session_factory,
             publisher,
-            run_dir=context.storage.local_path(run_directory_key(run_id)),
+            run_dir=context.storage.workspace(run_directory_key(run_id)).path,
         )
         recorder.restore(session)
         event = add_event(
@@ -154,6 +168,12 @@ def _claim(run_id: str, context: WorkerContext) -> RunRecorder | None:
 
 
 def _execute_claimed(recorder: RunRecorder, context: WorkerContext) -> RunStatus | None:
+    workspace = context.storage.workspace(run_directory_key(recorder.run_id))
+    try:
+        workspace.pull()
+    except OSError as exc:  # app.storage.StorageError is one
+        logger.exception("run %s: its directory could not be read from storage", recorder.run_id)
+        return _retry_or_fail(recorder, storage_failure(exc), context)
     try:
         with session_scope(context.session_factory) as session:
             job = build_training_job(session, recorder.run_id, context.settings, context.storage)
@@ -171,13 +191,54 @@ def _execute_claimed(recorder: RunRecorder, context: WorkerContext) -> RunStatus
         },
     )
     outcome = supervise(job, recorder, context)
-    return _record_outcome(outcome, recorder, context)
+    if not outcome.lost:  # else the run belongs to another attempt: its files are not ours to write
+        try:
+            workspace.push(last=_WRITTEN_LAST, skip=_in_progress)
+        except OSError as exc:  # app.storage.StorageError is one
+            logger.exception("run %s: its directory could not be written to storage", recorder.run_id)
+            return _retry_or_fail(recorder, storage_failure(exc), context)
+    status = _record_outcome(outcome, recorder, context)
+    if status != RunStatus.QUEUED:  # a retried attempt here finds its copy as it left it
+        workspace.release()
+    return status
+
+
+# A checkpoint or a model counts as complete once its manifest is there: uploaded after the other files.
+_WRITTEN_LAST = (CHECKPOINT_MANIFEST, MODEL_MANIFEST)
+
+
+def _in_progress(path: PurePosixPath) -> bool:
+    """A checkpoint being written or deleted by the training library, never pushed."""
+    return any(part.startswith(TMP_PREFIX) for part in path.parts)
+
+
+class _CheckpointPusher:
+    """Pushes the run's ``checkpoints/`` (a new checkpoint up, rotated ones deleted) in a thread, one push
+    at a time, while the supervisor goes on renewing the lease. A failed push is logged: the next one, or
+    the final push of the whole directory, catches up."""
+
+    def __init__(self, workspace: Workspace, run_id: str) -> None:
+        self.workspace, self.run_id = workspace, run_id
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"push-{run_id}")
+
+    def push(self) -> None:
+        self._thread.submit(
+            self.workspace.push, "checkpoints", last=_WRITTEN_LAST, skip=_in_progress
+        ).add_done_callback(self._log_failure)
+
+    def _log_failure(self, future: Future[None]) -> None:
+        if future.exception() is not None:
+            logger.warning("run %s: a checkpoint push failed: %s", self.run_id, future.exception())
+
+    def wait(self) -> None:
+        self._thread.shutdown(wait=True)
 
 
 def supervise(job: TrainingJob, recorder: RunRecorder, context: WorkerContext) -> ChildOutcome:
     """Train ``job`` in a spawned child until it exits, recording what it reports
-    (:func:`worker.supervision.supervise_child`)."""
+    (:func:`worker.supervision.supervise_child`), pushing each checkpoint to storage as it comes."""
     outcome = ChildOutcome()
+    pusher = _CheckpointPusher(context.storage.workspace(run_directory_key(job.run_id)), job.run_id)
 
     def receive(message: ChildMessage) -> None:
         if isinstance(message, TrainingResult):
@@ -186,20 +247,25 @@ def supervise(job: TrainingJob, recorder: RunRecorder, context: WorkerContext) -
             outcome.failure = message
         else:
             recorder.handle(message)
+            if isinstance(message, CheckpointSaved):
+                pusher.push()
 
-    end = supervise_child(
-        run_training_job,
-        job,
-        label=f"run {job.run_id}",
-        what="training process",
-        process_name=f"bertpt-training-{job.run_id}",
-        receive=receive,
-        flush=recorder.flush,
-        context=context,
-        # Training stops at the end of its step, with a checkpoint. Loading the model and preparing the
-        # data do not look at the stop event: a cancel ends those at once (they clean up).
-        stop_at_once=lambda: not recorder.training_started,
-    )
+    try:
+        end = supervise_child(
+            run_training_job,
+            job,
+            label=f"run {job.run_id}",
+            what="training process",
+            process_name=f"bertpt-training-{job.run_id}",
+            receive=receive,
+            flush=recorder.flush,
+            context=context,
+            # Training stops at the end of its step, with a checkpoint. Loading the model and preparing the
+            # data do not look at the stop event: a cancel ends those at once (they clean up).
+            stop_at_once=lambda: not recorder.training_started,
+        )
+    finally:
+        pusher.wait()
     outcome.exitcode, outcome.lost = end.exitcode, end.lost
     outcome.cancelled_while_preparing = end.terminated_on_cancel
     return outcome

@@ -40,6 +40,7 @@ __all__ = [
     "describe_process_death",
     "is_out_of_memory",
     "scrub_paths",
+    "storage_failure",
     "supervisor_failure",
 ]
 
@@ -109,6 +110,12 @@ def supervisor_failure(label: str) -> RunFailure:
         "the worker stopped on an internal error; the operators can find the details in the worker log "
         f"under {label}",
     )
+
+
+def storage_failure(exc: OSError) -> RunFailure:
+    """What the owner is told when the run's directory could not be copied from or to storage (S3
+    unreachable, say): an interruption that is not their doing, retried like a lost worker."""
+    return RunFailure("storage_error", f"the run's files could not be copied to or from storage: {exc}")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -3,6 +3,10 @@ model through the base-model registry (built-ins, uploaded checkpoints, other ru
 and prepared-data directories by :mod:`app.storage.keys` (the prepared-data cache is shared by every run:
 an entry's key covers the corpus digest, the tokenizer and every preparation parameter). Nothing a client
 typed is ever used as a path.
+
+The paths are on this machine: files are fetched (:meth:`~app.storage.interface.Storage.fetch`; with S3
+storage, into the worker's cache, once per content), the run's directory is its workspace (pulled and
+pushed by :mod:`worker.executor`), and the prepared data live in the storage's local cache directory.
 """
 
 from __future__ import annotations
@@ -39,13 +43,14 @@ def _corpus_path(
     corpus = session.get(Corpus, corpus_id)
     if corpus is None or corpus.tenant_id != run.tenant_id:
         raise InputError(RunFailure("input_error", f"the {role} {corpus_id} no longer exists"))
-    if not storage.exists(corpus.storage_key):
+    try:
+        return str(storage.fetch(corpus.storage_key))
+    except FileNotFoundError:
         raise InputError(
             RunFailure(
                 "input_error", f"the file of the {role} {corpus_id} is missing from storage; ask the operator"
             )
-        )
-    return str(storage.local_path(corpus.storage_key))
+        ) from None
 
 
 def dataset_paths(
@@ -58,17 +63,16 @@ def dataset_paths(
     dataset = session.get(Dataset, dataset_id) if dataset_id is not None else None
     if dataset is None or dataset.tenant_id != tenant_id:
         raise InputError(RunFailure("input_error", f"the dataset {dataset_id} no longer exists"))
-    keys = [dataset.storage_key, dataset.test_storage_key]
-    for key in keys:
-        if key is not None and not storage.exists(key):
-            raise InputError(
-                RunFailure(
-                    "input_error",
-                    f"a file of the dataset {dataset.id} is missing from storage; ask the operator",
-                )
+    try:
+        train = storage.fetch(dataset.storage_key)
+        test = storage.fetch(dataset.test_storage_key) if dataset.test_storage_key else None
+    except FileNotFoundError:
+        raise InputError(
+            RunFailure(
+                "input_error", f"a file of the dataset {dataset.id} is missing from storage; ask the operator"
             )
-    test_key = dataset.test_storage_key
-    return storage.local_path(dataset.storage_key), storage.local_path(test_key) if test_key else None
+        ) from None
+    return train, test
 
 
 def build_training_job(session: Session, run_id: str, settings: Settings, storage: Storage) -> TrainingJob:
@@ -96,8 +100,8 @@ def build_training_job(session: Session, run_id: str, settings: Settings, storag
         base_model_spec=str(base.spec),
         corpus=corpus,
         corpus_id=run.corpus_id,
-        out_dir=str(storage.local_path(run_directory_key(run.id))),
-        cache_dir=str(storage.local_path(PREPARED_DATA)),
+        out_dir=str(storage.workspace(run_directory_key(run.id)).path),
+        cache_dir=str(storage.local_cache_dir(PREPARED_DATA)),
         hyperparameters=dict(run.hyperparameters or {}),
         eval_corpus=eval_corpus,
         eval_corpus_id=run.eval_corpus_id if eval_corpus else None,
@@ -106,4 +110,5 @@ def build_training_job(session: Session, run_id: str, settings: Settings, storag
         replay_corpus=replay_corpus,
         replay_corpus_id=run.replay_corpus_id if replay_corpus else None,
         hf_hub_offline=settings.hf_hub_offline,
+        devices=int((run.resources or {}).get("devices") or 1),
     )

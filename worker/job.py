@@ -31,6 +31,7 @@ class TrainingJob:
     replay_corpus_id: str | None = None
     hf_hub_offline: bool = False
     dataloader_workers: int | None = None
+    devices: int = 1  # processes of the run (torchrun, one a device): resources.devices
 
 
 @dataclass(frozen=True)

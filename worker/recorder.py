@@ -72,6 +72,7 @@ _STARTED_FIELDS = {
     "eval_splits",
     "precision",
     "device",
+    "device_name",
     "vocabulary",
     "model",
 }
@@ -224,7 +225,8 @@ class RunRecorder:
         self._state_changed = True
         if record.split == "train":
             progress: dict[str, Any] = {"epoch": values.get("epoch")}
-            progress["tokens_per_second"] = values.get("tokens_per_second")
+            for speed in ("tokens_per_second", "samples_per_second", "mfu"):
+                progress[speed] = values.get(speed)
             if self._mean_instance_tokens:
                 # Exact counts come with checkpoints and the final model; in between, samples x mean length.
                 progress["tokens_seen"] = round(values["samples_seen"] * self._mean_instance_tokens)

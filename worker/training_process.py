@@ -9,6 +9,14 @@ they are: every :data:`~worker.pretraining.records.TrainingRecord` of the run (p
 :class:`~worker.failures.RunFailure` (it raised: the exception mapped for the user, the traceback for the
 worker log only).
 
+A run with ``devices`` N > 1 trains in N processes launched from this one by torchrun's launcher
+(``torch.distributed.launcher.api.elastic_launch``, what the ``torchrun`` command runs; no restarts):
+each runs ``run_pretraining`` as one rank of a DDP process group (NCCL on GPUs, gloo on the CPU; see
+:mod:`worker.pretraining.engine`). Rank 0's records come back through a queue of a multiprocessing manager
+and are relayed to the supervisor; the stop is relayed to every rank through the manager's event (the ranks
+agree on the step to stop at). A rank that dies makes the launcher end the others and raise: the run
+fails like any other failure, and its next attempt resumes from the last complete checkpoint.
+
 It stops cooperatively, with a checkpoint, when the supervisor sets ``stop`` or when the supervisor
 disappears (so an orphan never trains on alongside a later attempt of the same run). It ignores SIGINT,
 so a Ctrl-C on the worker's terminal leaves the decision to the supervisor; SIGTERM ends it promptly,
@@ -26,7 +34,7 @@ import time
 import traceback
 from typing import Any, NoReturn, Protocol
 
-from worker.failures import RunFailure, describe_failure
+from worker.failures import RunFailure, describe_failure, describe_process_death
 from worker.job import TrainingJob
 from worker.pretraining.records import Progress, TrainingRecord, TrainingResult
 
@@ -101,30 +109,163 @@ def run_training_job(job: TrainingJob, messages: _Queue, stop: _Event) -> None:
         return stop.is_set() or os.getppid() != supervisor
 
     try:
-        from worker.pretraining.engine import run_pretraining
-
-        result = run_pretraining(
-            job.base_model,
-            job.corpus,
-            job.out_dir,
-            job.hyperparameters,
-            eval_corpus=job.eval_corpus,
-            reference_corpus=job.reference_corpus,
-            replay_corpus=job.replay_corpus,
-            cache_dir=job.cache_dir,
-            sink=_ThrottledSink(messages),
-            should_stop=should_stop,
-            resume=True,
-            dataloader_workers=job.dataloader_workers,
-        )
+        if job.devices > 1:
+            ended = _run_distributed(job, messages, should_stop)
+            if isinstance(ended, RunFailure):  # rank 0's, already sent
+                exit_now(messages)
+            result = ended
+        else:
+            result = _run_here(job, _ThrottledSink(messages), should_stop)
     except (SystemExit, KeyboardInterrupt):
         raise
+    except _RankDied as died:
+        messages.put(died.failure)  # retried by the executor, like the death of a one-process training
+        exit_now(messages)
     except BaseException as exc:
         failure: RunFailure = describe_failure(exc, job)
         messages.put(dataclasses.replace(failure, traceback=traceback.format_exc()))
         exit_now(messages)
     messages.put(result)
     exit_now(messages)
+
+
+def _run_here(job: TrainingJob, sink: Any, should_stop: Any) -> TrainingResult:
+    """``run_pretraining`` of ``job`` in this process (one rank of several under torchrun)."""
+    from worker.pretraining.engine import run_pretraining
+
+    return run_pretraining(
+        job.base_model,
+        job.corpus,
+        job.out_dir,
+        job.hyperparameters,
+        eval_corpus=job.eval_corpus,
+        reference_corpus=job.reference_corpus,
+        replay_corpus=job.replay_corpus,
+        cache_dir=job.cache_dir,
+        sink=sink,
+        should_stop=should_stop,
+        resume=True,
+        dataloader_workers=job.dataloader_workers,
+    )
+
+
+class _RankDied(Exception):
+    """A rank of a multi-device run ended without a result or an error of rank 0 (killed, or another rank
+    raised): ``failure`` is a ``training_process_died``, which the executor retries."""
+
+    def __init__(self, failure: RunFailure):
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def _run_distributed(job: TrainingJob, messages: _Queue, should_stop: Any) -> TrainingResult | RunFailure:
+    """Train ``job`` in ``job.devices`` processes (torchrun's launcher, no restarts), relaying rank 0's
+    records to ``messages`` and ``should_stop()`` to every rank. Returns rank 0's result, or the
+    RunFailure rank 0 reported (already relayed: its error mapped as in a one-process run). Raises
+    _RankDied when a rank failed otherwise (killed, or an error of another rank: its traceback is in the
+    worker log); the launcher has then stopped the others."""
+    import multiprocessing
+    import threading
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # Started by billiard (Celery's multiprocessing), this process's authentication key is billiard's, which
+    # the standard library's spawn (of the manager, and of the ranks by torch) cannot pickle: a fresh one.
+    current = multiprocessing.current_process()
+    current._config["authkey"] = multiprocessing.process.AuthenticationString(  # type: ignore[attr-defined]
+        bytes(current.authkey)
+    )
+    with multiprocessing.get_context("spawn").Manager() as manager:
+        records = manager.Queue()
+        stop = manager.Event()
+        finished = threading.Event()
+        reported: list[RunFailure] = []
+
+        def relay() -> None:
+            stopping = False
+            while True:
+                if not stopping and should_stop():  # polled between records too: they may never pause
+                    stop.set()
+                    stopping = True
+                try:
+                    record = records.get(timeout=0.2)
+                except Exception:  # queue.Empty, or the manager gone at the end
+                    if finished.is_set():
+                        return
+                    continue
+                if isinstance(record, RunFailure):
+                    reported.append(record)
+                messages.put(record)
+
+        relaying = threading.Thread(target=relay, name="bertpt-rank-records", daemon=True)
+        relaying.start()
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=job.devices,
+            run_id=f"bertpt-{job.run_id}",
+            rdzv_backend="c10d",
+            rdzv_endpoint="127.0.0.1:0",  # a free port
+            max_restarts=0,  # a failed rank fails the attempt; the next one resumes from a checkpoint
+            monitor_interval=0.5,
+            start_method="spawn",
+        )
+        results: dict[int, Any] = {}
+        died: RunFailure | None = None
+        try:
+            results = elastic_launch(config, _rank_main)(job, records, stop)
+        except ChildFailedError as exc:
+            # The cause: a process killed by a signal (the others then fail in their collectives), else the
+            # first that failed.
+            killed = [(r, f) for r, f in sorted(exc.failures.items()) if f.exitcode < 0]
+            rank, failure = killed[0] if killed else exc.get_first_failure()
+            died = describe_process_death(
+                failure.exitcode, process=f"training process {rank} of {job.devices}"
+            )
+        finally:
+            finished.set()
+            relaying.join()
+            while not records.empty():  # what rank 0 sent last
+                record = records.get()
+                if isinstance(record, RunFailure):
+                    reported.append(record)
+                messages.put(record)
+    if reported:
+        return reported[0]
+    if died is not None:
+        raise _RankDied(died)
+    return results[0]
+
+
+def _rank_main(job: TrainingJob, records: Any, stop: Any) -> TrainingResult:
+    """One rank of a multi-device run (the environment of torchrun's launcher: RANK, WORLD_SIZE, ...)."""
+    rank = int(os.environ.get("RANK", "0"))
+    configure_child_process(f"training {job.run_id} rank {rank}", hf_hub_offline=job.hf_hub_offline)
+    launcher = os.getppid()
+
+    def should_stop() -> bool:
+        return bool(stop.is_set()) or os.getppid() != launcher
+
+    try:
+        return _run_here(job, _ThrottledSink(records) if rank == 0 else None, should_stop)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        if rank == 0 and not _peer_lost(exc):  # mapped here: the launcher only learns an exit code
+            failure = describe_failure(exc, job)
+            records.put(dataclasses.replace(failure, traceback=traceback.format_exc()))
+        raise
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because another process is gone (NCCL's
+    ``DistBackendError``, gloo's ``RuntimeError`` on a closed connection), not an error of this one."""
+    import torch.distributed
+
+    if isinstance(exc, torch.distributed.DistError):
+        return True
+    return isinstance(exc, RuntimeError) and "gloo" in str(exc)
 
 
 def exit_now(messages: _Queue) -> NoReturn:

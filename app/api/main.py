@@ -25,9 +25,21 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.allowed_methods import AllowedMethodsMiddleware
+from app.api.docs import use_offline_docs
+from app.api.openapi_examples import use_openapi_examples
 from app.api.openapi_links import use_openapi_links
 from app.api.prometheus import MetricsMiddleware, create_registry
-from app.api.routes import checkpoints, corpora, datasets, estimates, evaluations, health, models, runs
+from app.api.routes import (
+    checkpoints,
+    corpora,
+    datasets,
+    estimates,
+    evaluations,
+    health,
+    models,
+    runs,
+    webhooks,
+)
 from app.api.upload_slots import UploadSlots
 from app.config import Settings, get_settings
 from app.db import create_db_engine, create_session_factory, is_nul_refused
@@ -45,12 +57,14 @@ from app.errors import (
 from app.estimates.workers import WorkerRegistry
 from app.health import ReadinessProbe
 from app.housekeeping import start_housekeeping
-from app.queue import create_celery, enqueue_analysis, enqueue_evaluation, enqueue_run
+from app.queue import create_celery, enqueue_analysis, enqueue_evaluation
 from app.runs.live import LivePublisher, create_redis
 from app.runs.metric_series import MetricBucketCache
+from app.runs.routing import RunSender
 from app.runs.stream import StreamOptions, open_async_redis
 from app.storage import Storage, get_storage, sweep_stale_uploads
 from app.tenants.service import Authenticator
+from app.ui import routes as dashboard
 from worker.pretraining.hyperparameters import HyperparameterError, validation_message
 
 __all__ = ["create_app"]
@@ -67,6 +81,8 @@ ROUTERS = (
     estimates.estimate_router,
     runs.router,
     evaluations.router,
+    webhooks.router,
+    dashboard.router,
 )
 
 # The one place where domain errors become HTTP statuses.
@@ -151,6 +167,9 @@ def create_app(
         title="bertpt",
         version=version("bertpt"),
         summary="Continual pre-training of BERT checkpoints (masked-LM + next-sentence prediction).",
+        # /docs and /redoc with assets served here, not from a CDN: app.api.docs.
+        docs_url=None,
+        redoc_url=None,
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -158,7 +177,7 @@ def create_app(
     app.state.storage = storage or get_storage(settings)
     app.state.authenticator = Authenticator(settings.auth_cache_seconds)
     celery = create_celery(settings)
-    app.state.run_enqueuer = partial(enqueue_run, celery=celery)
+    app.state.run_enqueuer = RunSender(settings, session_factory, celery)  # to the run's class's queue
     app.state.evaluation_enqueuer = partial(enqueue_evaluation, celery=celery)
     app.state.analysis_enqueuer = partial(enqueue_analysis, celery=celery)
     # Publishing (a cancel's announcement) happens in a worker thread: the synchronous client's pool.
@@ -172,6 +191,8 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     use_openapi_links(app)
+    use_openapi_examples(app)  # after the links: it wraps them
+    use_offline_docs(app)
     _add_error_handlers(app)
     app.add_middleware(AllowedMethodsMiddleware)  # inside CORS: preflights are CORS's
     if settings.cors_origins:

@@ -57,6 +57,11 @@ RESOURCES: dict[str, tuple[Answer, ...]] = {
         Answer("GET", "/v1/evaluations/{evaluation_id}", ("200",), "/id"),
         Answer("POST", "/v1/evaluations/{evaluation_id}/cancel", ("200",), "/id"),
     ),
+    "webhook_id": (
+        Answer("POST", "/v1/webhooks", ("201",), "/id"),
+        Answer("GET", "/v1/webhooks", ("200",), "/data/0/id"),
+        Answer("GET", "/v1/webhooks/{webhook_id}", ("200",), "/id"),
+    ),
 }
 
 # The request bodies that take a resource's id: (method, path, field, what precedes the id in the field). The

@@ -1,5 +1,6 @@
-"""Prometheus metrics of one app: HTTP traffic (by route template), runs by status and the training
-queue's depth (both computed when scraped).
+"""Prometheus metrics of one app: HTTP traffic (by route template), runs by status and the depth of each
+queue (the training queues of every resource class, the evaluation and analysis queues; both computed when
+scraped).
 
 Each app has its own registry, so apps built side by side (tests) do not collide.
 """
@@ -103,11 +104,24 @@ class QueueDepthCollector(Collector):
         self.settings = settings
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        queue = self.settings.training_queue
+        settings = self.settings
+        queues = list(
+            dict.fromkeys(
+                [
+                    settings.training_queue,
+                    *settings.training_queues(),  # one per resource class
+                    settings.evaluation_queue_name(),
+                    settings.analysis_queue_name(),
+                ]
+            )
+        )
         try:
             client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
             with client:
-                depth = int(client.llen(queue))  # Celery's Redis transport keeps a queue as a list
+                pipeline = client.pipeline(transaction=False)
+                for queue in queues:
+                    pipeline.llen(queue)  # Celery's Redis transport keeps a queue as a list
+                depths = [int(depth) for depth in pipeline.execute()]
         except redis.RedisError as exc:
             logger.warning("queue-depth metric unavailable: %s", type(exc).__name__)
             return
@@ -116,7 +130,8 @@ class QueueDepthCollector(Collector):
             "Tasks waiting in a Celery queue (not yet taken by a worker).",
             labels=["queue"],
         )
-        gauge.add_metric([queue], depth)
+        for queue, depth in zip(queues, depths, strict=True):
+            gauge.add_metric([queue], depth)
         yield gauge
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Path, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from starlette.convertors import Convertor, register_url_convertor
 
+# The error body, defined without FastAPI for the Python client; re-exported for the routes.
+from app.api.error_body import ErrorDetail as ErrorDetail
+from app.api.error_body import ErrorResponse as ErrorResponse
 from app.ids import ID_PATTERN
 from app.pagination import CURSOR_PATTERN, ID_CURSOR_PATTERN, MAX_LIMIT
 
@@ -48,16 +51,6 @@ def id_path(description: str) -> Any:
     """A path parameter naming an object by its id (``app.ids.ID_PATTERN``, at most 40 characters):
     anything else names nothing, and is refused (422) as the schema declares."""
     return Path(max_length=40, pattern=ID_PATTERN, description=description)
-
-
-class ErrorDetail(BaseModel):
-    type: str = Field(description="Stable machine-readable kind of error.", examples=["not_found"])
-    message: str = Field(description="What is wrong and what to do about it.")
-    param: str | None = Field(description="The request field at fault, if one is.", examples=["file"])
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -155,10 +155,8 @@ def _resolve_checkpoint(
     checkpoint = checkpoints_repository.get(session, tenant.id, spec.name)
     if checkpoint is None:
         raise ValidationFailed(PARAM, f"no checkpoint with id {spec.name!r}")
-    _require_files(storage, checkpoint.storage_key, spec)
-    return ResolvedBaseModel(
-        spec=spec, local_path=storage.local_path(checkpoint.storage_key), storage_key=checkpoint.storage_key
-    )
+    local_path = _fetch_files(storage, checkpoint.storage_key, spec)
+    return ResolvedBaseModel(spec=spec, local_path=local_path, storage_key=checkpoint.storage_key)
 
 
 def _resolve_run(
@@ -180,13 +178,18 @@ def _resolve_run(
         if checkpoint is None:
             raise ValidationFailed(PARAM, f"run {run.id!r} has no kept checkpoint at step {spec.step}")
         key = checkpoint.storage_key
-    _require_files(storage, key, spec)
-    return ResolvedBaseModel(spec=spec, local_path=storage.local_path(key), storage_key=key)
+    return ResolvedBaseModel(spec=spec, local_path=_fetch_files(storage, key, spec), storage_key=key)
 
 
-def _require_files(storage: Storage, key: str, spec: BaseModelSpec) -> None:
-    if not storage.exists(key):
-        raise ValidationFailed(PARAM, f"the files of {spec} are missing from storage; ask the operator")
+def _fetch_files(storage: Storage, key: str, spec: BaseModelSpec) -> Path:
+    """The model's directory on this machine (:meth:`Storage.fetch`: with S3, a copy in the process's
+    cache, downloaded once per content)."""
+    try:
+        return storage.fetch(key)
+    except FileNotFoundError:
+        raise ValidationFailed(
+            PARAM, f"the files of {spec} are missing from storage; ask the operator"
+        ) from None
 
 
 def _builtin_public(model: BuiltinModel) -> BaseModelPublic:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.models import Analysis, AnalysisStatus
+from app.runs.schemas import HyperparameterValues
 from worker.pretraining.estimates import CorpusAnalysis
 from worker.pretraining.hyperparameters import Hyperparameters
 
@@ -36,7 +37,7 @@ class AnalyzeRequest(BaseModel):
         "run; its tokenizer is used.",
         examples=["minilm-l6-h384-uncased"],
     )
-    hyperparameters: dict[str, Any] = Field(
+    hyperparameters: HyperparameterValues = Field(
         default_factory=dict,
         description="Hyperparameters by name, as for a run (omitted ones take their defaults).",
         examples=[{"max_seq_length": 128, "num_epochs": 1}],

@@ -193,9 +193,7 @@ def reap_expired(
             trigger = Trigger.FAIL
             message = interrupted_message(evaluation.attempt, max_attempts, lost)
             evaluation.error = {"type": "worker_lost", "message": message}
-        evaluation.status = EVALUATION_STATES.target(trigger)
-        if evaluation.status.is_terminal:
-            evaluation.finished_at = now
+        leases.set_status(session, evaluation, EVALUATION_STATES, EVALUATION_STATES.target(trigger), now=now)
         reaped.append(Reaped(evaluation.id, evaluation.status))
     session.flush()
     return reaped

@@ -14,9 +14,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.evaluations.states import EvaluationStatus
+from app.json_schema import DocumentedAs
 from app.models import Evaluation, Run
 from worker.evaluation.results import ComparisonResult
-from worker.evaluation.settings import EvaluationConfig, EvaluationMethod
+from worker.evaluation.settings import EvaluationConfig, EvaluationHyperparameters, EvaluationMethod
 
 __all__ = [
     "MAX_MODELS",
@@ -32,6 +33,8 @@ __all__ = [
 
 MAX_MODELS = 8
 ModelSpec = Annotated[str, Field(min_length=1, max_length=300)]
+# The hyperparameters an evaluation was made with, as stored (defaults filled in); documented as their model.
+StoredHyperparameters = Annotated[dict[str, Any], DocumentedAs(EvaluationHyperparameters)]
 
 
 class EvaluationCreate(EvaluationConfig):
@@ -101,7 +104,7 @@ class EvaluationPublic(BaseModel):
     resolved_models: list[EvaluationModel]
     method: EvaluationMethod
     seeds: int
-    hyperparameters: dict[str, Any] = Field(description="Every hyperparameter, defaults filled in.")
+    hyperparameters: StoredHyperparameters = Field(description="Every hyperparameter, defaults filled in.")
     progress: EvaluationProgressPublic
     result: ComparisonResult | None = Field(
         description="Once succeeded: per model the mean, sd and per-seed values of accuracy and macro-F1 "
@@ -147,7 +150,7 @@ class RunDownstreamPublic(BaseModel):
     dataset_id: str
     method: EvaluationMethod
     seeds: int
-    hyperparameters: dict[str, Any] = Field(description="Every hyperparameter, defaults filled in.")
+    hyperparameters: StoredHyperparameters = Field(description="Every hyperparameter, defaults filled in.")
     evaluation_id: str | None = Field(
         description="Null until the run has succeeded, and again once that evaluation is deleted "
         "(DELETE /v1/evaluations/{evaluation_id}: the settings stay, the comparison is not queued again)."

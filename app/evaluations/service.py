@@ -21,8 +21,9 @@ from app.evaluations import repository
 from app.evaluations.schemas import DownstreamCreate, EvaluationCreate
 from app.evaluations.states import EVALUATION_STATES, EvaluationStatus
 from app.ids import new_id
+from app.jobs import leases
 from app.jobs.states import Trigger
-from app.models import Dataset, Evaluation, Run, Tenant, utcnow
+from app.models import Dataset, Evaluation, Run, Tenant
 from app.pagination import Page
 from app.queue import Enqueuer
 from app.storage import Storage
@@ -110,9 +111,7 @@ def cancel_evaluation(session: Session, tenant: Tenant, evaluation_id: str) -> E
     step = EVALUATION_STATES.transition(evaluation.status, Trigger.CANCEL)
     if step is None:
         return evaluation
-    evaluation.status = step.target
-    if step.target.is_terminal:
-        evaluation.finished_at = utcnow()
+    leases.set_status(session, evaluation, EVALUATION_STATES, step.target)  # ended: its webhook events
     session.flush()
     return evaluation
 
@@ -163,13 +162,13 @@ def queue_downstream_evaluation(session: Session, run_id: str, *, enqueue: Enque
         run_id=run.id,
     )
     if dataset is None:
-        evaluation.status = EvaluationStatus.FAILED
-        evaluation.finished_at = utcnow()
         evaluation.error = {
             "type": "input_error",
             "message": f"the dataset {settings.dataset_id} was deleted before the run ended",
         }
     repository.add(session, evaluation)
+    if dataset is None:  # failed from the start: its webhook events with it
+        leases.set_status(session, evaluation, EVALUATION_STATES, EvaluationStatus.FAILED)
     if not evaluation.status.is_terminal:
         _send_after_commit(session, evaluation.id, enqueue)
     return evaluation

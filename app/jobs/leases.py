@@ -5,6 +5,10 @@ both: the claim, the writes of the attempt that holds it, and the queries of the
   task, exactly one claims it;
 - **held writes** (heartbeat, transitions): fenced by ``attempt`` and a held status, so an attempt whose
   job was taken away (reaped, cancelled) changes nothing any more, and learns it from the return value;
+- **the end of a job**: every change to a terminal status (a held transition, or :func:`set_status` of a
+  job the API or a reaper holds locked) writes the job's webhook events in the same transaction
+  (:func:`app.webhooks.outbox.record_ended`), so none is missed and none is recorded for a change that
+  rolls back;
 - **sweeps**: jobs still queued long after their task was sent (:func:`resend_stale_queued`), and jobs
   whose holder's heartbeat is older than the lease (:func:`expired_leases`), locked ``FOR UPDATE SKIP
   LOCKED`` so that several housekeepers never act twice.
@@ -28,6 +32,7 @@ from sqlalchemy.orm import Session
 from app.jobs.states import StateMachine, Trigger
 from app.models import Evaluation, Run, utcnow
 from app.queue import Enqueuer
+from app.webhooks.outbox import record_ended
 
 __all__ = [
     "Heartbeat",
@@ -36,6 +41,7 @@ __all__ = [
     "held",
     "renew",
     "resend_stale_queued",
+    "set_status",
     "stale_unclaimed",
     "transition_held",
 ]
@@ -105,13 +111,35 @@ def transition_held(
 ) -> bool:
     """Make ``trigger``'s transition (writing ``values`` with it) if this attempt still holds the job in
     one of the trigger's source statuses; whether it did."""
+    status = machine.target(trigger)
     statement = (
         update(model)
         .where(*held(model, machine, job_id, attempt), model.status.in_(machine.sources(trigger)))
-        .values(status=machine.target(trigger), **values)
+        .values(status=status, **values)
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount > 0  # type: ignore[attr-defined]
+    if session.execute(statement).rowcount == 0:  # type: ignore[attr-defined]
+        return False
+    if status in machine.terminal:
+        # The row as the UPDATE left it (not a stale copy of this session's), for its webhook events.
+        job = session.get(model, job_id, populate_existing=True)
+        assert job is not None
+        record_ended(session, job)
+    return True
+
+
+def set_status(
+    session: Session, job: J, machine: StateMachine[Any], status: Any, *, now: datetime | None = None
+) -> None:
+    """Move ``job``, loaded and locked by the caller, to ``status``: a transition the caller looked up in
+    ``machine`` (the API's cancel, the reapers), or the status a job is created in. When it ends the job,
+    ``finished_at`` is set (``now``) and its webhook events are written, in the caller's transaction
+    (:func:`app.webhooks.outbox.record_ended`), after what the caller wrote to the job before."""
+    job.status = status
+    if status in machine.terminal:
+        job.finished_at = now or utcnow()
+        session.flush()
+        record_ended(session, job)
 
 
 def renew(

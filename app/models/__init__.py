@@ -8,6 +8,7 @@ from app.models.dataset import Dataset
 from app.models.evaluation import Evaluation
 from app.models.run import Run, RunCheckpoint, RunEvent, RunMetric
 from app.models.tenant import ApiKey, Tenant
+from app.models.webhook import DeliveryOutcome, MessageStatus, Webhook, WebhookDelivery, WebhookMessage
 
 __all__ = [
     "Analysis",
@@ -17,11 +18,16 @@ __all__ = [
     "Checkpoint",
     "Corpus",
     "Dataset",
+    "DeliveryOutcome",
     "Evaluation",
+    "MessageStatus",
     "Run",
     "RunCheckpoint",
     "RunEvent",
     "RunMetric",
     "Tenant",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookMessage",
     "utcnow",
 ]

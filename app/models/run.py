@@ -97,6 +97,10 @@ class Run(Base):
     # The body's ``downstream`` settings (dataset_id, method, seeds, hyperparameters): when the run
     # succeeds, the worker queues the evaluation of its base model against its final model.
     downstream: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # What the run asks of its worker, as submitted with the default filled in: {"class": "cpu" | "gpu",
+    # "devices": N}; its task goes to TRAINING_QUEUE.<class> (app.runs.routing). NULL: submitted before
+    # resource classes existed (the default class).
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     # That evaluation, once queued (its ``run_id`` is this run's): the run JSON shows its state.
     downstream_evaluation: Mapped[Evaluation | None] = relationship(
         primaryjoin="Run.id == foreign(Evaluation.run_id)", viewonly=True, uselist=False

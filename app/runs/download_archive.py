@@ -33,14 +33,13 @@ import hashlib
 import json
 import logging
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import BinaryIO
 
-from app.storage import Storage
+from app.storage import Storage, StoredFile
 from worker.pretraining.layout import CHECKPOINT_MANIFEST, MODEL_MANIFEST, is_training_state
 
 __all__ = [
@@ -81,12 +80,12 @@ class ArchiveSource:
 @dataclass(frozen=True)
 class _Part:
     """A stretch of the archive at ``offset``: fixed bytes (headers, padding), or the first ``size`` bytes
-    of the file ``path``."""
+    of the file ``key`` in storage."""
 
     offset: int
     size: int
     data: bytes = b""
-    path: Path | None = None
+    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,19 +102,24 @@ class StreamedArchive:
 
     def read(self, first: int = 0, last: int | None = None) -> Iterator[bytes]:
         """The bytes ``first`` to ``last`` (inclusive; default: to the end), in chunks of at most 1 MiB,
-        reading only the files they cover. The files are opened before the first chunk, so a checkpoint
-        rotated away while it is being sent is still sent whole. ArchiveChanged if a file changed size."""
+        reading only the files they cover. The files are opened before the first chunk, so that with local
+        storage a checkpoint rotated away while it is being sent is still sent whole (an S3 object is
+        requested at its first read: a range of it, when only a range is wanted). ArchiveChanged if a
+        file changed size or vanished."""
         last = self.size - 1 if last is None else last
         wanted = [part for part in self.parts if part.offset <= last and part.offset + part.size > first]
         with ExitStack() as files:
-            opened = {part.path: files.enter_context(_open(part)) for part in wanted if part.path is not None}
+            opened = {}
             for part in wanted:
-                start = max(first, part.offset) - part.offset
-                end = min(last + 1, part.offset + part.size) - part.offset
-                if part.path is None:
+                if part.key is not None:
+                    start, end = _covered(part, first, last)
+                    opened[part.key] = files.enter_context(_open(self.storage, part.key, start, end))
+            for part in wanted:
+                start, end = _covered(part, first, last)
+                if part.key is None:
                     yield part.data[start:end]
                 else:
-                    yield from _file_chunks(opened[part.path], part.path, start, end)
+                    yield from _file_chunks(opened[part.key], part.key, end - start)
 
     def whole(self) -> Iterator[bytes]:
         """Every byte, in order. The first time (no digest known), hashes them on the way and keeps the
@@ -135,53 +139,51 @@ class StreamedArchive:
             logger.warning("could not keep the digest of %s: %s", self.digest_key, exc)
 
 
-def archive_members(directory: Path, *, include_training_state: bool) -> list[tuple[str, Path]]:
-    """``(name in the archive, file)`` for the regular files under ``directory`` (links and hidden or
-    temporary entries left out), sorted by name."""
+def archive_members(files: Iterable[StoredFile], *, include_training_state: bool) -> list[StoredFile]:
+    """The files of a directory (:meth:`Storage.list_files`) that go into its archive, sorted by name:
+    hidden and temporary entries left out, and the training state unless asked for."""
     members = []
-    for path in directory.rglob("*"):
-        relative = path.relative_to(directory)
-        if any(part.startswith((".", "tmp-")) for part in relative.parts):
+    for file in files:
+        parts = file.name.split("/")
+        if any(part.startswith((".", "tmp-")) for part in parts):
             continue
-        if path.is_symlink() or not path.is_file():
+        if not include_training_state and is_training_state(parts[-1]):
             continue
-        if not include_training_state and is_training_state(path.name):
-            continue
-        members.append((relative.as_posix(), path))
-    return sorted(members)
+        members.append(file)
+    return sorted(members, key=lambda file: file.name)
 
 
-def archive_mtime(directory: Path) -> int:
+def archive_mtime(storage: Storage, directory_key: str, files: Iterable[StoredFile]) -> int:
     """The time the directory was written, from its manifest's ``created_at`` (else the newest file's
-    mtime): the mtime of every member, so that the archive does not depend on when it is sent."""
+    time): the mtime of every member, so that the archive does not depend on when it is sent."""
+    names = {file.name for file in files}
     for manifest in (MODEL_MANIFEST, CHECKPOINT_MANIFEST):
+        if manifest not in names:
+            continue
         try:
-            created_at = json.loads((directory / manifest).read_text(encoding="utf-8"))["created_at"]
+            with storage.open_read(f"{directory_key}/{manifest}") as stream:
+                created_at = json.loads(stream.read().decode("utf-8"))["created_at"]
             return int(datetime.fromisoformat(created_at).timestamp())
         except (OSError, ValueError, KeyError, TypeError):
             continue
-    times = [path.stat().st_mtime for path in directory.rglob("*") if path.is_file()]
-    return int(max(times, default=0))
+    return max((file.modified_ns // 1_000_000_000 for file in files), default=0)
 
 
 def plan_archive(storage: Storage, source: ArchiveSource) -> StreamedArchive:
     """The archive of ``source``, laid out from its files' names and sizes (no file is read but the
     manifest). FileNotFoundError when the directory is not in storage."""
-    directory = storage.local_path(source.directory_key)
-    if not directory.is_dir():
+    files = storage.list_files(source.directory_key)
+    if not files:
         raise FileNotFoundError(source.directory_key)
-    members = [
-        (name, path, path.stat())
-        for name, path in archive_members(directory, include_training_state=source.include_training_state)
-    ]
-    mtime = archive_mtime(directory)
+    members = archive_members(files, include_training_state=source.include_training_state)
+    mtime = archive_mtime(storage, source.directory_key, files)
     parts: list[_Part] = []
     offset = 0
 
-    def add(size: int, data: bytes = b"", path: Path | None = None) -> None:
+    def add(size: int, data: bytes = b"", key: str | None = None) -> None:
         nonlocal offset
         if size:
-            parts.append(_Part(offset, size, data, path))
+            parts.append(_Part(offset, size, data, key))
             offset += size
 
     def add_header(info: tarfile.TarInfo) -> None:
@@ -190,7 +192,8 @@ def plan_archive(storage: Storage, source: ArchiveSource) -> StreamedArchive:
 
     add_header(_tar_info(f"{source.root}/", tarfile.DIRTYPE, 0o755, 0, mtime))
     folders = {""}
-    for name, path, stat in members:
+    for member in members:
+        name, size = member.name, member.size
         # Parent folders first (HF directories are flat, but a tokenizer may keep a subfolder).
         parents = name.split("/")[:-1]
         for depth in range(1, len(parents) + 1):
@@ -198,15 +201,15 @@ def plan_archive(storage: Storage, source: ArchiveSource) -> StreamedArchive:
             if folder not in folders:
                 folders.add(folder)
                 add_header(_tar_info(f"{source.root}/{folder}/", tarfile.DIRTYPE, 0o755, 0, mtime))
-        add_header(_tar_info(f"{source.root}/{name}", tarfile.REGTYPE, 0o644, stat.st_size, mtime))
-        add(stat.st_size, path=path)
-        add(-stat.st_size % tarfile.BLOCKSIZE, bytes(-stat.st_size % tarfile.BLOCKSIZE))
+        add_header(_tar_info(f"{source.root}/{name}", tarfile.REGTYPE, 0o644, size, mtime))
+        add(size, key=f"{source.directory_key}/{name}")
+        add(-size % tarfile.BLOCKSIZE, bytes(-size % tarfile.BLOCKSIZE))
     # The end: two zero blocks, then zeros up to a whole record (as tarfile.TarFile.close writes it).
     add(2 * tarfile.BLOCKSIZE, bytes(2 * tarfile.BLOCKSIZE))
     add(-offset % tarfile.RECORDSIZE, bytes(-offset % tarfile.RECORDSIZE))
 
     suffix = "-with-training-state" if source.include_training_state else ""
-    fingerprint = _fingerprint(source, [(name, stat.st_size, stat.st_mtime_ns) for name, _, stat in members])
+    fingerprint = _fingerprint(source, [(file.name, file.size, file.modified_ns) for file in members])
     digest_key = f"{source.cache_prefix}/{source.root}-{fingerprint[:16]}{suffix}.tar.sha256"
     return StreamedArchive(
         filename=f"{source.root}{suffix}.tar",
@@ -247,20 +250,27 @@ def _tar_info(name: str, kind: bytes, mode: int, size: int, mtime: int) -> tarfi
     return info
 
 
-def _open(part: _Part) -> BinaryIO:
-    assert part.path is not None
+def _covered(part: _Part, first: int, last: int) -> tuple[int, int]:
+    """The bytes of ``part`` (from its own start, end exclusive) that ``first``-``last`` cover."""
+    return max(first, part.offset) - part.offset, min(last + 1, part.offset + part.size) - part.offset
+
+
+def _open(storage: Storage, key: str, start: int, end: int) -> BinaryIO:
     try:
-        return open(part.path, "rb")
+        return storage.open_read(key, start=start, end=end)
     except FileNotFoundError:
-        raise ArchiveChanged(f"{part.path.name} vanished while the archive was being sent") from None
+        raise ArchiveChanged(f"{key.rsplit('/', 1)[-1]} vanished while the archive was being sent") from None
 
 
-def _file_chunks(stream: BinaryIO, path: Path, start: int, end: int) -> Iterator[bytes]:
-    stream.seek(start)
-    left = end - start
+def _file_chunks(stream: BinaryIO, key: str, length: int) -> Iterator[bytes]:
+    name = key.rsplit("/", 1)[-1]
+    left = length
     while left > 0:
-        chunk = stream.read(min(left, _CHUNK))
+        try:
+            chunk = stream.read(min(left, _CHUNK))
+        except FileNotFoundError:  # an object requested at its first read
+            raise ArchiveChanged(f"{name} vanished while the archive was being sent") from None
         if not chunk:
-            raise ArchiveChanged(f"{path.name} shrank while the archive was being sent")
+            raise ArchiveChanged(f"{name} shrank while the archive was being sent")
         left -= len(chunk)
         yield chunk

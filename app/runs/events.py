@@ -22,6 +22,8 @@ EventLevel = Literal["info", "warning", "error"]
 
 class RunEventType(enum.StrEnum):
     QUEUED = "queued"  # submitted
+    # No live worker serves its queue (or has its devices); once per attempt (data: queue, reason, attempt)
+    WAITING_FOR_WORKER = "waiting_for_worker"
     CLAIMED = "claimed"  # a worker took it (data: worker_id, attempt)
     PREPARING = "preparing"  # loading the base model, preparing the data
     DATA_PREPARED = "data_prepared"  # instances ready (data: corpus statistics, splits)

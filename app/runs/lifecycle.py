@@ -38,8 +38,9 @@ from app.runs.schemas import RunError, RunEventPublic, RunProgress
 from app.runs.states import RUN_STATES, WORKER_HELD_STATUSES, RunStatus, Trigger, target
 from app.storage import Storage
 from app.storage.keys import run_checkpoints_key
+from worker.pretraining.layout import checkpoint_step
 from worker.pretraining.records import MetricsRecord
-from worker.pretraining.run_checkpoints import complete_checkpoints
+from worker.pretraining.run_checkpoints import is_complete_checkpoint
 
 __all__ = [
     "ENDING_TRIGGERS",
@@ -314,9 +315,16 @@ class Reaped:
 def newest_checkpoint_step(storage: Storage, run_id: str) -> int | None:
     """The step of the run's newest complete checkpoint in the storage, what its next attempt resumes
     from (None: it starts from the beginning). Read from the files, not the rows: a training process
-    killed just after publishing a checkpoint never sent the message that makes its row."""
-    checkpoints = complete_checkpoints(storage.local_path(run_checkpoints_key(run_id)))
-    return checkpoints[-1][0] if checkpoints else None
+    killed just after publishing a checkpoint never sent the message that makes its row. Read from a
+    listing of the storage (S3 has no directories to look into)."""
+    found: dict[int, set[str]] = {}
+    for file in storage.list_files(run_checkpoints_key(run_id)):
+        directory, _, name = file.name.partition("/")
+        step = checkpoint_step(directory)
+        if step is not None:
+            found.setdefault(step, set()).add(name)
+    complete = [step for step, names in found.items() if is_complete_checkpoint(names)]
+    return max(complete, default=None)
 
 
 def reap_expired(
@@ -368,11 +376,9 @@ def reap_expired(
             trigger, event_type, level = Trigger.FAIL, RunEventType.FAILED, "error"
             message = interrupted.message(lost)
             error = {"type": "worker_lost", "message": message, "checkpoint_step": step}
-        run.status = target(trigger)
         run.error = error
         run.progress = {**(run.progress or {}), "eta_seconds": None}  # nothing is training it now
-        if run.status.is_terminal:
-            run.finished_at = now
+        leases.set_status(session, run, RUN_STATES, target(trigger), now=now)  # ended: its webhook events
         event = add_event(
             session, run.id, event_type, message, level=level, data={**data, "trigger": trigger}
         )

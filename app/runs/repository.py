@@ -37,6 +37,8 @@ __all__ = [
     "metric_extents",
     "metric_points",
     "page",
+    "queued_runs",
+    "resources_of",
     "status_of",
 ]
 
@@ -50,6 +52,25 @@ def get(session: Session, tenant_id: str, run_id: str, *, for_update: bool = Fal
 
 def status_of(session: Session, run_id: str) -> RunStatus | None:
     return session.scalar(select(Run.status).where(Run.id == run_id))
+
+
+def resources_of(session: Session, run_id: str) -> dict[str, Any] | None:
+    """The run's stored ``resources`` (None: the run is gone, or was submitted before they existed)."""
+    return session.scalar(select(Run.resources).where(Run.id == run_id))
+
+
+def queued_runs(
+    session: Session, *, limit: int, ids: Sequence[str] | None = None, lock: bool = False
+) -> Sequence[Run]:
+    """Queued runs, every tenant's (only ``ids`` when given), oldest first, at most ``limit``; with
+    ``lock``, locked (``FOR UPDATE SKIP LOCKED``: rows another transaction holds are left out)."""
+    statement = select(Run).where(Run.status == RunStatus.QUEUED)
+    if ids is not None:
+        statement = statement.where(Run.id.in_(ids))
+    statement = statement.order_by(Run.created_at, Run.id).limit(limit)
+    if lock:
+        statement = statement.with_for_update(skip_locked=True)
+    return session.scalars(statement).all()
 
 
 def get_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Run | None:

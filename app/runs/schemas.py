@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.config import ResourceClass, Settings
 from app.evaluations.schemas import DownstreamCreate, RunDownstreamPublic
+from app.json_schema import DocumentedAs
 from app.models import Run
 from app.runs.states import RunStatus
+from worker.pretraining.hyperparameters import Hyperparameters
 from worker.pretraining.records import SelectedCheckpoint, StoppedEarly, VocabularyExtension
 
 __all__ = [
     "OUTCOME_KEYS",
+    "HyperparameterValues",
     "MetricSeries",
     "MetricSplit",
     "MetricsPublic",
@@ -25,12 +29,45 @@ __all__ = [
     "RunLatest",
     "RunProgress",
     "RunPublic",
+    "RunResources",
     "RunsPublic",
 ]
 
 MetricSplit = Literal["train", "eval", "reference"]
 # What a succeeded run's worker writes into its ``progress`` JSON beside RunProgress (see RunPublic).
 OUTCOME_KEYS = ("selected_checkpoint", "stopped_early", "vocabulary")
+# A run's hyperparameters as requests and responses carry them: a JSON object, documented (/openapi.json) as
+# the Hyperparameters schema of worker/pretraining/hyperparameters.py, and validated by the submission
+# (load_hyperparameters: its messages name the field, defaults are filled in), not at the edge.
+HyperparameterValues = Annotated[dict[str, Any], DocumentedAs(Hyperparameters)]
+
+
+class RunResources(BaseModel):
+    """What a run asks of the worker that trains it: a resource class (its task goes to that class's queue,
+    ``TRAINING_QUEUE.<class>``, and only a worker consuming it takes the run) and a number of devices."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
+
+    resource_class: ResourceClass = Field(
+        alias="class",
+        description="cpu or gpu: which workers may take the run (those of the queue TRAINING_QUEUE.<class>, "
+        "`bertpt worker --queues training.gpu --gpus 0`).",
+    )
+    devices: int = Field(1, ge=1, le=64, description="Devices the run trains on (GPUs, or CPU processes).")
+
+    @classmethod
+    def of(cls, run: Run, settings: Settings) -> RunResources:
+        """What ``run`` asked for, as stored; a run submitted before resource classes existed: the default
+        class (DEFAULT_RESOURCE_CLASS), one device."""
+        if run.resources:
+            return cls.model_validate(run.resources)
+        return cls(resource_class=settings.default_resource_class)
+
+    def queue(self, settings: Settings) -> str:
+        """The queue of the run's task: ``TRAINING_QUEUE.<class>``."""
+        return settings.training_queue_for(self.resource_class)
 
 
 class RunCreate(BaseModel):
@@ -66,9 +103,11 @@ class RunCreate(BaseModel):
         "epoch's training instances come from it (required with replay_ratio above 0, refused with 0). It "
         "may be the reference corpus: its held-out part is then evaluated and only the rest replayed.",
     )
-    hyperparameters: dict[str, Any] = Field(
+    hyperparameters: HyperparameterValues = Field(
         default_factory=dict,
-        description="Hyperparameters by name; omitted ones take their defaults (echoed back on the run).",
+        description="Hyperparameters by name; omitted ones take their defaults (echoed back on the run). "
+        "Unknown names are refused, as are values out of range and settings that another one makes "
+        "ignored (422, param hyperparameters.<name>).",
         examples=[{"max_steps": 1000, "learning_rate": 3e-5}],
     )
     metadata: dict[str, Any] = Field(
@@ -79,6 +118,13 @@ class RunCreate(BaseModel):
         description="Did it help? When the run succeeds, its base model and its final model are compared on "
         "this labelled dataset (an evaluation, queued by the worker: see the run's `downstream` field).",
         examples=[{"dataset_id": "ds_Vn3kE0aZ2sC1mXy8QpLr7tUw", "method": "finetune", "seeds": 5}],
+    )
+    resources: RunResources | None = Field(
+        None,
+        description="The resource class the run needs and its devices (default: DEFAULT_RESOURCE_CLASS, one "
+        "device). It waits in its class's queue until a worker of that queue takes it; while no live worker "
+        "serves the queue, the run says so (`waiting_reason`).",
+        examples=[{"class": "gpu", "devices": 1}],
     )
 
 
@@ -92,6 +138,14 @@ class RunProgress(BaseModel):
     epoch: float | None = None
     tokens_seen: int | None = Field(None, description="Real (non-padding) tokens trained on.")
     tokens_per_second: float | None = Field(None, description="Of the last logged training window.")
+    samples_per_second: float | None = Field(
+        None, description="Sequences trained on per second, of the last logged training window."
+    )
+    mfu: float | None = Field(
+        None,
+        description="Model FLOPs utilization of the last logged training window, a share in [0, 1]: useful "
+        "training FLOP/s over the GPU's dense peak; null on a CPU or a GPU without a known peak.",
+    )
     eta_seconds: float | None = Field(
         None,
         description="Remaining optimizer steps x this attempt's wall-clock seconds per step since its first "
@@ -146,7 +200,7 @@ class RunPublic(BaseModel):
         description="The corpus replayed against forgetting (replay_ratio); null without replay, or once it "
         "was deleted after the run finished."
     )
-    hyperparameters: dict[str, Any] = Field(description="Every hyperparameter, defaults filled in.")
+    hyperparameters: HyperparameterValues = Field(description="Every hyperparameter, defaults filled in.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -178,6 +232,23 @@ class RunPublic(BaseModel):
         description="The downstream settings of its submission and the state of their evaluation "
         "(comparing its base model with its final model); null without downstream settings.",
     )
+    resources: RunResources | None = Field(
+        None, description="What it asked for, the default filled in (echoed from its submission)."
+    )
+    queue: str | None = Field(
+        None,
+        description="The Celery queue its task is sent to: TRAINING_QUEUE.<resources.class>.",
+        examples=["training.gpu"],
+    )
+    waiting_reason: str | None = Field(
+        None,
+        description="Why a queued run is not taken: no live worker serves its queue (or none has the devices "
+        "it asks for), with the command that starts one; null otherwise, and while that is not known (the "
+        "workers' announcements cannot be read). A `waiting_for_worker` event records it once.",
+        examples=[
+            "no worker serves training.gpu; start one with `bertpt worker --queues training.gpu --gpus 0`"
+        ],
+    )
     eta_seconds: float | None = Field(
         None,
         description="Seconds until the run is expected to end. Queued: the wait for a worker (the runs ahead "
@@ -189,9 +260,19 @@ class RunPublic(BaseModel):
     )
 
     @classmethod
-    def from_run(cls, run: Run, *, eta_seconds: float | None = None) -> RunPublic:
+    def from_run(
+        cls,
+        run: Run,
+        *,
+        settings: Settings | None = None,
+        eta_seconds: float | None = None,
+        waiting_reason: str | None = None,
+    ) -> RunPublic:
         """The run as the API serves it; ``eta_seconds`` of a queued or preparing run is the caller's to
-        give (:func:`app.estimates.service.run_etas`), a running run's is its progress's."""
+        give (:func:`app.estimates.service.run_etas`), a running run's is its progress's, and so is the
+        ``waiting_reason`` of a queued run (:func:`app.runs.routing.waiting_reasons`). With ``settings``,
+        its ``resources`` (the default filled in) and ``queue``."""
+        resources = RunResources.of(run, settings) if settings is not None else None
         pace = (run.progress or {}).get("eta_seconds")
         if run.status == RunStatus.RUNNING and isinstance(pace, (int, float)):
             eta_seconds = float(pace)
@@ -199,6 +280,9 @@ class RunPublic(BaseModel):
             eta_seconds = None
         return cls(
             eta_seconds=eta_seconds,
+            resources=resources,
+            queue=resources.queue(settings) if resources is not None and settings is not None else None,
+            waiting_reason=waiting_reason if run.status == RunStatus.QUEUED else None,
             id=run.id,
             name=run.name,
             status=run.status,

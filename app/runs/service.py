@@ -17,6 +17,7 @@ from app.base_models.spec import BaseModelSpec
 from app.db import on_commit, session_scope
 from app.errors import Conflict, NotFound
 from app.evaluations import repository as evaluations_repository
+from app.jobs import leases
 from app.models import Run, RunCheckpoint, RunEvent, Tenant, utcnow
 from app.pagination import Page, decode_id_cursor
 from app.queue import RunEnqueuer
@@ -25,7 +26,7 @@ from app.runs.events import RunEventType, add_event
 from app.runs.lifecycle import newest_checkpoint_step
 from app.runs.live import LivePublisher, StatusMessage
 from app.runs.schemas import RunEventPublic, RunProgress
-from app.runs.states import RunStatus, Trigger, transition
+from app.runs.states import RUN_STATES, RunStatus, Trigger, transition
 from app.storage import Storage
 from app.storage.keys import run_directory_key
 
@@ -70,10 +71,9 @@ def cancel_run(session: Session, tenant: Tenant, run_id: str, *, publisher: Live
     step = transition(run.status, Trigger.CANCEL)
     if step is None:
         return run
-    run.status = step.target
     run.cancel_requested = True
+    leases.set_status(session, run, RUN_STATES, step.target)  # cancelled: its webhook events with it
     if step.target.is_terminal:
-        run.finished_at = utcnow()
         event = add_event(
             session,
             run.id,

@@ -1,5 +1,6 @@
 """Submitting a run: validate everything that can be checked now, insert the queued run, and send it to
-the training queue once the insert is committed (:func:`~app.db.on_commit`). Services never commit."""
+the training queue of its resource class once the insert is committed (:func:`~app.db.on_commit`; the
+queue: :mod:`app.runs.routing`). Services never commit."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from app.models import Corpus, Run, Tenant
 from app.queue import RunEnqueuer
 from app.runs import repository
 from app.runs.events import RunEventType, add_event
-from app.runs.schemas import RunCreate
+from app.runs.schemas import RunCreate, RunResources
 from app.runs.states import RunStatus
 from app.storage import Storage
 from worker.pretraining.hyperparameters import HyperparameterError, Hyperparameters, load_hyperparameters
@@ -121,6 +122,7 @@ def create_run(
         baseline={},
         warnings=[],
         downstream=downstream,
+        resources=_resources(settings, body).model_dump(mode="json"),
     )
     try:
         with session.begin_nested():
@@ -163,6 +165,8 @@ def check_run(
     statistics and the base model's files refuse (ValidationFailed naming the field). Shared by
     :func:`create_run` and the estimate of a run (:mod:`app.estimates.service`)."""
     hyperparameters = load_hyperparameters(body.hyperparameters)  # HyperparameterError: 422, mapped once
+    if body.resources is not None and (problem := hyperparameters.devices_error(body.resources.devices)):
+        raise HyperparameterError([("batch_size", problem)])
     _check_metadata(body.metadata)
     corpus = _corpus(session, tenant, body.corpus_id, "corpus_id")
     eval_corpus = (
@@ -182,8 +186,15 @@ def check_run(
     return CheckedRun(hyperparameters, base, corpus, eval_corpus, reference_corpus, replay_corpus)
 
 
+def _resources(settings: Settings, body: RunCreate) -> RunResources:
+    """What the run asks for, the default class (DEFAULT_RESOURCE_CLASS, one device) when it names none."""
+    return body.resources or RunResources(resource_class=settings.default_resource_class)
+
+
 def _request_hash(body: RunCreate) -> str:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    # Without resources, as before they existed: an Idempotency-Key repeated across the upgrade still matches.
+    dumped = body.model_dump(mode="json", exclude={"resources"} if body.resources is None else None)
+    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

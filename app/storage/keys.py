@@ -5,7 +5,9 @@ datasets/<dataset id>/train.<format>  a labelled dataset's training file, as upl
 datasets/<dataset id>/test.<format>   its test file, when one was uploaded
 checkpoints/<checkpoint id>/          an uploaded base checkpoint, extracted (save_pretrained files)
 prepared/<cache key>/                 prepared data, shared by the runs that agree on corpus, tokenizer
-                                      and preparation parameters (worker.pretraining.prepare)
+                                      and preparation parameters (worker.pretraining.prepare); with S3
+                                      storage, in each worker's cache (Storage.local_cache_dir), never in
+                                      the bucket: a worker without it prepares it again
 runs/<run id>/                        a run's directory, the same for every attempt, laid out by the
                                       training library's RunLayout: model/, checkpoints/checkpoint-<step>,
                                       tensorboard/, metrics.jsonl, result.json

@@ -1,5 +1,6 @@
 """Storage in a local directory (``STORAGE_URL=file://...``). Temporary files live in ``<root>/.tmp`` so
-that committing is a rename within one filesystem."""
+that committing is a rename within one filesystem. Every process works in the storage's own files: a fetch
+is the file itself, a workspace is the directory itself."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Collection, Iterator
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import BinaryIO, Self
 
-from app.storage.interface import StorageKeyError, validate_key
+from app.storage.interface import StorageKeyError, StoredFile, validate_key
 
 __all__ = ["LocalStorage"]
 
@@ -95,6 +96,29 @@ class _LocalPendingTree:
         self.abort()
 
 
+class _LocalWorkspace:
+    """The storage's own directory: nothing to copy."""
+
+    def __init__(self, key: str, path: Path) -> None:
+        self.key = key
+        self.path = path
+
+    def pull(self) -> None:
+        pass
+
+    def push(
+        self,
+        relative: str = "",
+        *,
+        last: Collection[str] = (),
+        skip: Callable[[PurePosixPath], bool] | None = None,
+    ) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
 class LocalStorage:
     """Storage in a local directory. Temporary files live in ``<root>/.tmp`` so that committing is a
     rename within one filesystem."""
@@ -135,8 +159,39 @@ class LocalStorage:
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
-    def open_read(self, key: str) -> BinaryIO:
-        return open(self.local_path(key), "rb")
+    def open_read(self, key: str, *, start: int = 0, end: int | None = None) -> BinaryIO:
+        stream = open(self.local_path(key), "rb")  # noqa: SIM115 - the caller closes it
+        if start:
+            stream.seek(start)
+        return stream
+
+    def list_files(self, key: str) -> list[StoredFile]:
+        directory = self.local_path(key)
+        if not directory.is_dir():
+            return []
+        files = []
+        for path in directory.rglob("*"):
+            if path.is_symlink() or not path.is_file():
+                continue
+            stat = path.stat()
+            files.append(StoredFile(path.relative_to(directory).as_posix(), stat.st_size, stat.st_mtime_ns))
+        return sorted(files, key=lambda file: file.name)
+
+    def fetch(self, key: str, *, include: Callable[[str], bool] | None = None) -> Path:
+        """The file or directory itself (``include`` does not apply: nothing is copied)."""
+        path = self.local_path(key)
+        if not path.exists():
+            raise FileNotFoundError(f"storage key {key!r} is missing")
+        return path
+
+    def workspace(self, key: str) -> _LocalWorkspace:
+        return _LocalWorkspace(key, self.local_path(key))
+
+    def local_cache_dir(self, key: str) -> Path:
+        return self.local_path(key)
+
+    def presigned_url(self, key: str, *, expires_seconds: int, filename: str | None = None) -> str | None:
+        return None
 
     def exists(self, key: str) -> bool:
         return self.local_path(key).exists()

@@ -22,6 +22,12 @@ def get_tenant_by_key_hash(session: Session, key_hash: str) -> Tenant | None:
     return session.scalars(statement).one_or_none()
 
 
+def lock_tenant(session: Session, tenant_id: str) -> None:
+    """Lock the tenant's row (``FOR UPDATE``) until the transaction ends: what checks a per-tenant limit
+    before adding a row takes it first, so two such transactions of one tenant count one after the other."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+
+
 def get_api_key(session: Session, key_id: str) -> ApiKey | None:
     return session.get(ApiKey, key_id)
 

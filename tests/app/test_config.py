@@ -42,8 +42,9 @@ def test_production_refuses_unsafe_defaults() -> None:
         Settings(env="prod")
     assert "SQLite" in str(info.value) and "CORS" in str(info.value)
     Settings(env="prod", database_url="postgresql+psycopg://db/bertpt", cors_origins=["https://ui.example"])
-    with pytest.raises(ValidationError, match="file://"):
-        Settings(storage_url="s3://bucket")
+    with pytest.raises(ValidationError, match="file:// or s3://"):
+        Settings(storage_url="http://bucket")
+    assert Settings(storage_url="s3://bucket/some/prefix").storage_url == "s3://bucket/some/prefix"
 
 
 def test_uploads_leave_threads_to_other_requests() -> None:

@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app.pagination import CURSOR_PATTERN, ID_CURSOR_PATTERN, decode_cursor, decode_id_cursor, encode_cursor
+from app.webhooks.schemas import WebhookCreate
+from app.webhooks.service import create_webhook
 from tests.support import TenantKey, assert_error, make_run
 
 # Cursors each pattern allows, its extremes included.
@@ -30,6 +32,9 @@ def test_every_cursor_the_schema_allows_is_accepted(
     client: TestClient, alice: TenantKey, session: Session
 ) -> None:
     run = make_run(session, alice.tenant)
+    webhook = create_webhook(
+        session, alice.tenant, WebhookCreate(url="https://hooks.example.com/bertpt", events=["run.*"])
+    )
     paths = client.get("/openapi.json").json()["paths"]
     lists = []
     for path, operations in paths.items():
@@ -38,7 +43,7 @@ def test_every_cursor_the_schema_allows_is_accepted(
             continue
         lists.append(path)
         pattern = after[0]["schema"]["pattern"]
-        url = path.replace("{run_id}", run.id)
+        url = path.replace("{run_id}", run.id).replace("{webhook_id}", webhook.id)
         first_page = client.get(url, headers=alice.headers).json()
         for cursor in ALLOWED[pattern]:
             assert re.match(pattern, cursor)
@@ -57,4 +62,6 @@ def test_every_cursor_the_schema_allows_is_accepted(
         "/v1/evaluations",
         "/v1/runs",
         "/v1/runs/{run_id}/events",
+        "/v1/webhooks",
+        "/v1/webhooks/{webhook_id}/deliveries",
     ]

@@ -1,4 +1,4 @@
-"""The Celery configuration, and a run enqueued by task name to the training queue."""
+"""The Celery configuration, and a run enqueued by task name to a training queue."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ def test_celery_configuration(settings: Settings) -> None:
     assert config["accept_content"] == ["json"]
     assert config["task_acks_late"] is True and config["worker_prefetch_multiplier"] == 1
     assert config["broker_transport_options"] == {"visibility_timeout": settings.visibility_timeout}
-    assert config["task_routes"][RUN_TASK] == {"queue": settings.training_queue}
+    # Runs: the queue of the default resource class (a send names the run's own: app.runs.routing).
+    assert config["task_routes"][RUN_TASK] == {"queue": f"{settings.training_queue}.cpu"}
+    gpu = celery_config(settings.model_copy(update={"default_resource_class": "gpu"}))
+    assert gpu["task_routes"][RUN_TASK] == {"queue": f"{settings.training_queue}.gpu"}
     # Analyses go to the training queue, unless ANALYSIS_QUEUE names another one (a CPU worker's).
     assert config["task_routes"][ANALYSIS_TASK] == {"queue": settings.training_queue}
     cpu = celery_config(settings.model_copy(update={"analysis_queue": "analysis"}))
@@ -27,18 +30,23 @@ def test_celery_configuration(settings: Settings) -> None:
 
 
 def test_enqueue_run_sends_by_name_to_the_training_queue(settings: Settings) -> None:
-    queue = f"training-test-{secrets.token_hex(4)}"
-    celery = create_celery(settings.model_copy(update={"training_queue": queue}))
+    prefix = f"training-test-{secrets.token_hex(4)}"
+    celery = create_celery(settings.model_copy(update={"training_queue": prefix}))
+    default, gpu = f"{prefix}.cpu", f"{prefix}.gpu"
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        task_id = enqueue_run("run_abc", celery=celery)
-        assert client.llen(queue) == 1
-        raw = client.lpop(queue)
+        task_id = enqueue_run("run_abc", celery=celery)  # no queue named: the default class's
+        enqueue_run("run_gpu", queue=gpu, celery=celery)
+        assert (client.llen(default), client.llen(gpu), client.llen(prefix)) == (1, 1, 0)
+        raw = client.lpop(default)
         assert isinstance(raw, bytes)
         message = json.loads(raw)
         assert message["headers"]["task"] == RUN_TASK
         assert message["headers"]["id"] == task_id
         assert message["headers"]["argsrepr"] == "['run_abc']"
+        raw = client.lpop(gpu)
+        assert isinstance(raw, bytes) and json.loads(raw)["headers"]["argsrepr"] == "['run_gpu']"
     finally:
-        # the queue, and the exchange bindings kombu keeps next to it
-        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        # the queues, and the exchange bindings kombu keeps next to them
+        for queue in (default, gpu):
+            client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")

@@ -16,11 +16,10 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -40,6 +39,7 @@ from app.storage import LocalStorage
 from app.storage.keys import run_directory_key
 from app.tenants.service import create_api_key, create_tenant
 from tests.support import REDIS_URL, directory_files, tar_gz
+from tests.support import free_port as pick_free_port  # the fixture below is free_port
 from worker.pretraining.layout import TMP_PREFIX, RunLayout
 from worker.pretraining.records import MetricsRecord
 from worker.pretraining.sinks import read_jsonl
@@ -70,12 +70,6 @@ def _settings_environment(settings: Settings, token: str) -> dict[str, str]:
         env[f"BERTPT_{name.upper()}"] = str(value)
     env |= {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", TOKEN_VARIABLE: token}
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class _Process:
@@ -153,10 +147,11 @@ class Worker(_Process):
     stop_signal = signal.SIGKILL
     stop_seconds = STOP_SECONDS
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, arguments: Sequence[str] = ()) -> None:
         self.name = f"e2e-{secrets.token_hex(3)}"
         command = [sys.executable, "-c", "from worker.service_cli import worker_command; worker_command()"]
-        super().__init__([*command, "--loglevel", "INFO", "--hostname", f"{self.name}@%h"], env, log_path)
+        options = ["--loglevel", "INFO", "--hostname", f"{self.name}@%h", *arguments]
+        super().__init__([*command, *options], env, log_path)
 
     def ready(self) -> bool:
         if self.process.poll() is not None:
@@ -272,7 +267,7 @@ def test_token() -> str:
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     """``free_port() -> int``: a TCP port of 127.0.0.1 that nothing listens on."""
-    return _free_port
+    return pick_free_port
 
 
 @pytest.fixture
@@ -299,12 +294,13 @@ def _wait_until_started(process: _Process, started: Callable[[], bool], failure:
 def start_worker(
     settings: Settings, started: list[_Process], test_token: str, tmp_path: Path
 ) -> Callable[..., Worker]:
-    """``start_worker(settings=None) -> Worker``: a ``bertpt worker`` configured like ``settings`` (the
-    test's by default), once it is ready to take tasks."""
+    """``start_worker(settings=None, arguments=()) -> Worker``: a ``bertpt worker`` configured like
+    ``settings`` (the test's by default), with these command-line ``arguments`` (``--queues``, ``--gpus``),
+    once it is ready to take tasks."""
 
-    def start(worker_settings: Settings | None = None) -> Worker:
+    def start(worker_settings: Settings | None = None, arguments: Sequence[str] = ()) -> Worker:
         env = _settings_environment(worker_settings or settings, test_token)
-        worker = Worker(env, tmp_path / f"worker-{len(started)}.log")
+        worker = Worker(env, tmp_path / f"worker-{len(started)}.log", arguments)
         started.append(worker)
         _wait_until_started(worker, worker.ready, "the worker was not ready")
         return worker
@@ -321,7 +317,7 @@ def start_api(
 
     def start(api_settings: Settings | None = None, port: int | None = None) -> ApiServer:
         env = _settings_environment(api_settings or settings, test_token)
-        server = ApiServer(env, port or _free_port(), tmp_path / f"api-{len(started)}.log")
+        server = ApiServer(env, port or pick_free_port(), tmp_path / f"api-{len(started)}.log")
         started.append(server)
         _wait_until_started(server, server.answering, "the API did not answer")
         return server

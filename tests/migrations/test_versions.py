@@ -157,3 +157,22 @@ def test_0007_creates_the_evaluations_table_and_runs_downstream_and_its_downgrad
                 assert "downstream" not in {column["name"] for column in inspector.get_columns("runs")}
         finally:
             engine.dispose()
+
+
+def test_0010_adds_runs_resources_and_its_downgrade_drops_it(
+    empty_database: Callable[[], AbstractContextManager[str]],
+) -> None:
+    with empty_database() as url:
+        upgrade_database(url, "0010")
+        engine = create_db_engine(url)
+        try:
+            with engine.connect() as connection:
+                columns = {column["name"]: column for column in inspect(connection).get_columns("runs")}
+                assert columns["resources"]["nullable"]  # NULL: a run from before, of the default class
+            command.downgrade(alembic_config(url), "0009")
+            with engine.connect() as connection:
+                columns = {column["name"]: column for column in inspect(connection).get_columns("runs")}
+                assert "resources" not in columns
+            upgrade_database(url, "0010")  # and up again
+        finally:
+            engine.dispose()

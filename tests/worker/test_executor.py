@@ -409,3 +409,29 @@ def test_the_corpus_warnings_are_the_runs_warnings_and_events(
         (warning["code"], warning["message"]) for warning in run.warnings
     ]
     assert all(event.level == "warning" for event in events)
+
+
+@pytest.mark.slow  # a training in 2 processes (torchrun's launcher, gloo): about 15 s on 2 busy cores
+def test_a_run_on_two_devices_trains_in_two_processes_and_records_once(
+    factory: Factory, worker_context: WorkerContext, tiny_bert_dir: Path, tiny_corpus_bytes: bytes
+) -> None:
+    """resources.devices 2: the training child launches 2 DDP processes; rank 0's records reach the
+    database once each, and the run completes with its model."""
+    checkpoint_id = factory.checkpoint(tiny_bert_dir)
+    run_id = factory.run(
+        corpus_id=factory.corpus(tiny_corpus_bytes),
+        base_model=f"checkpoint:{checkpoint_id}",
+        resources={"class": "cpu", "devices": 2},
+    )
+
+    assert execute_run(run_id, context=worker_context) == RunStatus.SUCCEEDED
+
+    run = factory.get_run(run_id)
+    assert run.output_storage_key is not None and run.progress["step"] == 6
+    with factory.session_factory() as session:
+        steps = session.scalars(
+            select(RunMetric.step).where(RunMetric.run_id == run_id, RunMetric.split == "train")
+        ).all()
+    assert sorted(set(steps)) == [1, 2, 3, 4, 5, 6]
+    types = [event.type for event in _events(factory, run_id)]
+    assert types.count("training_started") == 1 and types.count("checkpoint_saved") == 1  # rank 0's only

@@ -73,7 +73,15 @@ BASELINE = MetricsRecord(
 TRAIN = MetricsRecord(
     split="train",
     step=2,
-    metrics=TrainMetrics(loss=7.5, learning_rate=1e-3, tokens_per_second=100.0, samples_seen=16, epoch=0.4),
+    metrics=TrainMetrics(
+        loss=7.5,
+        learning_rate=1e-3,
+        tokens_per_second=100.0,
+        samples_per_second=2.5,
+        mfu=0.31,
+        samples_seen=16,
+        epoch=0.4,
+    ),
 )
 
 
@@ -141,6 +149,8 @@ def test_records_become_rows_then_messages(factory: Factory, tmp_path: Path) -> 
         "eta_seconds": 10.0,
         "epoch": 0.4,
         "tokens_per_second": 100.0,
+        "samples_per_second": 2.5,
+        "mfu": 0.31,
         "tokens_seen": 812,
     }
     assert run.baseline == {"eval": {**BASELINE.metrics.values(), "step": 0}}
@@ -317,10 +327,11 @@ def test_the_vocabulary_extension_reaches_the_started_event_and_the_run_json(
         vocab_size_before=30522,
     )
     recorder, _, _ = _recorder(factory, tmp_path / "run")
-    recorder.handle(STARTED.model_copy(update={"vocabulary": vocabulary}))
+    recorder.handle(STARTED.model_copy(update={"vocabulary": vocabulary, "device_name": "NVIDIA H200"}))
     recorder.flush()
     (started,) = [e for e in _rows(factory, recorder.run_id, RunEvent) if e.type == "training_started"]
     assert VocabularyExtension.model_validate(started.data["vocabulary"]) == vocabulary
+    assert started.data["device_name"] == "NVIDIA H200"  # the GPU whose peak the mfu is of
     result = TrainingResult(
         status="completed",
         steps=4,

@@ -40,15 +40,33 @@ def _range_text(info: FieldInfo) -> str:
     return f" Range: {', '.join(bounds)}." if bounds else ""
 
 
+def _switch_choices(annotation: Any) -> tuple[str, ...] | None:
+    """``bool | Literal["auto"]`` -> ``("auto", "true", "false")``: a switch with named settings besides on
+    and off (the schema reads the words as the bool); None for any other annotation."""
+    if not (isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union):
+        return None
+    args = typing.get_args(annotation)
+    literals = [a for a in args if typing.get_origin(a) is Literal]
+    if bool not in args or len(literals) != 1 or len(args) != 2:
+        return None
+    return (*(str(v) for v in typing.get_args(literals[0])), "true", "false")
+
+
 def _option_declaration(name: str, info: FieldInfo) -> tuple[list[str], dict[str, Any]]:
     """The ``click.option`` arguments for one schema field."""
     kind = _base_type(info.annotation)
     flag = option_name(name)
+    switch = _switch_choices(info.annotation)
+    # The schema's default, in the help as click shows one; not through click's show_default, which
+    # prints a text given to it in parentheses ("[default: (128)]"), the option's own default being None.
+    shown = "none" if info.default is None else str(info.default).lower()
     options: dict[str, Any] = {
         "default": None,  # None = not given, so it does not override a --config value
-        "help": f"{info.description or ''}{_range_text(info)}",
-        "show_default": "none" if info.default is None else str(info.default).lower(),
+        "help": f"{info.description or ''}{_range_text(info)}  [default: {shown}]",
     }
+    if switch is not None:
+        options["type"] = click.Choice(switch)
+        return [flag, name], options
     if kind is bool:
         return [f"{flag}/--no-{flag[2:]}", name], options
     if typing.get_origin(kind) is Literal:

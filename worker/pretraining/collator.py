@@ -12,6 +12,8 @@ to torch once per tensor.
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,7 +42,9 @@ class PretrainingCollator:
     ``masker=None`` means static masking: every instance must carry its stored mask. With a masker,
     masks are drawn dynamically (and any stored mask is ignored). ``max_predictions_per_seq``, when set,
     fixes P to that width (static shapes, e.g. for torch.compile) instead of the batch's maximum.
-    Set ``epoch`` at the start of every epoch so dynamic masks change between epochs.
+    Set ``epoch`` at the start of every epoch so dynamic masks change between epochs. It is kept in shared
+    memory: DataLoader workers that persist across epochs (``persistent_workers``) hold a copy of the
+    collator made when they started, and read the epoch the main process set for every batch they build.
     """
 
     def __init__(
@@ -63,7 +67,17 @@ class PretrainingCollator:
         self.seed = int(seed)
         self.pad_to_multiple_of = pad_to_multiple_of
         self.max_predictions_per_seq = max_predictions_per_seq
-        self.epoch: int = 0
+        # Shared with the worker processes (inherited when they start); no lock: one writer, between epochs.
+        self._epoch = multiprocessing.RawValue(ctypes.c_int64, 0)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose masks are drawn (0-based)."""
+        return int(self._epoch.value)
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.value = int(value)
 
     def __call__(self, instances: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not instances:

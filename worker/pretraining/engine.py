@@ -12,6 +12,12 @@ The CLI and the service's training process both call it. It reads top to bottom 
 
 Every record goes to the caller's sink (see :mod:`worker.pretraining.records`) and into the run's own
 ``metrics.jsonl`` and TensorBoard files.
+
+Under torchrun (``WORLD_SIZE`` > 1, one process a device): the process group is set up here (NCCL on
+GPUs, gloo on the CPU); process 0 prepares the data and looks for the resume point first, the others then
+find them in the cache; every process trains on its slice of each global batch (see
+:mod:`worker.pretraining.trainer`); only process 0 has the sinks, writes the metrics files, the
+checkpoints' shared parts, the model and ``result.json``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import chain
@@ -79,13 +86,21 @@ from worker.pretraining.trainer import (
     RunState,
     StopCheck,
     TrainingError,
+    device_name,
     steps_per_epoch,
     total_steps,
     training_arguments,
 )
 from worker.pretraining.vocabulary import VocabularyError, add_domain_vocabulary
 
-__all__ = ["MANIFEST_FORMAT", "export_model", "resolve_precision", "run_pretraining"]
+__all__ = [
+    "MANIFEST_FORMAT",
+    "default_dataloader_workers",
+    "export_model",
+    "resolve_compile",
+    "resolve_precision",
+    "run_pretraining",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +126,18 @@ def resolve_precision(precision: str, *, cuda: bool | None = None) -> Precision:
     if precision not in ("fp32", "bf16", "fp16"):
         raise HyperparameterError([("precision", f"unknown value {precision!r}")])
     return precision  # type: ignore[return-value]
+
+
+def resolve_compile(torch_compile: bool | str, *, cuda: bool | None = None) -> bool:
+    """Whether the loss is compiled (``PretrainingTrainer(compile_loss=...)``). auto: on a GPU, where
+    compiling paid in issue 13's measurement (bertpt compiled trained 1.23x the tokens/s of bertpt eager on
+    an H200; ``bench/train.py --device cuda`` measures it again); eager on the CPU, where runs are short (the
+    tests, the demo, trials) and a cold compilation long (docs/benchmarks.md, "GPU speed": 27 s for a
+    2-layer model on 2 cores before its first step). Compiled steps were faster on the CPU too in that
+    measurement: ``true`` pays for a long CPU run."""
+    if torch_compile == "auto":
+        return torch.cuda.is_available() if cuda is None else cuda
+    return bool(torch_compile)
 
 
 def run_pretraining(
@@ -148,6 +175,84 @@ def run_pretraining(
     NonFiniteLossError / NonFiniteWeightsError (TrainingErrors) when the numbers stop being finite.
     """
     attempt_started = _clock()
+    rank, processes, owned = _process_group()
+    if rank != 0:  # records, metrics files and outputs: process 0's
+        sink = None
+    try:
+        return _run(
+            base,
+            corpus,
+            out_dir,
+            hyperparameters,
+            attempt_started=attempt_started,
+            rank=rank,
+            processes=processes,
+            eval_corpus=eval_corpus,
+            reference_corpus=reference_corpus,
+            replay_corpus=replay_corpus,
+            cache_dir=cache_dir,
+            sink=sink,
+            should_stop=should_stop,
+            resume=resume,
+            dataloader_workers=dataloader_workers,
+        )
+    finally:
+        if owned and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _process_group() -> tuple[int, int, bool]:
+    """This process's rank, the number of processes and whether the process group was created here (and
+    is to be destroyed at the end): under torchrun (``WORLD_SIZE`` > 1) the process group is initialized
+    here if the caller has not, NCCL with this process's GPU (``LOCAL_RANK``) or gloo on the CPU;
+    (0, 1, False) otherwise."""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes <= 1:
+        return 0, 1, False
+    owned = not torch.distributed.is_initialized()
+    if owned:
+        from datetime import timedelta
+
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # Long: process 0 prepares the data alone while the others wait in a barrier.
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=6))
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), owned
+
+
+@contextmanager
+def _process_zero_first(rank: int, processes: int) -> Iterator[None]:
+    """Process 0 runs the block first (it prepares the data, looks for the resume point and cleans up
+    incomplete checkpoints), the other processes after it, whether it returned or raised."""
+    if processes > 1 and rank != 0:
+        torch.distributed.barrier()
+    try:
+        yield
+    finally:
+        if processes > 1 and rank == 0:
+            torch.distributed.barrier()
+
+
+def _run(
+    base: str | os.PathLike[str],
+    corpus: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    hyperparameters: Hyperparameters | Mapping[str, Any] | str | os.PathLike[str] | None,
+    *,
+    attempt_started: float,
+    rank: int,
+    processes: int,
+    eval_corpus: str | os.PathLike[str] | None,
+    reference_corpus: str | os.PathLike[str] | None,
+    replay_corpus: str | os.PathLike[str] | None,
+    cache_dir: str | os.PathLike[str] | None,
+    sink: RecordSink | None,
+    should_stop: StopCheck | None,
+    resume: bool,
+    dataloader_workers: int | None,
+) -> TrainingResult:
+    """:func:`run_pretraining` in this process (``rank`` of ``processes``)."""
     h = _hyperparameters(hyperparameters)
     replay_error = h.replay_corpus_error(has_replay_corpus=replay_corpus is not None)
     if replay_error is not None:
@@ -158,31 +263,31 @@ def run_pretraining(
     say = _say(sink)
     cuda = torch.cuda.is_available()
     precision = resolve_precision(h.precision, cuda=cuda)
-
-    loaded = _load_base(base, h, say)
-    loaded, vocabulary = _add_domain_vocabulary(h, loaded, corpus, say)  # before any data is tokenized
-    replay_sha256 = file_sha256(Path(replay_corpus)) if replay_corpus is not None else None
-    # The same text as replay and as reference: its held-out part is the reference evaluation.
-    shared = reference_corpus is not None and replay_sha256 == file_sha256(Path(reference_corpus))
-    data, reference = _prepare_data(
-        h, loaded, corpus, eval_corpus, None if shared else reference_corpus, cache, say
-    )
-    h.check_eval_split(data.eval is not None)  # select_checkpoint=best, early stopping
-    domain = data.train
-    replay: _Replay | None = None
-    if replay_corpus is not None and replay_sha256 is not None:
-        replay = _prepare_replay(
-            h, loaded, replay_corpus, replay_sha256, len(domain), cache, say, for_reference=shared
+    with _process_zero_first(rank, processes):  # the others then find the data in the cache
+        loaded = _load_base(base, h, say)
+        loaded, vocabulary = _add_domain_vocabulary(h, loaded, corpus, say)  # before any data is tokenized
+        replay_sha256 = file_sha256(Path(replay_corpus)) if replay_corpus is not None else None
+        # The same text as replay and as reference: its held-out part is the reference evaluation.
+        shared = reference_corpus is not None and replay_sha256 == file_sha256(Path(reference_corpus))
+        data, reference = _prepare_data(
+            h, loaded, corpus, eval_corpus, None if shared else reference_corpus, cache, say
         )
-        if replay.held_out_for_reference:
-            reference = replay.data
-    run_info = _run_info(h, loaded, data, reference, replay)
-    warnings = _warnings(loaded, data, reference, say, replay)
-    finished = _finished_run(layout, run_info, resume)
-    if finished is not None:
-        say(f"{layout.model} already holds this run's final model")
-        return finished
-    start = _resume_point(layout, run_info, resume)
+        h.check_eval_split(data.eval is not None)  # select_checkpoint=best, early stopping
+        domain = data.train
+        replay: _Replay | None = None
+        if replay_corpus is not None and replay_sha256 is not None:
+            replay = _prepare_replay(
+                h, loaded, replay_corpus, replay_sha256, len(domain), cache, say, for_reference=shared
+            )
+            if replay.held_out_for_reference:
+                reference = replay.data
+        run_info = _run_info(h, loaded, data, reference, replay)
+        warnings = _warnings(loaded, data, reference, say, replay)
+        finished = _finished_run(layout, run_info, resume)
+        if finished is not None:
+            say(f"{layout.model} already holds this run's final model")
+            return finished
+        start = _resume_point(layout, run_info, resume)
     train = (
         domain
         if replay is None
@@ -194,9 +299,13 @@ def run_pretraining(
 
     device = "cuda" if cuda else "cpu"
     layout.root.mkdir(parents=True, exist_ok=True)
-    tensorboard = TensorBoardSink(layout.tensorboard, purge_step=start.step + 1 if start.checkpoint else None)
+    tensorboard = (
+        TensorBoardSink(layout.tensorboard, purge_step=start.step + 1 if start.checkpoint else None)
+        if rank == 0
+        else None
+    )
     replay_summary = replay.summary(h.replay_ratio) if replay is not None else None
-    emit = combine_sinks(JsonlSink(layout.metrics), tensorboard, sink)
+    emit = combine_sinks(JsonlSink(layout.metrics), tensorboard, sink) if rank == 0 else combine_sinks()
     try:
         trainer = _build_trainer(
             h,
@@ -212,8 +321,11 @@ def run_pretraining(
             sink=emit,
             should_stop=should_stop,
             deadline=attempt_started + h.max_runtime_seconds if h.max_runtime_seconds else None,
-            dataloader_workers=_default_workers(cuda) if dataloader_workers is None else dataloader_workers,
+            dataloader_workers=(
+                default_dataloader_workers(cuda) if dataloader_workers is None else dataloader_workers
+            ),
             run_info=run_info,
+            processes=processes,
         )
         emit(
             TrainingStarted(
@@ -225,6 +337,7 @@ def run_pretraining(
                 eval_splits={name: len(split) for name, split in trainer.eval_splits.items()},
                 precision=precision,
                 device=device,
+                device_name=device_name(torch.device(device)),
                 data=data.summary().model_copy(update={"replay": replay_summary}),
                 warnings=warnings,
                 vocabulary=vocabulary,
@@ -248,6 +361,7 @@ def run_pretraining(
                 say,
                 replay=replay_summary,
                 vocabulary=vocabulary,
+                writes=rank == 0,
             )
         except BaseException as exc:
             step = getattr(exc, "step", trainer.state.global_step)  # where a NaN was met, if that is why
@@ -256,7 +370,8 @@ def run_pretraining(
         emit(TrainingFinished(step=result.steps, status=result.status, model_path=result.model_path))
         return result
     finally:
-        tensorboard.close()
+        if tensorboard is not None:
+            tensorboard.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -531,7 +646,9 @@ def _resume_point(layout: RunLayout[Path], run_info: dict[str, Any], resume: boo
     )
 
 
-def _default_workers(cuda: bool) -> int:
+def default_dataloader_workers(cuda: bool) -> int:
+    """DataLoader worker processes of a run: on a GPU half the cores, at most 4, build the batches beside the
+    training loop; on the CPU none (the cores are the training's)."""
     return min(4, max(1, (os.cpu_count() or 2) // 2)) if cuda else 0
 
 
@@ -552,9 +669,11 @@ def _build_trainer(
     deadline: float | None,
     dataloader_workers: int,
     run_info: dict[str, Any],
+    processes: int = 1,
 ) -> PretrainingTrainer:
     tokenizer = loaded.tokenizer
-    fixed_predictions = h.max_predictions_per_seq if h.torch_compile else None  # static shapes
+    compile_loss = resolve_compile(h.torch_compile, cuda=cuda)
+    fixed_predictions = h.max_predictions_per_seq if compile_loss else None  # a static prediction width
     masker = (
         TokenMasker.from_tokenizer(MaskingConfig.from_hyperparameters(h), tokenizer)
         if h.masking == "dynamic"
@@ -575,12 +694,8 @@ def _build_trainer(
         eval_splits["eval"] = data.eval
     if reference is not None and reference.eval is not None:
         eval_splits["reference"] = reference.eval
-    model = loaded.model
-    if h.torch_compile:
-        model.bert.compile()
-        model.cls.predictions.compile()
     return PretrainingTrainer(
-        model=model,
+        model=loaded.model,
         args=training_arguments(
             h,
             layout.checkpoints,
@@ -589,6 +704,7 @@ def _build_trainer(
             cuda=cuda,
             dataloader_workers=dataloader_workers,
             evaluate_at_start=start.checkpoint is None and bool(eval_splits),
+            processes=processes,
         ),
         data_collator=collator(masker),
         processing_class=tokenizer,  # saved into every checkpoint: `run:<id>@<step>` loads as a base
@@ -608,6 +724,7 @@ def _build_trainer(
         updates_per_epoch=steps_per_epoch(len(train), h.batch_size, h.gradient_accumulation_steps),
         max_nonfinite_steps=h.max_nonfinite_steps,
         selection=SelectionRules.from_hyperparameters(h),
+        compile_loss=compile_loss,
     )
 
 
@@ -624,8 +741,10 @@ def _train_and_export(
     *,
     replay: ReplaySummary | None = None,
     vocabulary: VocabularyExtension | None = None,
+    writes: bool = True,
 ) -> TrainingResult:
-    """Train (or resume), evaluate at the end if not done yet, export, write result.json."""
+    """Train (or resume), evaluate at the end if not done yet, export, write result.json (the last two
+    only with ``writes``: process 0 of several)."""
     max_steps = trainer.args.max_steps
     stopped_early = start.state is not None and start.state.stopped_early is not None
     if start.checkpoint is not None and (start.step >= max_steps or stopped_early):
@@ -668,7 +787,7 @@ def _train_and_export(
         stopped_early=run_state.stopped_early,
     ).outcome_fields()
     model_path: Path | None = None
-    if status != "cancelled":
+    if status != "cancelled" and writes:
         manifest = ModelManifest(
             **outcome,
             format=MANIFEST_FORMAT,
@@ -691,7 +810,8 @@ def _train_and_export(
         checkpoint_path=latest_checkpoint(layout.checkpoints),
         resumed_from=start.checkpoint,
     )
-    write_json(layout.result, result.json_object())
+    if writes:
+        write_json(layout.result, result.json_object())
     return result
 
 

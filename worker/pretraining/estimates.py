@@ -27,12 +27,18 @@ evaluation``, where
   checkpoints, export): measured on earlier runs when there are, else :data:`DEFAULT_STARTUP_SECONDS` plus
   the preparation at :data:`PREPARATION_BYTES_PER_SECOND`.
 
+**Utilization** of a run that trains (:func:`model_flops_utilization`, the ``mfu`` of the training
+metrics): the useful FLOP/s it achieves, real tokens per second times :func:`training_flops_per_token`,
+over its device's dense peak for the precision of its matrix products (:func:`peak_flops_per_second`, from
+:data:`PEAK_FLOPS_PER_SECOND`); null on a CPU or a GPU that the table does not know.
+
 The constants carry how they were chosen; ``docs/operations.md`` ("Estimates") has the table.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -49,17 +55,22 @@ __all__ = [
     "EVALUATION_SPEEDUP",
     "MEAN_LENGTH_SHARE",
     "NSP_TEXT_REUSE",
+    "PEAK_FLOPS_PER_SECOND",
     "PREPARATION_BYTES_PER_SECOND",
     "WORDPIECES_PER_WORD",
     "ApproximateCorpus",
     "CorpusAnalysis",
     "Device",
+    "MatmulPrecision",
     "SplitFigures",
     "StepFigures",
     "approximate_corpus",
     "default_tokens_per_second",
     "epoch_instances",
     "evaluation_passes",
+    "gpu_model",
+    "model_flops_utilization",
+    "peak_flops_per_second",
     "run_seconds",
     "step_figures",
     "steps_per_epoch",
@@ -68,6 +79,9 @@ __all__ = [
 ]
 
 Device = Literal["cpu", "cuda"]
+# The number format of a training step's matrix products: bf16/fp16 autocast, or fp32 weights multiplied as
+# TF32 (torch.get_float32_matmul_precision() "high" or "medium") or as full fp32 ("highest").
+MatmulPrecision = Literal["bf16", "fp16", "tf32", "fp32"]
 
 # -- the defaults, and how they were chosen ----------------------------------------------------------------
 
@@ -103,6 +117,61 @@ MEAN_LENGTH_SHARE = 0.9
 # The model size assumed when the base model's config cannot be read here (an hf: model): BERT-base.
 DEFAULT_MODEL_SHAPE = ModelShape(
     hidden_size=768, num_hidden_layers=12, intermediate_size=3072, vocab_size=30522
+)
+
+
+# The dense peak FLOP/s of known GPUs' tensor cores (fp32: their CUDA cores), by matrix-product precision:
+# NVIDIA's datasheets, which print the tensor-core figures "with sparsity" (2:4 structured sparsity, twice
+# the dense rate) for Ampere and later, halved here; a model training dense matrices can reach the dense rate
+# only. Keyed by gpu_model's names. Sources (datasheets):
+#   A100 (SXM and PCIe, 40 and 80 GB): "NVIDIA A100 Tensor Core GPU" datasheet: BF16/FP16 312, TF32 156
+#     (dense; 624 / 312 with sparsity), FP32 19.5 TFLOPS;
+#   H100 SXM, PCIe, NVL: "NVIDIA H100 Tensor Core GPU" datasheet: BF16/FP16 1,979 / 1,513 / 1,671, TF32 989
+#     / 756 / 835 (with sparsity), FP32 67 / 51 / 60 TFLOPS;
+#   H200 SXM and NVL: "NVIDIA H200 Tensor Core GPU" datasheet: BF16/FP16 1,979 / 1,671, TF32 989 / 835 (with
+#     sparsity), FP32 67 / 60 TFLOPS (the same chip as the H100 SXM, more and faster memory; the issue that
+#     asked for this table measured 786 TFLOP/s on an 8192-cube bf16 matmul on one);
+#   L4: "NVIDIA L4 Tensor Core GPU" datasheet: BF16/FP16 242, TF32 120 (with sparsity), FP32 30.3 TFLOPS;
+#   L40S: "NVIDIA L40S" datasheet: BF16/FP16 362.05 dense (733 with sparsity), TF32 183 (366), FP32 91.6
+#     TFLOPS;
+#   A10: "NVIDIA A10 Tensor Core GPU" datasheet: BF16/FP16 250, TF32 125 (with sparsity), FP32 31.2 TFLOPS
+#     (not the A10G of cloud instances, which NVIDIA publishes no datasheet for: unknown here);
+#   V100 SXM2 / PCIe: "NVIDIA Tesla V100" datasheet: FP16 tensor 125 / 112, FP32 15.7 / 14 TFLOPS (no bf16,
+#     no TF32: bf16 and tf32 runs there have no peak here);
+#   T4: "NVIDIA T4" datasheet: FP16 tensor 65, FP32 8.1 TFLOPS (no bf16, no TF32).
+# The same figures as MosaicML Composer's SpeedMonitor (GPU_AVAILABLE_FLOPS), which reports mfu the same way.
+PEAK_FLOPS_PER_SECOND: dict[str, dict[MatmulPrecision, float]] = {
+    "A100": {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+    "H100 SXM": {"bf16": 1979e12 / 2, "fp16": 1979e12 / 2, "tf32": 989e12 / 2, "fp32": 67e12},
+    "H100 PCIe": {"bf16": 1513e12 / 2, "fp16": 1513e12 / 2, "tf32": 756e12 / 2, "fp32": 51e12},
+    "H100 NVL": {"bf16": 1671e12 / 2, "fp16": 1671e12 / 2, "tf32": 835e12 / 2, "fp32": 60e12},
+    "H200": {"bf16": 1979e12 / 2, "fp16": 1979e12 / 2, "tf32": 989e12 / 2, "fp32": 67e12},
+    "H200 NVL": {"bf16": 1671e12 / 2, "fp16": 1671e12 / 2, "tf32": 835e12 / 2, "fp32": 60e12},
+    "L4": {"bf16": 242e12 / 2, "fp16": 242e12 / 2, "tf32": 120e12 / 2, "fp32": 30.3e12},
+    "L40S": {"bf16": 362.05e12, "fp16": 362.05e12, "tf32": 183e12, "fp32": 91.6e12},
+    "A10": {"bf16": 250e12 / 2, "fp16": 250e12 / 2, "tf32": 125e12 / 2, "fp32": 31.2e12},
+    "V100 SXM2": {"fp16": 125e12, "fp32": 15.7e12},
+    "V100 PCIe": {"fp16": 112e12, "fp32": 14e12},
+    "T4": {"fp16": 65e12, "fp32": 8.1e12},
+}
+# torch.cuda.get_device_name() -> a key of PEAK_FLOPS_PER_SECOND: the first pattern that matches (case
+# aside), whole words only, so "A10" is not "A100" nor "A10G", and "H200" is not "GH200". Names as CUDA
+# reports them: "NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB PCIe", "NVIDIA H100 80GB HBM3" (SXM), "NVIDIA
+# H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200", "NVIDIA H200 NVL", "NVIDIA L4", "NVIDIA L40S", "NVIDIA A10",
+# "Tesla V100-SXM2-16GB", "Tesla V100-PCIE-32GB", "Tesla T4".
+_GPU_MODELS: tuple[tuple[str, str], ...] = (
+    (r"\bH100\b.*\bPCIe\b", "H100 PCIe"),
+    (r"\bH100\b.*\bNVL\b", "H100 NVL"),
+    (r"\bH100\b", "H100 SXM"),
+    (r"\bH200\b.*\bNVL\b", "H200 NVL"),
+    (r"\bH200\b", "H200"),
+    (r"\bA100\b", "A100"),
+    (r"\bL40S\b", "L40S"),
+    (r"\bL4\b", "L4"),
+    (r"\bA10\b", "A10"),
+    (r"\bV100\b.*\bPCIe\b", "V100 PCIe"),
+    (r"\bV100\b", "V100 SXM2"),
+    (r"\bT4\b", "T4"),
 )
 
 
@@ -319,3 +388,45 @@ def run_seconds(
         "startup_seconds": startup_seconds,
         "total_seconds": startup_seconds + training + evaluation,
     }
+
+
+# -- utilization -----------------------------------------------------------------------------------------
+
+
+def gpu_model(device_name: str | None) -> str | None:
+    """The key of :data:`PEAK_FLOPS_PER_SECOND` for a device as ``torch.cuda.get_device_name`` names it
+    (``"NVIDIA H100 80GB HBM3"`` -> ``"H100 SXM"``); None for None (a CPU) or a name the table lacks."""
+    if not device_name:
+        return None
+    for pattern, model in _GPU_MODELS:
+        if re.search(pattern, device_name, flags=re.IGNORECASE):
+            return model
+    return None
+
+
+def peak_flops_per_second(device_name: str | None, precision: MatmulPrecision) -> float | None:
+    """The dense peak FLOP/s of the GPU named ``device_name`` for matrix products in ``precision``; None on
+    a CPU (``device_name`` None), for a GPU the table does not know, or a precision it lacks (bf16 on a
+    V100)."""
+    model = gpu_model(device_name)
+    return None if model is None else PEAK_FLOPS_PER_SECOND[model].get(precision)
+
+
+def model_flops_utilization(
+    shape: ModelShape | None,
+    *,
+    tokens_per_second: float,
+    sequence_length: float,
+    masked_lm_prob: float,
+    peak_flops_per_second: float | None,
+) -> float | None:
+    """Model FLOPs utilization (MFU, Chowdhery et al. 2022, "PaLM", appendix B), a share in [0, 1] (above 1
+    only if a peak is wrong): the useful training FLOP/s achieved, ``tokens_per_second`` real (non-padding)
+    tokens times :func:`training_flops_per_token` of sequences of ``sequence_length`` real tokens with
+    ``masked_lm_prob`` of them predicted, over ``peak_flops_per_second``. Padding, recomputation and the
+    vocabulary projection at unpredicted positions are not useful work and not counted. None without a peak
+    (a CPU, an unknown GPU) or a model shape."""
+    if peak_flops_per_second is None or shape is None or peak_flops_per_second <= 0:
+        return None
+    flops = training_flops_per_token(shape, sequence_length=sequence_length, masked_lm_prob=masked_lm_prob)
+    return tokens_per_second * flops / peak_flops_per_second

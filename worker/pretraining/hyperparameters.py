@@ -322,7 +322,12 @@ class Hyperparameters(PreparationConfig):
         "auto",
         description="auto: bf16 autocast on GPUs that support it, else fp16 on GPU, fp32 on the CPU.",
     )
-    torch_compile: bool = Field(False, description="Compile the model with torch.compile.")
+    torch_compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="Compile the loss (the model, its heads, the cross-entropies) with torch.compile: true, "
+        "false, or auto: on a GPU, not on the CPU. Compiled once, for any batch length and size (a batch of "
+        "one sequence runs eager); the first logged training window includes the compilation.",
+    )
     logging_every_steps: int = Field(
         10, ge=1, description="Report training metrics every this many optimizer steps."
     )
@@ -385,6 +390,17 @@ class Hyperparameters(PreparationConfig):
 
     # Learning-rate schedule and checkpoint selection: like the preparation settings above, a setting that
     # another one makes ignored (or meaningless) is an error of the later field.
+
+    @field_validator("torch_compile", mode="before")
+    @classmethod
+    def _compile_switch(cls, value: Any) -> Any:
+        """true, false or auto: as JSON (booleans) or as words (the command line's, any case)."""
+        words = {"true": True, "false": False, "auto": "auto"}
+        if isinstance(value, str) and value.strip().lower() in words:
+            return words[value.strip().lower()]
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"true, false or auto, got {value!r}")
 
     @field_validator("min_lr_ratio")
     @classmethod
@@ -471,6 +487,18 @@ class Hyperparameters(PreparationConfig):
         are ``replay_ratio`` of the epoch: ``round(domain * r / (1 - r))``, at least 1 (0 without replay)."""
         r = self.replay_ratio
         return max(1, round(domain_instances * r / (1.0 - r))) if r > 0 else 0
+
+    def devices_error(self, devices: int) -> str | None:
+        """Why ``batch_size`` cannot be split over ``devices`` data-parallel processes (torchrun's world
+        size), None when it can: ``batch_size`` is the global batch, each process trains on
+        ``batch_size / devices`` of it, so it must be a multiple of ``devices``. The trainer raises
+        TrainingError with it, the REST API answers 422 (``hyperparameters.batch_size``)."""
+        if devices > 1 and self.batch_size % devices:
+            return (
+                f"batch_size {self.batch_size} is the global batch, split over {devices} devices: it must be "
+                f"a multiple of {devices}"
+            )
+        return None
 
     def replay_corpus_error(self, *, has_replay_corpus: bool) -> tuple[str, str] | None:
         """``(field, message)`` when ``replay_ratio`` and the presence of a replay corpus disagree (one

@@ -150,6 +150,13 @@ class TrainMetrics(_Metrics):
     samples_seen: int  # sequences trained on, from the start of the run (all attempts)
     epoch: float
     skipped_steps: int = 0  # optimizer steps not applied because a number was not finite, from the start
+    # Sequences per second of training, the window's applied steps like tokens_per_second (None: written
+    # before bertpt reported it).
+    samples_per_second: float | None = None
+    # Model FLOPs utilization, a share in [0, 1]: the useful training FLOP/s (real tokens, the MLM head at the
+    # predicted positions) over the device's dense peak for the step's precision
+    # (worker.pretraining.estimates.model_flops_utilization). None on a CPU or a GPU without a known peak.
+    mfu: float | None = None
 
 
 class EvalMetrics(_Metrics):
@@ -367,6 +374,9 @@ class TrainingStarted(_Record):
     eval_splits: dict[str, int]  # eval split -> instances
     precision: Literal["fp32", "bf16", "fp16"]
     device: str
+    # The accelerator as torch names it ("NVIDIA H100 80GB HBM3"); None on a CPU. Its peak FLOP/s is the
+    # denominator of the training metrics' mfu.
+    device_name: str | None = None
     data: PreparedDataSummary
     warnings: list[RunWarning]
     vocabulary: VocabularyExtension | None = None  # add_domain_tokens: the words made tokens

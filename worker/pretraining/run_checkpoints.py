@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ __all__ = [
     "RESUME_INSENSITIVE",
     "ResumeError",
     "complete_checkpoints",
+    "is_complete_checkpoint",
     "latest_checkpoint",
     "publish_directory",
     "remove_incomplete",
@@ -136,6 +137,12 @@ def publish_directory(tmp: Path, final: Path) -> Path:
     return final
 
 
+def is_complete_checkpoint(names: Collection[str]) -> bool:
+    """Whether a checkpoint directory holding the files ``names`` is complete: its manifest and the trainer
+    state are there (the service asks this of a checkpoint in its storage, from a listing)."""
+    return CHECKPOINT_MANIFEST in names and TRAINER_STATE in names
+
+
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     """(step, path) of the complete checkpoints under ``root``, oldest first."""
     if not root.is_dir():
@@ -143,8 +150,10 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     found = []
     for entry in root.iterdir():
         step = checkpoint_step(entry.name)
-        if step is not None and (entry / CHECKPOINT_MANIFEST).is_file() and (entry / TRAINER_STATE).is_file():
-            found.append((step, entry))
+        if step is not None and entry.is_dir():
+            names = {child.name for child in entry.iterdir() if child.is_file()}
+            if is_complete_checkpoint(names):
+                found.append((step, entry))
     return sorted(found)
 
 

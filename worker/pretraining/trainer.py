@@ -11,7 +11,26 @@ eval splits with fixed masks, no predictions kept), the logs (typed records to a
 publication (temporary directory + rename, rotation by step, the selected checkpoint kept: see
 :mod:`worker.pretraining.selection`) and early stopping. The Trainer internals it relies on are
 listed and checked in :mod:`worker.pretraining.trainer_api`.
-Single device: the loss calls the model's submodules directly, so DDP/FSDP wrappers are not supported.
+The loss is the forward of a :class:`~worker.pretraining.loss.PretrainingLossModel` around the model
+(``loss_model``). Launched by torchrun (``WORLD_SIZE`` > 1), that module is what
+``DistributedDataParallel`` wraps, so the gradients are averaged over the processes; each optimizer step's
+normalizers are summed over them first, so the step's loss is the one of its whole global batch. With
+``training_arguments(processes=N)`` every global batch of the single-process order is split into N slices
+(accelerate's ``split_batches``): each process trains on its slice, and the data order is the
+single-process one (the epoch's short last batch is completed from the epoch's first instances, as
+accelerate's ``even_batches`` does). A step then adds three small all-reduces: its counts and its skip
+flags (on the device, no host sync) and the stop decision (:meth:`PretrainingTrainer._agreed_stop`, read
+on the host: one sync a step). Evaluations are sharded over the processes; checkpoints are written together
+and published by process 0 (:meth:`PretrainingTrainer._save_checkpoint`); the records go to process 0's
+sink only (the engine gives the others none). FSDP is not supported.
+
+Speed (issue 13): the loop syncs the host with the device only where it reads numbers (logging,
+evaluation, checkpoints) and once a step for a flag computed a step earlier, which never waits: batches are
+copied to the GPU without blocking (pinned memory), the losses and counts add up on the device, and whether
+an optimizer step is applied is decided on the device (the fused AdamW skips it) and learnt by the host a
+step later (:meth:`PretrainingTrainer._settle`). The data-loader workers persist across epochs. With
+``compile_loss`` the whole loss (encoder, gathered MLM head, cross-entropies) is one ``torch.compile``d
+function, generic in the batch and sequence lengths, compiled once.
 """
 
 from __future__ import annotations
@@ -21,21 +40,36 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
+from transformers.training_args import ParallelMode
 
 from worker.pretraining.base_model import non_finite_parameter, tied_aliases
-from worker.pretraining.estimates import steps_per_epoch, total_steps  # torch-free: the API counts too
+from worker.pretraining.estimates import (  # torch-free: the API counts too
+    MatmulPrecision,
+    model_flops_utilization,
+    peak_flops_per_second,
+    steps_per_epoch,
+    total_steps,
+)
 from worker.pretraining.hyperparameters import Hyperparameters
 from worker.pretraining.layout import CHECKPOINT_MANIFEST, TRAINER_STATE, checkpoint_name, checkpoint_step
-from worker.pretraining.loss import LossTotals, pretraining_loss, train_loss
+from worker.pretraining.loss import (
+    LossTotals,
+    PretrainingLoss,
+    PretrainingLossModel,
+    pretraining_loss,
+    train_loss,
+)
 from worker.pretraining.masking import IGNORE_INDEX
 from worker.pretraining.records import (
     CheckpointSaved,
@@ -43,6 +77,7 @@ from worker.pretraining.records import (
     EvalSplit,
     LogLine,
     MetricsRecord,
+    ModelShape,
     Progress,
     StepSkipped,
     StoppedEarly,
@@ -74,6 +109,7 @@ __all__ = [
     "RunState",
     "StopCheck",
     "TrainingError",
+    "device_name",
     "evaluated_step",
     "lr_schedule",
     "steps_per_epoch",
@@ -175,6 +211,34 @@ def evaluated_step(step: int, results: Mapping[EvalSplit, EvalMetrics]) -> Evalu
     )
 
 
+def device_name(device: Any) -> str | None:
+    """The accelerator as torch names it (``"NVIDIA H100 80GB HBM3"``); None on a CPU."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
+@dataclass
+class _PendingStep:
+    """An optimizer step whose update the device decided (applied or skipped) and the host has not read yet.
+    ``flags``: bool (2,) on the device, its loss sums finite and its gradient norm finite; ``schedule``: the
+    learning-rate schedule's state before the step (put back if it was skipped)."""
+
+    step: int
+    flags: torch.Tensor
+    totals: LossTotals
+    grad_norm: torch.Tensor
+    schedule: dict[str, Any] | None
+
+
+def _distributed() -> bool:
+    """Whether this process is one of several (torchrun's process group is up)."""
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and (torch.distributed.get_world_size() > 1)
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # The Trainer
 
@@ -222,8 +286,15 @@ class PretrainingTrainer(Trainer):
     (``skipped_steps``) and reported (a :class:`~worker.pretraining.records.StepSkipped` record);
     ``max_nonfinite_steps`` of them in a row raise :class:`NonFiniteLossError` (fp16 overflows with a
     finite loss are the scaler's business and count only after ``FP16_OVERFLOW_ALLOWANCE`` in a row), and
-    so does an evaluation whose loss is not finite. Weights that are not finite are never saved. Deciding
-    costs one device sync per optimizer step.
+    so does an evaluation whose loss is not finite. Weights that are not finite are never saved. The
+    decision is taken on the device and handed to the fused optimizer (``found_inf``), so it costs no
+    sync; the host reads it a step later, or at the step's logging, evaluation or checkpoint, whichever
+    comes first (:meth:`_settle`): the record, the count and the error come then. An optimizer that cannot
+    skip on the device is told on the host, one sync per step.
+
+    ``compile_loss``: the loss runs as one ``torch.compile``d function, its batch and sequence dimensions
+    marked dynamic, so it compiles once for training (and once for evaluation, without gradients); a batch
+    of one sequence runs eager (torch would specialize on its size: a recompilation).
     """
 
     # compute_loss normalizes by the predicted tokens / sequences of the whole accumulated step.
@@ -247,6 +318,7 @@ class PretrainingTrainer(Trainer):
         updates_per_epoch: int | None = None,
         max_nonfinite_steps: int = 5,
         selection: SelectionRules | None = None,
+        compile_loss: bool = False,
         **kwargs: Any,
     ):
         self.nsp = nsp
@@ -274,13 +346,25 @@ class PretrainingTrainer(Trainer):
         self._tokens_seen: torch.Tensor | None = None
         self._normalizers: tuple[Any, Any] = (None, None)
         self._step_grad_norm: Any = None
-        self._skip_update = False  # the step under way is not applied
+        self._skip_update = False  # the step under way is not applied (decided on the host)
+        self._skip_flag: torch.Tensor | None = None  # or decided on the device: 1.0 skips it (found_inf)
+        self._skips_on_device = False  # the optimizer takes found_inf (fused AdamW)
+        self._pending: _PendingStep | None = None  # the step the device decided and the host not yet read
+        self._compile_loss = compile_loss
+        # What the utilization is computed from (set when training begins).
+        self._model_shape: ModelShape | None = None
+        self._peak_flops: float | None = None
         self._nonfinite_in_a_row = 0
         self._overflows_in_a_row = 0  # fp16 overflows in a row (the scaler's own business, at first)
         self._schedule_before_skip: dict[str, Any] | None = None
         self._checkpoint_after_evaluation = False  # step 0 became the selected checkpoint
         require_trainer_api()
         super().__init__(*args, **kwargs)
+        # The loss as a module's forward: what DistributedDataParallel wraps (see _wrap_model).
+        assert self.model is not None  # Trainer's model (model_init is not used)
+        self.loss_model = PretrainingLossModel(
+            self.model, nsp=nsp, compile=compile_loss, loss=pretraining_loss
+        )
         for noisy in (PrinterCallback, ProgressCallback):
             self.remove_callback(noisy)
         self.add_callback(_FlowCallback(self))
@@ -317,8 +401,23 @@ class PretrainingTrainer(Trainer):
                 break
         if batches:
             predicted = sum((b["masked_lm_labels"] != IGNORE_INDEX).sum() for b in batches)
+            tokens = sum(b["attention_mask"].sum() for b in batches)
             sequences = sum(int(b["next_sentence_label"].shape[0]) for b in batches)
-            self._normalizers = (predicted.to(self.args.device).clamp(min=1), max(sequences, 1))
+            counts = torch.stack([predicted, tokens]).to(self.args.device, non_blocking=True)
+            world = 1
+            if _distributed():  # the step's counts over every process's slice (no host sync)
+                world = torch.distributed.get_world_size()
+                torch.distributed.all_reduce(counts)
+                sequences *= world  # split_batches with even batches: every slice has as many sequences
+            predicted, tokens = counts[0], counts[1]
+            self._tokens_seen = tokens if self._tokens_seen is None else self._tokens_seen + tokens
+            self.run_state.samples_seen += sequences
+            # Both tensors (a Python int would be a constant to torch.compile: a recompilation per value),
+            # made on the device (a fill, not a copy from the host). Over the world size: DDP averages the
+            # processes' gradients, and each process's loss is its slice's share of the step's sums.
+            self._normalizers = (predicted.clamp(min=1), predicted.new_full((), max(sequences, 1)))
+            if world > 1:
+                self._normalizers = (self._normalizers[0] / world, self._normalizers[1] / world)
         return batches, None
 
     # ---- loss
@@ -327,6 +426,20 @@ class PretrainingTrainer(Trainer):
         # The loss calls the model's submodules, not the forward accelerate wrapped in autocast.
         return self.accelerator.autocast()
 
+    def _wrap_model(self, model: Any, training: bool = True, dataloader: Any = None) -> Any:
+        """Under torchrun: ``DistributedDataParallel`` around :attr:`loss_model` (not around the model, whose
+        forward is not the loss), on this process's device. ``find_unused_parameters`` without NSP (the
+        pooler and the NSP head get no gradient). Otherwise Trainer's own wrapping."""
+        distributed = self.args.parallel_mode == ParallelMode.DISTRIBUTED and self.args.world_size > 1
+        if not (training and distributed and model is self.model):
+            return super()._wrap_model(model, training=training, dataloader=dataloader)
+        device = self.args.device
+        return DistributedDataParallel(
+            self.loss_model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=not self.nsp,
+        )
+
     def compute_loss(
         self,
         model: torch.nn.Module,
@@ -334,30 +447,53 @@ class PretrainingTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
-        core = self.accelerator.unwrap_model(model)
-        training = core.training
+        training = model.training
         predicted, sequences = self._normalizers if training else (None, None)
-        out = pretraining_loss(
-            core, inputs, nsp=self.nsp, masked_lm_normalizer=predicted, next_sentence_normalizer=sequences
+        out = self._pretraining_loss(
+            model, inputs, masked_lm_normalizer=predicted, next_sentence_normalizer=sequences
         )
         if training:
             tokens = inputs["attention_mask"].sum()
-            self._step_totals.add(out, tokens=tokens, samples=int(inputs["input_ids"].shape[0]))
-            self._tokens_seen = tokens if self._tokens_seen is None else self._tokens_seen + tokens
-            self.run_state.samples_seen += int(inputs["input_ids"].shape[0])
+            samples = int(inputs["input_ids"].shape[0])
+            self._step_totals.add(out, tokens=tokens, samples=tokens.new_full((), samples))
         return (out.loss, out) if return_outputs else out.loss
+
+    def _pretraining_loss(self, model: Any, batch: Mapping[str, Any], **normalizers: Any) -> PretrainingLoss:
+        """The loss of ``batch``: through ``model`` when it is the loss module or its DDP wrapper, else
+        through :attr:`loss_model` (``model`` is then the trainer's model; compiled with ``compile_loss``)."""
+        if isinstance(model, (DistributedDataParallel, PretrainingLossModel)):
+            return model(batch, **normalizers)
+        return self.loss_model(batch, **normalizers)
 
     # ---- steps that are not applied
 
     def create_optimizer(self, model: Any = None) -> Any:
-        """Trainer's optimizer, whose ``step`` does nothing while the step under way is being skipped (its
-        state is not in ``state_dict``, so checkpoints are unchanged)."""
+        """Trainer's optimizer, whose ``step`` skips the step under way when :meth:`_before_update` says so:
+        on the device (``found_inf``, which fused AdamW takes, as from a loss scaler: neither the weights nor
+        the step counts move), or not called at all when decided on the host. The wrapper is not in
+        ``state_dict``, so checkpoints are unchanged."""
         optimizer = super().create_optimizer(model)
+        self._skips_on_device = bool(getattr(optimizer, "_step_supports_amp_scaling", False))
         if not getattr(optimizer, "_bertpt_skippable", False):
             step = optimizer.step
 
             def step_unless_skipped(*args: Any, **kwargs: Any) -> Any:
-                return None if self._skip_update else step(*args, **kwargs)
+                if self._skip_update:
+                    return None
+                flag, self._skip_flag = self._skip_flag, None
+                if flag is None:
+                    return step(*args, **kwargs)
+                scaler_flag = getattr(optimizer, "found_inf", None)  # fp16: the loss scaler's, set for step
+                optimizer.found_inf = (  # type: ignore[attr-defined]
+                    flag if scaler_flag is None else torch.maximum(scaler_flag, flag.to(scaler_flag))
+                )
+                try:
+                    return step(*args, **kwargs)
+                finally:
+                    if scaler_flag is None:
+                        del optimizer.found_inf  # type: ignore[attr-defined]
+                    else:
+                        optimizer.found_inf = scaler_flag  # type: ignore[attr-defined]
 
             optimizer.step = step_unless_skipped  # type: ignore[method-assign]
             optimizer._bertpt_skippable = True  # type: ignore[attr-defined]
@@ -397,28 +533,54 @@ class PretrainingTrainer(Trainer):
         return norm
 
     def _before_update(self) -> None:
-        """Right before the optimizer step: apply it only if the step's losses (the sums accumulated in
-        ``_step_totals``) and its gradient norm are finite."""
+        """Right before the optimizer step: decide, on the device, to apply it only if the step's losses (the
+        sums accumulated in ``_step_totals``) and its gradient norm are finite, and hand the decision to the
+        optimizer (see :meth:`create_optimizer`). The host reads it later (:meth:`_settle`): here first the
+        previous step's, whose flags the device computed a whole step ago."""
+        self._settle_stepped()
         totals, norm = self._step_totals, self._step_grad_norm
         self._step_grad_norm = None
+        self._skip_update = False
+        self._skip_flag = None
         if totals.empty:  # nothing was computed (cannot happen in Trainer's loop)
-            self._skip_update = False
             return
+        self._step_totals = LossTotals()
         finite = totals.all_finite()
-        norm = torch.as_tensor(norm if norm is not None else 0.0, device=finite.device, dtype=torch.float32)
-        loss_finite, norm_finite = torch.stack([finite, torch.isfinite(norm).all()]).tolist()
-        self._skip_update = not (loss_finite and norm_finite)
-        if not self._skip_update:
-            self._window.merge(totals)  # the logged losses are those of applied steps
-            totals.reset()
+        if isinstance(norm, torch.Tensor):
+            norm = norm.detach().to(finite.device, torch.float32)
+        else:  # None (no norm: finite) or a number; made on the device by a fill, not a copy
+            norm = torch.full((), 0.0 if norm is None else float(norm), device=finite.device)
+        flags = torch.stack([finite, torch.isfinite(norm).all()])
+        if _distributed():  # every process applies or skips the step alike: finite on all of them
+            agreed = flags.to(torch.int32)
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+            flags = agreed.bool()
+        applied = flags.all()
+        self._window.merge(totals, where=applied)  # the logged losses are those of applied steps
+        schedule = copy.deepcopy(self.lr_scheduler.state_dict()) if self.lr_scheduler is not None else None
+        self._pending = _PendingStep(self.state.global_step + 1, flags, totals, norm, schedule)
+        if self._skips_on_device:
+            self._skip_flag = (~applied).float()
+        else:
+            self._skip_update = not self._settle()  # decided on the host: one sync
+
+    def _settle(self) -> bool:
+        """Read whether the pending optimizer step (if any) was applied: one read of two flags the device
+        computed earlier. A skipped one is counted and reported, the learning-rate schedule is to be put back
+        (:meth:`_undo_schedule_step`, once it stepped), and ``max_nonfinite_steps`` of them in a row raise
+        :class:`NonFiniteLossError` (:class:`NonFiniteWeightsError` if the weights are the cause). Returns
+        whether it was applied (True when nothing was pending)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return True
+        loss_finite, norm_finite = pending.flags.tolist()
+        if loss_finite and norm_finite:
             self._nonfinite_in_a_row = self._overflows_in_a_row = 0
-            return
-        loss = train_loss(totals.train_terms()) if loss_finite else None
-        totals.reset()
-        if self.lr_scheduler is not None:
-            self._schedule_before_skip = copy.deepcopy(self.lr_scheduler.state_dict())
+            return True
+        loss = train_loss(pending.totals.train_terms()) if loss_finite else None
+        self._schedule_before_skip = pending.schedule
         self.run_state.skipped_steps += 1
-        step = self.state.global_step + 1
+        step = pending.step
         if not loss_finite:
             reason = "non_finite_loss"
         elif self.args.fp16:
@@ -433,7 +595,7 @@ class PretrainingTrainer(Trainer):
                 step=step,
                 reason=reason,
                 loss=loss,
-                grad_norm=float(norm) if norm_finite else None,
+                grad_norm=float(pending.grad_norm) if norm_finite else None,
                 consecutive=self._nonfinite_in_a_row,
                 skipped_steps=self.run_state.skipped_steps,
             )
@@ -448,6 +610,13 @@ class PretrainingTrainer(Trainer):
                 f"steps in a row, steps {step - self._nonfinite_in_a_row + 1} to {step}",
                 applied=step - self.run_state.skipped_steps,  # this step is among the skipped ones
             )
+        return False
+
+    def _settle_stepped(self) -> None:
+        """:meth:`_settle` once the pending step's learning-rate schedule has stepped: put it back if the
+        step was skipped. Before anything reads the run's numbers (logs, evaluations, checkpoints)."""
+        self._settle()
+        self._undo_schedule_step()
 
     def _non_finite_loss(self, step: int, what: str, *, applied: int) -> NonFiniteLossError:
         """The error for a loss that went non-finite at ``step``, ``applied`` optimizer steps into the run."""
@@ -471,10 +640,22 @@ class PretrainingTrainer(Trainer):
         self._window.reset()
         self._window_started = time.perf_counter()
         self._paused = 0.0
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        self._model_shape = ModelShape.from_config(config.to_dict()) if config is not None else None
+        self._peak_flops = peak_flops_per_second(device_name(self.args.device), self._matmul_precision())
         self._emit_progress()
 
+    def _matmul_precision(self) -> MatmulPrecision:
+        """The number format of the training step's matrix products: the autocast's, or for fp32 weights TF32
+        unless torch is told to multiply in full fp32."""
+        if self.args.bf16:
+            return "bf16"
+        if self.args.fp16:
+            return "fp16"
+        return "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
     def _on_step_end(self, state: Any, control: Any) -> Any:
-        self._undo_schedule_step()
+        self._undo_schedule_step()  # a step decided on the host
         step = state.global_step
         final = step >= state.max_steps
         self._emit_progress()
@@ -484,24 +665,41 @@ class PretrainingTrainer(Trainer):
             control.should_save = True
         if final:
             control.should_log = True
+            self._settle_stepped()
             return control
-        reason: TrainingStatus | None = None
-        if self.should_stop is not None and self.should_stop():
-            reason = "cancelled"
-        elif self.deadline is not None and self.clock() >= self.deadline:
-            reason = "timed_out"
+        reason = self._agreed_stop()
         if reason is not None:
             self.stop_status = reason
             control.should_training_stop = True
             control.should_save = True
             control.should_log = True
             control.should_evaluate = False
+        boundary = control.should_log or control.should_evaluate or control.should_save
+        if boundary or control.should_training_stop:
+            self._settle_stepped()  # what is logged, evaluated or saved counts the step's skip
         return control
+
+    def _agreed_stop(self) -> TrainingStatus | None:
+        """Whether to stop after this step: "cancelled" when ``should_stop()`` says so, "timed_out" past the
+        deadline. Under torchrun, decided together: a process that is told to stop stops them all at the same
+        step (one small all-reduce a step), so none waits forever in a collective the others left."""
+        code = 0
+        if self.should_stop is not None and self.should_stop():
+            code = 2
+        elif self.deadline is not None and self.clock() >= self.deadline:
+            code = 1
+        if _distributed():
+            agreed = torch.tensor([code], dtype=torch.int32, device=self.args.device)
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+            code = int(agreed.item())
+        statuses: dict[int, TrainingStatus | None] = {0: None, 1: "timed_out", 2: "cancelled"}
+        return statuses[code]
 
     # ---- logging
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and "learning_rate" in logs:  # a training log of _maybe_log_save_evaluate
+            self._settle_stepped()
             metrics = self._train_metrics(logs)
             self.run_state.last_train = metrics
             self.emit(MetricsRecord(split="train", step=self.state.global_step, metrics=metrics))
@@ -509,22 +707,39 @@ class PretrainingTrainer(Trainer):
         super().log(logs, start_time)
 
     def _train_metrics(self, logs: Mapping[str, float]) -> TrainMetrics:
+        """The window's metrics (its applied steps): one read of its sums from the device. Throughput counts
+        real tokens and sequences over the window's wall-clock time less evaluations and checkpoints (its
+        first window holds the compilation, with ``compile_loss``); ``mfu`` is
+        :func:`~worker.pretraining.estimates.model_flops_utilization` of the window's mean real sequence
+        length and predicted share."""
+        if _distributed():
+            self._window.all_reduce()  # the window's sums over every process's slices
+        values = self._window.values()  # read first: the device has then done the window's work
         now = time.perf_counter()
         elapsed = max(now - self._window_started - self._paused, 1e-9)
-        tokens = self._window.values().get("tokens", 0.0)
-        terms = self._window.train_terms()
+        tokens, samples = values.get("tokens", 0.0), values.get("samples", 0.0)
+        terms = self._window.train_terms(values)
         # Not Trainer's running loss, which one NaN would poison for the rest of the run (its NaN filter
         # costs a device sync per batch): the sum of the window's terms, over its applied steps only.
         loss = train_loss(terms)
         self._window.reset()
         self._window_started, self._paused = now, 0.0
         grad_norm = logs.get("grad_norm")
+        mfu = model_flops_utilization(
+            self._model_shape,
+            tokens_per_second=tokens / elapsed,
+            sequence_length=tokens / samples if samples else 0.0,
+            masked_lm_prob=values.get("masked_lm_count", 0.0) / tokens if tokens else 0.0,
+            peak_flops_per_second=self._peak_flops,
+        )
         return TrainMetrics(
             loss=loss,
             **terms,
             learning_rate=float(logs["learning_rate"]),
             grad_norm=None if grad_norm is None else float(grad_norm),
             tokens_per_second=tokens / elapsed,
+            samples_per_second=samples / elapsed,
+            mfu=mfu,
             samples_seen=self.run_state.samples_seen,
             epoch=float(self.state.epoch or 0.0),
             skipped_steps=self.run_state.skipped_steps,
@@ -540,6 +755,7 @@ class PretrainingTrainer(Trainer):
     ) -> dict[str, float]:
         """Evaluate every eval split; returns ``{<split>_<metric>: value}`` and emits one record per split."""
         started = time.perf_counter()
+        self._settle_stepped()
         step = self.state.global_step
         # Trainer's own callers pass a dataset with the prefix "eval".
         splits: Mapping[Any, Any] = (
@@ -609,14 +825,20 @@ class PretrainingTrainer(Trainer):
                 self.emit(LogLine(message=f"stopping early at step {step}: {stopped.reason}"))
 
     def evaluate_split(self, dataset: Any) -> EvalMetrics | None:
-        """Token-weighted MLM and NSP metrics over a whole split (None if cancelled meanwhile)."""
+        """Token-weighted MLM and NSP metrics over a whole split (None if cancelled meanwhile). Under
+        torchrun, each process evaluates every N-th instance of the split and the sums are added up over
+        the processes (a split of fewer instances than processes is evaluated whole by each)."""
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
+        order = longest_first(dataset)
+        sharded = _distributed() and len(order) >= torch.distributed.get_world_size()
+        if sharded:  # every process has an instance, so the same sums by name
+            order = order[torch.distributed.get_rank() :: torch.distributed.get_world_size()]
         loader = DataLoader(
             dataset,
             batch_size=self.args.eval_batch_size,
-            sampler=longest_first(dataset),
+            sampler=order,
             collate_fn=self.eval_collator or self.data_collator,
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
@@ -627,15 +849,18 @@ class PretrainingTrainer(Trainer):
         try:
             with torch.no_grad(), self.autocast_smart_context_manager():
                 for i, batch in enumerate(loader):
-                    if self.should_stop is not None and i % 16 == 15 and self.should_stop():
+                    stop = self.should_stop if i % 16 == 15 and not _distributed() else None
+                    if stop is not None and stop():
                         self.stop_status = "cancelled"
                         self.control.should_training_stop = True
                         self.control.should_save = self.state.global_step > 0
                         return None
-                    out = pretraining_loss(model, self._prepare_inputs(batch), nsp=self.nsp)
+                    out = self.loss_model(self._prepare_inputs(batch))
                     totals.add(out)
         finally:
             model.train(was_training)
+        if sharded:
+            totals.all_reduce()
         return totals.eval_metrics()
 
     # ---- checkpoints
@@ -674,6 +899,7 @@ class PretrainingTrainer(Trainer):
         once complete (the manifest is written last); then the oldest checkpoints beyond
         ``keep_checkpoints`` are removed. Weights that are not finite are refused: the newest checkpoint
         stays the last good one."""
+        self._settle_stepped()
         parameter = non_finite_parameter(self.accelerator.unwrap_model(self.model))
         if parameter is not None:
             raise NonFiniteWeightsError(parameter, self.state.global_step)
@@ -681,6 +907,11 @@ class PretrainingTrainer(Trainer):
         root = Path(str(self.args.output_dir))
         final = root / checkpoint_name(self.state.global_step)
         tmp = temporary_sibling(final)
+        distributed = _distributed()
+        if distributed:  # one temporary directory: process 0's (each process writes its RNG state there)
+            named = [tmp]
+            torch.distributed.broadcast_object_list(named, src=0)
+            tmp = named[0]
         self.store_flos()
         with quiet_transformers():
             self.save_model(str(tmp), _internal_call=True)
@@ -688,6 +919,14 @@ class PretrainingTrainer(Trainer):
             self._save_optimizer_and_scheduler(str(tmp))
             self._save_scaler(str(tmp))
             self._save_rng_state(str(tmp))
+        if distributed:
+            torch.distributed.barrier()  # every process's part is written
+        if not self.args.should_save:  # not process 0: it publishes, rotates and reports
+            self.last_checkpoint = final
+            self._take_tokens_seen()  # as process 0 does in the manifest
+            torch.distributed.barrier()
+            self._paused += time.perf_counter() - started
+            return
         saved: dict[str, Any] = self.state.stateful_callbacks  # type: ignore[assignment]  # a dict by then
         for cb in [*self.callback_handler.callbacks, self.control]:
             if isinstance(cb, ExportableState):  # as Trainer._save_checkpoint does
@@ -711,6 +950,8 @@ class PretrainingTrainer(Trainer):
                 kept_steps=[step for step, _ in complete_checkpoints(root)],
             )
         )
+        if distributed:
+            torch.distributed.barrier()  # published before any process goes on
         self._paused += time.perf_counter() - started
 
 
@@ -732,9 +973,18 @@ def training_arguments(
     cuda: bool,
     dataloader_workers: int,
     evaluate_at_start: bool,
+    processes: int = 1,
 ) -> TrainingArguments:
     """TrainingArguments for a run: evaluation and saving are driven by PretrainingTrainer's flow
-    callback, so Trainer's own strategies are off."""
+    callback, so Trainer's own strategies are off. ``processes``: torchrun's world size; above 1, every
+    ``batch_size`` batch (the global batch) is split into ``processes`` slices (accelerate's
+    ``split_batches``), one a process.
+
+    Raises TrainingError when ``batch_size`` is not a multiple of ``processes``.
+    """
+    problem = h.devices_error(processes)
+    if problem is not None:
+        raise TrainingError(problem)
     scheduler, scheduler_kwargs = lr_schedule(h)
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -767,7 +1017,14 @@ def training_arguments(
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=dataloader_workers,
+        # Workers that live across epochs: no stall at every epoch's start while new ones fork and fill
+        # their queues (a small corpus trained for many epochs has many). The collator's epoch reaches them
+        # through shared memory (PretrainingCollator.epoch).
+        dataloader_persistent_workers=dataloader_workers > 0,
         dataloader_pin_memory=cuda,
+        # Batches copied to the GPU from pinned memory without blocking: a blocking copy waits for the
+        # device to finish all the work queued before it, a sync per tensor of every batch.
+        accelerator_config={"non_blocking": cuda, "split_batches": processes > 1},
         dataloader_drop_last=False,
         disable_tqdm=True,
         include_num_input_tokens_seen="no",

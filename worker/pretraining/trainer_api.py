@@ -29,6 +29,12 @@ class TrainerHook:
 TRAINER_HOOKS: tuple[TrainerHook, ...] = (
     TrainerHook("_get_train_sampler", ("train_dataset",), "the length-grouped sampler", overridden=True),
     TrainerHook(
+        "_wrap_model",
+        ("model", "training", "dataloader"),
+        "DDP around the loss module under torchrun",
+        overridden=True,
+    ),
+    TrainerHook(
         "get_batch_samples",
         ("epoch_iterator", "num_batches", "device"),
         "counts the predicted tokens of a whole accumulated step",

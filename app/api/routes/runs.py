@@ -43,9 +43,10 @@ from app.estimates.service import run_etas
 from app.estimates.workers import WorkerRegistry
 from app.models import Run
 from app.pagination import DEFAULT_LIMIT
-from app.runs import downloads, metric_series, service, submission
+from app.runs import downloads, metric_series, plots, service, submission
 from app.runs.download_archive import MEDIA_TYPE, StreamedArchive
 from app.runs.downsample import MIN_POINTS
+from app.runs.routing import waiting_reasons
 from app.runs.schemas import (
     MetricSplit,
     MetricsPublic,
@@ -177,9 +178,14 @@ def get_run(
     responses=error_responses(404),
 )
 def cancel_run(
-    run_id: RunId, session: SessionDep, tenant: CurrentTenant, publisher: LivePublisherDep
+    run_id: RunId,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    publisher: LivePublisherDep,
+    settings: SettingsDep,
 ) -> RunPublic:
-    return RunPublic.from_run(service.cancel_run(session, tenant, run_id, publisher=publisher))
+    cancelled = service.cancel_run(session, tenant, run_id, publisher=publisher)
+    return RunPublic.from_run(cancelled, settings=settings)
 
 
 @router.post(
@@ -254,6 +260,49 @@ def get_metrics(
         names=wanted or None, split=split, since_step=since_step, until_step=until_step, max_points=max_points
     )
     return json_response(metric_series.get_metrics(session, tenant, run_id, query, cache=cache))
+
+
+def _plot_route(plot_format: plots.PlotFormat) -> Any:
+    """``GET /v1/runs/{run_id}/plot.<plot_format>``: the picture of :func:`app.runs.plots.plot_run`."""
+    media_type = plots.MEDIA_TYPES[plot_format]
+
+    @router.get(
+        f"/{{run_id}}/plot.{plot_format}",
+        response_class=Response,
+        summary=f"The run's curves as a {plot_format.upper()}",
+        description="For a report: the training loss with its masked-LM and next-sentence terms, the "
+        "learning rate, and the evaluations (masked-LM loss and accuracy, perplexity, next-sentence "
+        "accuracy) of the held-out domain text and of the reference corpus, each with its step-0 baseline "
+        "(the base model) as a dashed line; titled with the run's name, id and status. The series of "
+        "GET /v1/runs/{id}/metrics. 409 while the run has no metric yet.",
+        responses={
+            200: {"content": {media_type: {}}, "description": f"The picture ({media_type})"},
+            **error_responses(404, 409, 422),
+        },
+    )
+    def get_plot(
+        run_id: RunId,
+        session: SessionDep,
+        tenant: CurrentTenant,
+        cache: MetricsCacheDep,
+        width: Annotated[
+            int, Query(ge=plots.MIN_WIDTH, le=plots.MAX_WIDTH, description="Pixels at 100 dpi.")
+        ] = plots.DEFAULT_WIDTH,
+        height: Annotated[
+            int, Query(ge=plots.MIN_HEIGHT, le=plots.MAX_HEIGHT, description="Pixels at 100 dpi.")
+        ] = plots.DEFAULT_HEIGHT,
+    ) -> Response:
+        # A plain def: FastAPI runs it, drawing included, in its thread pool.
+        content = plots.plot_run(
+            session, tenant, run_id, plot_format=plot_format, width=width, height=height, cache=cache
+        )
+        return Response(content, media_type=media_type)
+
+    return get_plot
+
+
+get_plot_png = _plot_route("png")
+get_plot_svg = _plot_route("svg")
 
 
 @router.get(
@@ -396,9 +445,16 @@ def _archive_response(request: Request, archive: StreamedArchive) -> Response:
 def _served(
     session: Session, settings: Settings, storage: Storage, registry: WorkerRegistry, runs: Sequence[Run]
 ) -> list[RunPublic]:
-    """The runs as the API serves them, with the ``eta_seconds`` of those queued or preparing."""
+    """The runs as the API serves them, with the ``eta_seconds`` of those queued or preparing, and the
+    ``waiting_reason`` of those queued that no live worker can take."""
     etas = run_etas(session, settings, storage, runs, registry=registry)
-    return [RunPublic.from_run(run, eta_seconds=etas.get(run.id)) for run in runs]
+    reasons = waiting_reasons(settings, registry, runs)
+    return [
+        RunPublic.from_run(
+            run, settings=settings, eta_seconds=etas.get(run.id), waiting_reason=reasons.get(run.id)
+        )
+        for run in runs
+    ]
 
 
 def _split_list(values: list[str] | None) -> list[str]:

@@ -39,6 +39,8 @@ def test_a_submitted_run_links_to_every_operation_on_it(spec: dict[str, Any]) ->
             ("POST", "/v1/runs/{run_id}/cancel"),
             ("POST", "/v1/runs/{run_id}/resume"),
             ("GET", "/v1/runs/{run_id}/metrics"),
+            ("GET", "/v1/runs/{run_id}/plot.png"),
+            ("GET", "/v1/runs/{run_id}/plot.svg"),
             ("GET", "/v1/runs/{run_id}/events"),
             ("GET", "/v1/runs/{run_id}/stream"),
             ("GET", "/v1/runs/{run_id}/checkpoints"),

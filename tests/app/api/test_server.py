@@ -25,19 +25,13 @@ from uvicorn.config import STARTUP_FAILURE
 from app.api.server import MAX_EARLY_DEATHS, Supervisor
 from app.db import create_db_engine, create_session_factory, session_scope
 from app.tenants.service import create_api_key, create_tenant
-from tests.support import REDIS_URL
+from tests.support import REDIS_URL, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SERVE = "from worker.service_cli import serve_command; serve_command()"
 START_SECONDS = 60
 CONCURRENT_REQUESTS = 64
 API_THREADS = 2  # so 4 requests may hold a database session at once: 64 in flight are 16 times that
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:

@@ -6,19 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.config import Settings
 from app.estimates.service import QueueModel
-from app.estimates.workers import WorkerRegistry, announce_worker, worker_key
 from app.models import Run, RunMetric, utcnow
 from app.runs.events import RunEventType, add_event
 from app.runs.states import RunStatus
@@ -317,46 +313,6 @@ def test_reads_of_runs_reuse_the_queue_model_for_a_few_seconds(
     app.state.worker_registry.max_age_seconds = 0  # expired: built again
     client.get(f"/v1/runs/{first['id']}", headers=alice.headers)
     assert len(builds) == 3
-
-
-def test_the_workers_that_announce_themselves_are_the_slots(
-    settings: Settings, redis_client: redis.Redis
-) -> None:
-    registry = WorkerRegistry(redis_client, settings, max_age_seconds=0)
-    assert registry.training_slots() is None
-    training = [settings.training_queue, "analysis"]
-    announce_worker(redis_client, settings, "host:1", slots=1, queues=training, period_seconds=10)
-    announce_worker(redis_client, settings, "host:2", slots=2, queues=training, period_seconds=10)
-    # A worker of the analysis queue only has no training slot.
-    assert not announce_worker(
-        redis_client, settings, "host:4", slots=4, queues=["analysis"], period_seconds=10
-    )
-    other_queue = settings.model_copy(update={"training_queue": f"{settings.training_queue}-other"})
-    announce_worker(
-        redis_client, other_queue, "host:3", slots=1, queues=[other_queue.training_queue], period_seconds=10
-    )
-    try:
-        assert registry.training_slots() == 3
-        assert redis_client.exists(worker_key(settings.training_queue, "host:4")) == 0
-        assert 0 < redis_client.ttl(worker_key(settings.training_queue, "host:1")) <= 30
-    finally:
-        redis_client.delete(
-            worker_key(settings.training_queue, "host:1"),
-            worker_key(settings.training_queue, "host:2"),
-            worker_key(other_queue.training_queue, "host:3"),
-        )
-
-
-def test_a_worker_announces_its_own_concurrency_and_queues(settings: Settings) -> None:
-    from worker.celery_app import create_worker_app, worker_pool
-
-    celery = create_worker_app(settings)
-    celery.amqp.queues.select(["analysis"])  # bertpt worker --queue analysis --concurrency 3
-    consumer = SimpleNamespace(app=celery, controller=SimpleNamespace(concurrency=3))
-    assert worker_pool(consumer, settings) == (3, frozenset({"analysis"}))
-    celery.amqp.queues.select([settings.training_queue, "analysis"])
-    slots, queues = worker_pool(consumer, settings.model_copy(update={"worker_concurrency": 1}))
-    assert slots == 3 and settings.training_queue in queues
 
 
 def test_the_estimate_is_the_only_method_of_its_path(client: TestClient, alice: TenantKey) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.runs.download_archive import archive_members
+from app.storage import LocalStorage
 from worker.pretraining.layout import is_training_state
 
 
@@ -19,7 +20,9 @@ def test_member_selection(tmp_path: Path) -> None:
     ):
         assert is_training_state(name)
     assert not is_training_state("model.safetensors") and not is_training_state("config.json")
-    (tmp_path / "tokenizer").mkdir()
+    files = LocalStorage(tmp_path).list_files
+    tmp_path = tmp_path / "model"
+    (tmp_path / "tokenizer").mkdir(parents=True)
     (tmp_path / "tokenizer" / "vocab.txt").write_text("x")
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / ".hidden").write_text("x")
@@ -27,11 +30,11 @@ def test_member_selection(tmp_path: Path) -> None:
     (tmp_path / "tmp-half-written" / "x").write_text("x")
     (tmp_path / "link.json").symlink_to(tmp_path / "config.json")
     (tmp_path / "optimizer.pt").write_text("x")
-    assert [name for name, _ in archive_members(tmp_path, include_training_state=False)] == [
+    assert [file.name for file in archive_members(files("model"), include_training_state=False)] == [
         "config.json",
         "tokenizer/vocab.txt",
     ]
-    assert [name for name, _ in archive_members(tmp_path, include_training_state=True)] == [
+    assert [file.name for file in archive_members(files("model"), include_training_state=True)] == [
         "config.json",
         "optimizer.pt",
         "tokenizer/vocab.txt",

@@ -9,7 +9,6 @@ import json
 import os
 import tarfile
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,7 +17,14 @@ from sqlalchemy.orm import Session
 from app.models import Run
 from app.runs.states import RunStatus
 from app.storage import LocalStorage
-from tests.support import TenantKey, add_checkpoint_row, assert_error, fake_bert_files, make_run
+from tests.support import (
+    TenantKey,
+    add_checkpoint_row,
+    assert_error,
+    fake_bert_files,
+    make_run,
+    write_directory,
+)
 
 CREATED_AT = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
 
@@ -30,14 +36,6 @@ TRAINING_STATE = {
     "rng_state_1.pth": b"rng1",
     "trainer_state.json": b'{"global_step": 100}',
 }
-
-
-def write_directory(storage: LocalStorage, key: str, files: dict[str, bytes]) -> Path:
-    directory = storage.local_path(key)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        (directory / name).write_bytes(content)
-    return directory
 
 
 @pytest.fixture

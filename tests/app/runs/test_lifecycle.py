@@ -378,3 +378,24 @@ def test_an_interruption_says_which_attempt_it_was_and_what_follows() -> None:
         "cancelled: while it was stopping, the training process exited with status 1 before finishing; the "
         "checkpoint of step 30 is kept"
     )
+
+
+def test_the_newest_complete_checkpoint_is_found_in_s3_storage(s3_bucket: str, tmp_path: Path) -> None:
+    """What a resume starts from, read from a listing of the bucket: a checkpoint without its manifest
+    (its upload cut short) does not count."""
+    from app.storage.s3 import MIN_PART_BYTES, S3Storage
+    from worker.pretraining.layout import CHECKPOINT_MANIFEST, TRAINER_STATE
+
+    storage = S3Storage(s3_bucket, "p", cache_dir=tmp_path / "cache", part_bytes=MIN_PART_BYTES)
+    assert lifecycle.newest_checkpoint_step(storage, "run_1") is None
+    files = {
+        10: ("weights", TRAINER_STATE, CHECKPOINT_MANIFEST),
+        20: ("weights", TRAINER_STATE, CHECKPOINT_MANIFEST),
+        30: ("weights", TRAINER_STATE),
+    }
+    for step, names in files.items():
+        for name in names:
+            with storage.open_write(f"runs/run_1/checkpoints/checkpoint-{step}/{name}") as pending:
+                pending.write(b"{}")
+                pending.commit()
+    assert lifecycle.newest_checkpoint_step(storage, "run_1") == 20

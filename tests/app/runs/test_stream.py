@@ -10,39 +10,21 @@ from typing import Any
 
 import anyio
 import pytest
-import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app.api.deps import get_stream_options
-from app.runs.live import stream_key
 from app.runs.states import RunStatus
 from app.runs.stream import STREAM_ID_PATTERN, StreamOptions, follow_run, open_async_redis
-from tests.support import REDIS_URL, TenantKey, assert_error, make_run
-
-
-class LiveStreams:
-    """Publishes to runs' Redis streams as the worker does (plain XADD), and removes them afterwards."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-        self.keys: set[str] = set()
-
-    def publish(self, run_id: str, kind: str, data: dict[str, Any]) -> str:
-        key = stream_key(run_id)
-        self.keys.add(key)
-        return str(self.client.xadd(key, {"type": kind, "data": json.dumps(data)}))
+from tests.support import REDIS_URL, LiveStreams, TenantKey, assert_error, make_run
 
 
 @pytest.fixture
 def streams() -> Iterator[LiveStreams]:
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    live = LiveStreams(client)
+    live = LiveStreams()
     yield live
-    if live.keys:
-        client.delete(*live.keys)
-    client.close()
+    live.close()
 
 
 @pytest.fixture

@@ -91,7 +91,17 @@ def test_create_queues_the_run_with_defaults_filled_in(
     assert run["metadata"] == {"team": "bio", "tags": ["a", 1]}
     assert run["name"].startswith(f"{base} on ")
     assert run["progress"] == dict.fromkeys(
-        ["step", "total_steps", "epoch", "tokens_seen", "tokens_per_second", "eta_seconds", "skipped_steps"]
+        [
+            "step",
+            "total_steps",
+            "epoch",
+            "tokens_seen",
+            "tokens_per_second",
+            "samples_per_second",
+            "mfu",
+            "eta_seconds",
+            "skipped_steps",
+        ]
     )
     assert run["latest"] == {"train": None, "eval": None}
     assert run["error"] is None and run["started_at"] is None and run["finished_at"] is None

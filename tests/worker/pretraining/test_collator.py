@@ -233,3 +233,24 @@ def test_rejects_an_empty_batch_and_bad_settings(masker) -> None:
         PretrainingCollator(pad_token_id=0, masker=masker, pad_to_multiple_of=0)
     with pytest.raises(ValueError):
         PretrainingCollator(pad_token_id=0, masker=masker, seed=-1)
+
+
+def test_persistent_workers_draw_the_epoch_the_main_process_set(instances, collator) -> None:
+    """DataLoader workers that live across epochs keep the collator they started with: the epoch set in the
+    main process between epochs still reaches them (shared memory), so masks change from epoch to epoch."""
+    data = instances[:24]
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=8, collate_fn=collator, num_workers=1, persistent_workers=True
+    )
+    through_workers = []
+    for epoch in (0, 1, 2):
+        collator.epoch = epoch
+        through_workers.append([batch["input_ids"] for batch in loader])
+    workers = loader._iterator._workers  # type: ignore[union-attr]  # the same process served every epoch
+    assert len(workers) == 1 and workers[0].is_alive()
+    for epoch, batches in enumerate(through_workers):
+        here = PretrainingCollator(pad_token_id=collator.pad_token_id, masker=collator.masker, seed=SEED)
+        here.epoch = epoch
+        expected = [here(data[start : start + 8])["input_ids"] for start in range(0, 24, 8)]
+        assert all(torch.equal(a, b) for a, b in zip(batches, expected, strict=True))
+    assert not torch.equal(through_workers[0][0], through_workers[1][0])

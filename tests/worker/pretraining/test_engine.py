@@ -24,7 +24,7 @@ from tests.support import (
 )
 from worker.pretraining import engine
 from worker.pretraining.base_model import load_base_model, non_finite_parameter
-from worker.pretraining.engine import resolve_precision, run_pretraining
+from worker.pretraining.engine import resolve_compile, resolve_precision, run_pretraining
 from worker.pretraining.hyperparameters import HyperparameterError
 from worker.pretraining.layout import CHECKPOINT_MANIFEST, MODEL_MANIFEST
 from worker.pretraining.model_files import read_config, segment_types_error, token_types
@@ -111,8 +111,13 @@ def test_records_carry_every_metric(full_run: dict[str, Any]) -> None:
     train = _train(records)
     assert sorted(train) == list(range(1, 41))
     for step, metrics in train.items():
-        assert set(metrics.values()) == set(TrainMetrics.model_fields), step  # NSP on: every metric
+        # NSP on: every metric, but mfu, null on a CPU (no peak FLOP/s to divide by)
+        assert set(metrics.values()) == set(TrainMetrics.model_fields) - {"mfu"}, step
     assert train[40].samples_seen == 40 * 8 and train[40].tokens_per_second > 0
+    # Real tokens over sequences: the window's mean length, within the prepared instances' bounds.
+    samples_per_second = train[40].samples_per_second
+    assert samples_per_second is not None and 3 < train[40].tokens_per_second / samples_per_second <= 64
+    assert full_run["result"].train_metrics == train[40]  # result.json's summary: the last window
     for split in ("eval", "reference"):
         evals = _split(records, split)
         assert sorted(evals) == [0, 10, 20, 30, 40], split
@@ -121,6 +126,7 @@ def test_records_carry_every_metric(full_run: dict[str, Any]) -> None:
             assert metrics.perplexity == pytest.approx(math.exp(metrics.masked_lm_loss))
     events = [r for r in records if not isinstance(r, (MetricsRecord, Progress, LogLine))]
     assert isinstance(events[0], TrainingStarted) and isinstance(events[-1], TrainingFinished)
+    assert events[0].device == "cpu" and events[0].device_name is None
     assert [r.step for r in events if isinstance(r, CheckpointSaved)] == [10, 20, 30, 40]
     assert events[0].data.splits["train"].instances == events[0].train_instances > 0
     # The run's own log holds the same records, progress and log lines aside.
@@ -135,7 +141,7 @@ def test_tensorboard_has_every_metric(full_run: dict[str, Any]) -> None:
     accumulator = EventAccumulator(str(events_dir))
     accumulator.Reload()
     tags = set(accumulator.Tags()["scalars"])
-    expected = {f"train/{m}" for m in TrainMetrics.model_fields}
+    expected = {f"train/{m}" for m in TrainMetrics.model_fields if m != "mfu"}  # null on a CPU
     expected |= {f"{split}/{m}" for split in ("eval", "reference") for m in EvalMetrics.model_fields}
     assert expected <= tags
     assert [e.step for e in accumulator.Scalars("eval/masked_lm_loss")] == [0, 10, 20, 30, 40]
@@ -598,6 +604,11 @@ def test_the_readme_example_trains(tmp_path: Path, minilm_dir: Path, cache_dir: 
     assert "no_eval_split" in [w.code for w in result.warnings]
 
 
+def test_compile_resolution() -> None:
+    assert resolve_compile("auto", cuda=True) and not resolve_compile("auto", cuda=False)
+    assert resolve_compile(True, cuda=False) and not resolve_compile(False, cuda=True)
+
+
 def test_precision_resolution() -> None:
     assert resolve_precision("auto", cuda=False) == "fp32"
     assert resolve_precision("bf16", cuda=False) == "bf16"
@@ -620,3 +631,92 @@ def test_a_held_out_loss_above_the_baseline_warns() -> None:
     )
     assert engine._training_warnings(state(7.05), 40) == []  # within 1%: noise, not a verdict
     assert engine._training_warnings(state(6.0), 40) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Several processes (torchrun, DDP with gloo on the CPU)
+
+_DISTRIBUTED_RUN = Path(__file__).with_name("distributed_run.py")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _train_in_processes(processes: int, args: list[str], tmp_path: Path) -> None:
+    """``distributed_run.py`` alone (1) or under torchrun (``processes`` > 1), in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    command = [sys.executable, str(_DISTRIBUTED_RUN), *args]
+    if processes > 1:
+        launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+        command = [sys.executable, *launcher, f"--master_port={_free_port()}", str(_DISTRIBUTED_RUN), *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+
+@pytest.mark.slow  # two trainings of a tiny BERT, one of them in two processes: about half a minute
+def test_two_processes_train_like_one_with_the_same_global_batch(
+    tmp_path: Path, tokenizer: Any, tiny_corpus: Path
+) -> None:
+    """torchrun with 2 gloo processes, each on half of every global batch of 8: the same training losses,
+    gradient norms and evaluations, step by step, as one process on batches of 8 (no dropout, so the two
+    compare exactly); the metrics, checkpoints and model are written once, by process 0."""
+    from transformers import BertForPreTraining
+
+    from worker.pretraining.prepare import prepare_corpus
+    from worker.pretraining.sinks import metric_records, read_jsonl
+
+    torch.manual_seed(0)
+    no_dropout = tiny_config(tokenizer, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    base = save_checkpoint(BertForPreTraining(no_dropout), tokenizer, tmp_path / "base")
+    h = tiny_run_hyperparameters(max_steps=1)
+    full_batches = len(prepare_corpus(tiny_corpus, tokenizer, tmp_path / "probe", h.preparation()).train) // 8
+    steps = min(full_batches, 6)  # within the first epoch: no short last batch (accelerate completes it)
+    assert steps >= 4
+    run = {
+        **h.model_dump(mode="json"),
+        "max_steps": steps,
+        "eval_every_steps": 2,
+        "checkpoint_every_steps": 2,
+    }
+    outs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"run-{processes}"
+        args = [str(base), str(tiny_corpus), str(out), str(tmp_path / f"cache-{processes}"), json.dumps(run)]
+        _train_in_processes(processes, args, tmp_path)
+        outs[processes] = out
+
+    def curve(out: Path, split: str) -> list[tuple[int, dict[str, Any]]]:
+        return [
+            (r.step, r.metrics.values()) for r in metric_records(read_jsonl(out / "metrics.jsonl"), split)
+        ]
+
+    one, two = curve(outs[1], "train"), curve(outs[2], "train")
+    assert [s for s, _ in one] == [s for s, _ in two] == list(range(1, steps + 1))  # each step logged once
+    for (step, a), (_, b) in zip(one, two, strict=True):
+        for name in ("loss", "masked_lm_loss", "next_sentence_loss", "grad_norm", "masked_lm_accuracy"):
+            assert math.isclose(a[name], b[name], rel_tol=1e-4, abs_tol=1e-5), (step, name, a[name], b[name])
+        assert a["samples_seen"] == b["samples_seen"] == 8 * step
+    assert one[-1][1]["loss"] < one[0][1]["loss"]  # it trained
+    evals_one, evals_two = curve(outs[1], "eval"), curve(outs[2], "eval")
+    assert [s for s, _ in evals_one] == [s for s, _ in evals_two]
+    for (_, a), (_, b) in zip(evals_one, evals_two, strict=True):
+        assert math.isclose(a["masked_lm_loss"], b["masked_lm_loss"], rel_tol=1e-4)
+    checkpoint = outs[2] / "checkpoints" / f"checkpoint-{steps}"
+    assert (checkpoint / CHECKPOINT_MANIFEST).is_file()
+    assert {p.name for p in checkpoint.glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert not list((outs[2] / "checkpoints").glob("tmp-*"))  # every temporary directory published
+    assert (outs[2] / "model" / MODEL_MANIFEST).is_file()
+    assert (
+        json.loads((outs[2] / "result.json").read_text())["tokens_seen"]
+        == json.loads((outs[1] / "result.json").read_text())["tokens_seen"]
+    )

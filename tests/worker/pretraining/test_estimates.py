@@ -14,11 +14,16 @@ from tests.support import tiny_run_hyperparameters
 from worker.pretraining.estimates import (
     DEFAULT_MODEL_SHAPE,
     EVALUATION_SPEEDUP,
+    PEAK_FLOPS_PER_SECOND,
     approximate_corpus,
     default_tokens_per_second,
     evaluation_passes,
+    gpu_model,
+    model_flops_utilization,
+    peak_flops_per_second,
     run_seconds,
     step_figures,
+    training_flops_per_token,
 )
 from worker.pretraining.hyperparameters import Hyperparameters, PreparationConfig
 from worker.pretraining.prepare import prepare_corpus
@@ -99,3 +104,61 @@ def test_the_model_size_comes_from_the_config() -> None:
     shape = ModelShape.from_config(config)
     assert shape is not None and shape.label == "6x384" and shape.vocab_size is None
     assert ModelShape.from_config({"hidden_size": 384}) is None  # no layers: not a size
+
+
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA A100 80GB PCIe", "A100"),
+        ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+        ("NVIDIA H100 PCIe", "H100 PCIe"),
+        ("NVIDIA H100 NVL", "H100 NVL"),
+        ("NVIDIA H200", "H200"),
+        ("NVIDIA H200 NVL", "H200 NVL"),
+        ("NVIDIA L4", "L4"),
+        ("NVIDIA L40S", "L40S"),
+        ("NVIDIA A10", "A10"),
+        ("Tesla V100-SXM2-16GB", "V100 SXM2"),
+        ("Tesla V100-PCIE-32GB", "V100 PCIe"),
+        ("Tesla T4", "T4"),
+        # Not what they look like: the A10G (no datasheet), the Grace Hopper superchip, a GeForce card.
+        ("NVIDIA A10G", None),
+        ("NVIDIA GH200 480GB", None),
+        ("NVIDIA GeForce RTX 4090", None),
+        (None, None),  # a CPU
+    ],
+)
+def test_gpus_are_known_by_the_names_cuda_gives_them(name: str | None, model: str | None) -> None:
+    assert gpu_model(name) == model
+
+
+def test_peaks_are_the_dense_datasheet_figures_by_precision() -> None:
+    assert peak_flops_per_second("NVIDIA H100 80GB HBM3", "bf16") == 989.5e12  # 1,979 "with sparsity"
+    assert peak_flops_per_second("NVIDIA A100-SXM4-80GB", "tf32") == 156e12
+    assert peak_flops_per_second("NVIDIA H200", "fp32") == 67e12
+    assert peak_flops_per_second("Tesla V100-SXM2-16GB", "bf16") is None  # no bf16 tensor cores
+    assert peak_flops_per_second(None, "bf16") is None
+    for model, peaks in PEAK_FLOPS_PER_SECOND.items():  # 16 bits beat TF32, tensor cores beat CUDA cores
+        assert peaks.get("bf16", peaks["fp16"]) == peaks["fp16"], model
+        assert peaks["fp16"] > peaks.get("tf32", peaks["fp32"]) >= peaks["fp32"] > 0, model
+
+
+def test_utilization_is_useful_flops_over_the_peak() -> None:
+    # BERT-base at 128 real tokens a sequence, 15% predicted: 3 x (2 N + 2 L n d + 2 p (d^2 + d V)).
+    per_token = 3 * (2 * 84_934_656 + 2 * 12 * 128 * 768 + 2 * 0.15 * (768 * 768 + 768 * 30522))
+    assert training_flops_per_token(
+        DEFAULT_MODEL_SHAPE, sequence_length=128, masked_lm_prob=0.15
+    ) == pytest.approx(per_token)
+    mfu = model_flops_utilization(
+        DEFAULT_MODEL_SHAPE,
+        tokens_per_second=500_000,
+        sequence_length=128,
+        masked_lm_prob=0.15,
+        peak_flops_per_second=989.5e12,
+    )
+    assert mfu is not None and mfu == pytest.approx(500_000 * per_token / 989.5e12)
+    assert 0.27 < mfu < 0.28  # issue 13 measured 496k tokens/s on an H200 as 27.3% (545 MFLOP a token)
+    figures: dict[str, Any] = {"tokens_per_second": 1.0, "sequence_length": 128, "masked_lm_prob": 0.15}
+    assert model_flops_utilization(DEFAULT_MODEL_SHAPE, **figures, peak_flops_per_second=None) is None
+    assert model_flops_utilization(None, **figures, peak_flops_per_second=1e12) is None

@@ -1,0 +1,123 @@
+"""The training process of a multi-device run: torchrun's launcher, rank 0's records relayed, a killed rank
+failing the attempt cleanly and the next attempt resuming from the last checkpoint (2 gloo processes on the
+CPU)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.support import TINY_RUN
+from worker.failures import RunFailure
+from worker.job import TrainingJob
+from worker.pretraining.records import CheckpointSaved, MetricsRecord, TrainingRecord, TrainingResult
+
+_DEADLINE_SECONDS = 300
+
+
+def _job(tmp_path: Path, base: Path, corpus: Path, **hyperparameters: Any) -> TrainingJob:
+    return TrainingJob(
+        run_id="run-ddp",
+        base_model=str(base),
+        base_model_spec="tiny",
+        corpus=str(corpus),
+        corpus_id="corpus-1",
+        out_dir=str(tmp_path / "run"),
+        cache_dir=str(tmp_path / "cache"),
+        hyperparameters={**TINY_RUN, **hyperparameters},
+        dataloader_workers=0,
+        devices=2,
+    )
+
+
+def _attempt(
+    job: TrainingJob, on_record: Callable[[TrainingRecord, Any, Any], None]
+) -> tuple[list[TrainingRecord], TrainingResult | RunFailure]:
+    """Run ``job`` in a spawned training process, as the executor does; its records and its end.
+    ``on_record(record, child, stop)`` sees every record as it comes."""
+    from worker.training_process import run_training_job
+
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    stop = context.Event()
+    child = context.Process(target=run_training_job, args=(job, messages, stop))
+    child.start()
+    records: list[TrainingRecord] = []
+    deadline = time.monotonic() + _DEADLINE_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            try:
+                message = messages.get(timeout=1)
+            except queue.Empty:
+                continue
+            if isinstance(message, TrainingResult | RunFailure):
+                return records, message
+            records.append(message)
+            on_record(message, child, stop)
+        raise AssertionError(f"no end within {_DEADLINE_SECONDS} s; records: {records[-3:]}")
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+
+
+@pytest.mark.slow  # two trainings in 2 processes each: about a minute on 2 busy cores
+def test_a_killed_rank_fails_the_run_cleanly_and_the_next_attempt_resumes(
+    tmp_path: Path, tiny_bert_dir: Path, small_corpus: Path
+) -> None:
+    job = _job(tmp_path, tiny_bert_dir, small_corpus, max_steps=400, checkpoint_every_steps=2)
+    killed: list[int] = []
+
+    def kill_a_rank(record: TrainingRecord, child: Any, stop: Any) -> None:
+        if killed or not (isinstance(record, CheckpointSaved) and record.step >= 2):
+            return
+        # The ranks: the launcher's children that loaded torch (not its multiprocessing manager). Their
+        # RANK is set inside them, not in their initial environment: kill the last one started.
+        ranks = []
+        for process in psutil.Process(child.pid).children():
+            try:
+                if any("libtorch" in m.path for m in process.memory_maps()):
+                    ranks.append(process)
+            except psutil.Error:
+                continue
+        assert len(ranks) == 2, ranks
+        victim = max(ranks, key=lambda p: p.create_time())
+        victim.kill()
+        killed.append(victim.pid)
+
+    records, end = _attempt(job, kill_a_rank)
+    assert killed, "no rank was found"
+    assert isinstance(end, RunFailure), end
+    # A training_process_died, which the executor retries (resuming), as the death of a one-process run.
+    assert end.type == "training_process_died" and end.details["exit_code"] == -9, end.traceback
+    assert re.search(r"training process [01] of 2 was killed by signal SIGKILL", end.message), end.message
+    train_steps = [r.step for r in records if isinstance(r, MetricsRecord) and r.split == "train"]
+    assert train_steps == sorted(set(train_steps))  # rank 0's records only: each step once
+    checkpoints = [r.step for r in records if isinstance(r, CheckpointSaved)]
+    assert checkpoints and checkpoints[-1] >= 2
+
+    # The next attempt of the same run resumes from the last checkpoint; the supervisor's stop reaches both
+    # ranks, which stop together at one step with a checkpoint.
+    def stop_after_a_step(record: TrainingRecord, child: Any, stop: Any) -> None:
+        if isinstance(record, MetricsRecord) and record.split == "train":
+            stop.set()
+
+    records, end = _attempt(job, stop_after_a_step)
+    assert isinstance(end, TrainingResult), end
+    assert end.resumed_from is not None and end.resumed_from.name == f"checkpoint-{checkpoints[-1]}"
+    assert end.status == "cancelled"
+    resumed = [r.step for r in records if isinstance(r, MetricsRecord) and r.split == "train"]
+    assert resumed and resumed[0] == checkpoints[-1] + 1
+    saved = [r.step for r in records if isinstance(r, CheckpointSaved)]
+    assert saved[-1] == end.steps < 400  # the cancellation's checkpoint, at the step both ranks stopped at
+    assert len(saved) == len(set(saved))  # each checkpoint reported once (rank 0)
+    written = Path(job.out_dir) / "checkpoints" / f"checkpoint-{end.steps}"
+    assert {p.name for p in written.glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}
