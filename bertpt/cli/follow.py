@@ -155,6 +155,7 @@ class _RunView:
         elif event == "event":
             if data.get("type") == "training_started":
                 self.instances = eval_instances([RunEventPublic.model_validate(data)]) or self.instances
+                self._training(total=(data.get("data") or {}).get("max_steps"))
             style = _EVENT_STYLE.get(str(data.get("level")))
             stamp = str(data.get("created_at", ""))[11:19]
             self.print(f"{stamp} {data.get('message', '')}".strip(), style=style)
@@ -190,6 +191,7 @@ class _RunView:
             return  # evaluations are told by their event, with the baseline named
         metrics = data.get("metrics") or {}
         self.train = metrics
+        self._training()
         step = data.get("step")
         if isinstance(step, int):
             self.step = max(self.step, step)
@@ -197,6 +199,17 @@ class _RunView:
             self.warned_warmup = True
             self.print(self._warmup_note(step), style="cyan")
         self._refresh()
+
+    def _training(self, *, total: Any = None) -> None:
+        """The run trains: its training_started event or a training metric arrived. The worker publishes
+        the `running` status message with its heartbeat, after the records of that interval, so a short run
+        can show its steps before (or without) one: the display says `running` from the first of them."""
+        if self.total is None and isinstance(total, int):
+            self.total = total
+        if self.status in ("queued", "preparing"):
+            self.status = "running"
+            self.eta = None
+            self._refresh(status_changed=True)
 
     def _warmup_note(self, step: Any) -> str:
         h = self.run.hyperparameters

@@ -121,3 +121,21 @@ def test_a_killed_rank_fails_the_run_cleanly_and_the_next_attempt_resumes(
     assert len(saved) == len(set(saved))  # each checkpoint reported once (rank 0)
     written = Path(job.out_dir) / "checkpoints" / f"checkpoint-{end.steps}"
     assert {p.name for p in written.glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}
+
+
+@pytest.mark.slow  # one training in 2 processes: about half a minute on 2 busy cores
+def test_max_runtime_stops_every_rank_at_the_same_step(
+    tmp_path: Path, tiny_bert_dir: Path, small_corpus: Path
+) -> None:
+    """max_runtime_seconds is measured by each rank on its own clock; the ranks agree on the step they stop
+    at (a rank that stopped alone would leave the other waiting in its next collective: no end)."""
+    job = _job(tmp_path, tiny_bert_dir, small_corpus, max_steps=100_000, max_runtime_seconds=1)
+
+    records, end = _attempt(job, lambda record, child, stop: None)
+
+    assert isinstance(end, TrainingResult), end
+    assert end.status == "timed_out" and 0 < end.steps < 100_000
+    saved = [r.step for r in records if isinstance(r, CheckpointSaved)]
+    assert saved and saved[-1] == end.steps  # the stop's checkpoint, written once (rank 0)
+    written = Path(job.out_dir) / "checkpoints" / f"checkpoint-{end.steps}"
+    assert {p.name for p in written.glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}

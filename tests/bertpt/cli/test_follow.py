@@ -12,14 +12,78 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from app.runs.schemas import RunPublic
+from bertpt.cli.follow import _RunView
 from tests.bertpt.cli.conftest import BertptCli
 from tests.e2e.conftest import ApiServer, Worker
 from tests.support import TINY_HYPERPARAMETERS, directory_files, tar_gz
 
-pytestmark = pytest.mark.slow  # trains a tiny BERT: `pytest -m "not slow"` skips it
+
+def _queued_run(max_steps: int) -> RunPublic:
+    return RunPublic.model_validate(
+        {
+            "id": "run_a",
+            "name": "short",
+            "status": "queued",
+            "base_model": "minilm-l6-h384-uncased",
+            "corpus_id": "corp_x",
+            "eval_corpus_id": None,
+            "reference_corpus_id": None,
+            "replay_corpus_id": None,
+            "hyperparameters": {"max_steps": max_steps, "learning_rate": 1e-4},
+            "created_at": "2025-01-01T00:00:00Z",
+            "started_at": None,
+            "finished_at": None,
+            "progress": {},
+            "latest": {},
+            "baseline": {},
+            "warnings": [],
+            "error": None,
+            "metadata": {},
+            "attempt": 0,
+            "cancel_requested": False,
+        }
+    )
 
 
+def test_a_run_whose_steps_come_before_its_running_status_shows_them_running() -> None:
+    """The worker publishes the `running` status with its heartbeat, after the interval's records: a short
+    run's stream can go from `preparing` to its metrics and `succeeded` without one (seen on CI)."""
+    run = _queued_run(max_steps=3)
+    console = Console(file=io.StringIO(), width=200, force_terminal=False)
+    view = _RunView(console, run, fetch_run=lambda: run)
+    view.on_event("status", {"status": "preparing", "progress": {}})
+    view.on_event(
+        "event",
+        {
+            "type": "training_started",
+            "message": "training 3 steps",
+            "level": "info",
+            "created_at": "2025-01-01T00:00:01Z",
+            "data": {"max_steps": 3},
+            "id": 1,
+        },
+    )
+    for step in (1, 2, 3):
+        view.on_event(
+            "metric", {"split": "train", "step": step, "metrics": {"loss": 7.0, "learning_rate": 1e-4}}
+        )
+    view.on_event("status", {"status": "succeeded", "progress": {"step": 3, "total_steps": 3}})
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    lines = [line.split(",")[0] for line in out.splitlines() if ": step " in line]
+    assert lines == [
+        "preparing: step 0/-",
+        "running: step 0/3",
+        "running: step 1/3",
+        "running: step 2/3",
+        "running: step 3/3",
+        "succeeded: step 3/3",
+    ], out
+
+
+@pytest.mark.slow  # trains a tiny BERT: `pytest -m "not slow"` skips it
 def test_a_followed_run_ends_with_the_table_and_its_exit_code(
     start_api: Callable[..., ApiServer],
     start_worker: Callable[..., Worker],
