@@ -158,6 +158,22 @@ class _RankDied(Exception):
         self.failure = failure
 
 
+def prepare_to_spawn() -> None:
+    """Let this process, a training child started by billiard (Celery's multiprocessing) from a worker's
+    pool process, start processes with the standard library (the manager of the ranks' queues, and the
+    ranks, which torch's launcher spawns). Two things it inherited refuse that: billiard's authentication
+    key, which the standard library cannot pickle (a fresh one of the same bytes), and the daemon flag of
+    the pool process it was started from ("daemonic processes are not allowed to have children"). The
+    training child is not a daemon in that sense: its supervisor stops it, and it stops its ranks."""
+    import multiprocessing
+
+    current = multiprocessing.current_process()
+    config = current._config  # type: ignore[attr-defined]
+    authkey = multiprocessing.process.AuthenticationString  # type: ignore[attr-defined]
+    config["authkey"] = authkey(bytes(current.authkey))
+    config.pop("daemon", None)
+
+
 def _run_distributed(job: TrainingJob, messages: _Queue, should_stop: Any) -> TrainingResult | RunFailure:
     """Train ``job`` in ``job.devices`` processes (torchrun's launcher, no restarts), relaying rank 0's
     records to ``messages`` and ``should_stop()`` to every rank. Returns rank 0's result, or the
@@ -170,12 +186,7 @@ def _run_distributed(job: TrainingJob, messages: _Queue, should_stop: Any) -> Tr
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    # Started by billiard (Celery's multiprocessing), this process's authentication key is billiard's, which
-    # the standard library's spawn (of the manager, and of the ranks by torch) cannot pickle: a fresh one.
-    current = multiprocessing.current_process()
-    current._config["authkey"] = multiprocessing.process.AuthenticationString(  # type: ignore[attr-defined]
-        bytes(current.authkey)
-    )
+    prepare_to_spawn()
     with multiprocessing.get_context("spawn").Manager() as manager:
         records = manager.Queue()
         stop = manager.Event()

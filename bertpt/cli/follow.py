@@ -105,6 +105,7 @@ class _RunView:
         self.eta_received = time.monotonic()
         self.train: dict[str, Any] = dict(run.latest.train or {})
         self.warned_warmup = False
+        self.told_waiting = False  # the run's waiting_reason is printed once
         # The evaluated sentence pairs per split, once the training_started event told them.
         self.instances: dict[str, int] | None = None
         self.progress = _RunProgress(console)
@@ -180,11 +181,20 @@ class _RunView:
             self.eta = progress.get("eta_seconds")
         elif changed and status in ("queued", "preparing"):
             # The wait for a worker and the run's own estimate: the API's, on the run (not on the stream).
-            self.eta = self.fetch_run().eta_seconds
+            fetched = self.fetch_run()
+            self.eta = fetched.eta_seconds
+            self.tell_waiting(fetched)
         else:
             self.eta = None
         self.eta_received = time.monotonic()
         self._refresh(status_changed=changed)
+
+    def tell_waiting(self, run: RunPublic) -> None:
+        """Print why the queued ``run`` is not taken (its ``waiting_reason``: no worker serves its queue),
+        once per follow; nothing when it is not queued or no reason is known."""
+        if str(run.status) == "queued" and run.waiting_reason and not self.told_waiting:
+            self.told_waiting = True
+            self.print(f"waiting: {run.waiting_reason}", style="yellow")
 
     def _on_metric(self, data: dict[str, Any]) -> None:
         if data.get("split") != "train":
@@ -239,6 +249,7 @@ def follow_run(client: Client, run_id: str, console: Console) -> int:
     console.print(f"following run {run.id} ({run.name}): {run.status}", markup=False)
     last_event_id: str | None = None
     view = _RunView(console, run, lambda: client.runs.get(run_id))
+    view.tell_waiting(run)
     try:
         with view:
             while True:

@@ -39,7 +39,7 @@ from bertpt.cli.render import (
     eval_instances,
     series_table,
 )
-from bertpt.cli.run_config import read_run_config
+from bertpt.cli.run_config import RUN_CONFIG_RULE, read_run_config
 from bertpt.client import Client
 from worker.pretraining.cli_options import schema_options, schema_overrides
 from worker.pretraining.hyperparameters import Hyperparameters
@@ -84,6 +84,22 @@ def _given_hyperparameters_table(run: RunPublic, given: dict[str, Any]) -> Table
     return table
 
 
+def _resources(configured: Any, resource_class: str | None, devices: int | None) -> dict[str, Any]:
+    """The body's ``resources``: those of the ``--config`` body (if any) with ``--resource-class`` and
+    ``--devices`` over them. Raises click.UsageError when no class is given either way."""
+    resources = dict(configured) if isinstance(configured, dict) else {}
+    if resource_class is not None:
+        resources.pop("resource_class", None)  # RunResources's field name, beside its alias "class"
+        resources["class"] = resource_class
+    if devices is not None:
+        resources["devices"] = devices
+    if "class" not in resources and "resource_class" not in resources:
+        raise click.UsageError(
+            "--devices needs --resource-class (cpu or gpu), or resources.class in --config"
+        )
+    return resources
+
+
 @runs.command("create", epilog=_FOLLOW_HELP)
 @click.option(
     "--base", "base_model", help="Base model: a built-in model, hf:<repo>, checkpoint:<id>, run:<id>."
@@ -98,7 +114,20 @@ def _given_hyperparameters_table(run: RunPublic, given: dict[str, Any]) -> Table
     "--config",
     "config_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Run-config JSON: the hyperparameters (as `bertpt train --config`) or a whole POST /v1/runs body.",
+    help=f"Run-config JSON: {RUN_CONFIG_RULE}. The options given win over it.",
+)
+@click.option(
+    "--resource-class",
+    type=click.Choice(["cpu", "gpu"]),
+    help="Which workers may take the run: those of the queue TRAINING_QUEUE.<class> (default: the server's "
+    "DEFAULT_RESOURCE_CLASS).",
+)
+@click.option(
+    "--devices",
+    type=click.IntRange(1, 64),
+    help="Devices the run trains on (GPUs, or CPU processes; default 1); needs --resource-class (or "
+    "resources.class in --config). "
+    "--batch-size is split over them.",
 )
 @click.option("--name", help="Display name (default: base model and corpus).")
 @click.option("--follow", is_flag=True, help="Follow the run live until it ends (as `runs follow`).")
@@ -113,6 +142,8 @@ def create_command(
     reference_corpus: str | None,
     replay_corpus: str | None,
     config_path: Path | None,
+    resource_class: str | None,
+    devices: int | None,
     name: str | None,
     follow: bool,
     as_json: bool,
@@ -121,6 +152,8 @@ def create_command(
     """Submit a run: continue pre-training a base model (masked LM + next-sentence prediction) on a corpus.
     Prints the hyperparameters given as the server echoed them, and the expected duration."""
     body, hyperparameters = read_run_config(config_path)
+    if resource_class is not None or devices is not None:
+        body["resources"] = _resources(body.get("resources"), resource_class, devices)
     given = schema_overrides(Hyperparameters, options)
     hyperparameters |= given
     out = console()
@@ -160,6 +193,14 @@ def _progress_text(run: RunPublic) -> str:
     return f"{step or 0}/{total if total is not None else '-'}"
 
 
+def _resources_text(run: RunPublic) -> str | None:
+    """``gpu, 2 devices``: what the run asked for; None when the API did not say."""
+    if run.resources is None:
+        return None
+    devices = run.resources.devices
+    return f"{run.resources.resource_class}, {devices} device{'s' if devices != 1 else ''}"
+
+
 @runs.command("list")
 @click.option(
     "--status",
@@ -195,7 +236,8 @@ def list_command(ctx: click.Context, statuses: tuple[str, ...], as_json: bool) -
 @json_option
 @click.pass_context
 def show_command(ctx: click.Context, run_id: str, as_json: bool) -> None:
-    """A run: status, progress, ETA, error, warnings, every hyperparameter, baseline vs final metrics."""
+    """A run: status, resources and queue (why it waits, while queued), progress, ETA, error, warnings,
+    every hyperparameter, baseline vs final metrics."""
     client = client_from(ctx)
     run = client.runs.get(run_id)
     if as_json:
@@ -212,6 +254,8 @@ def show_command(ctx: click.Context, run_id: str, as_json: bool) -> None:
         ("eval corpus", run.eval_corpus_id),
         ("reference corpus", run.reference_corpus_id),
         ("replay corpus", run.replay_corpus_id),
+        ("resources", _resources_text(run)),
+        ("queue", run.queue),
         ("progress", _progress_text(run)),
         ("ETA", fmt_seconds(run.eta_seconds)),
         ("tokens seen", fmt(run.progress.tokens_seen)),
@@ -221,6 +265,8 @@ def show_command(ctx: click.Context, run_id: str, as_json: bool) -> None:
         if value is not None:
             facts.add_row(label, str(value))
     out.print(facts)
+    if run.waiting_reason:
+        out.print(f"waiting: {run.waiting_reason}", style="yellow", markup=False)
     if run.error is not None:
         out.print(f"error ({run.error.type}): {run.error.message}", style="red", markup=False)
     for warning in run.warnings:

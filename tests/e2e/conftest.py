@@ -345,10 +345,11 @@ def poll(started: list[_Process]) -> Poll:
 
 @pytest.fixture
 def submit_run(small_corpus: Path, tiny_bert_dir: Path) -> Callable[..., str]:
-    """``submit_run(client, headers, hyperparameters) -> run id``: the tiny BERT and the small corpus
-    uploaded, a run submitted on them (``client``: a TestClient or an httpx.Client of the API)."""
+    """``submit_run(client, headers, hyperparameters, **fields) -> run id``: the tiny BERT and the small
+    corpus uploaded, a run submitted on them (``fields``: more of the run body, e.g. ``resources``;
+    ``client``: a TestClient or an httpx.Client of the API)."""
 
-    def submit(client: Any, headers: dict[str, str], hyperparameters: dict[str, Any]) -> str:
+    def submit(client: Any, headers: dict[str, str], hyperparameters: dict[str, Any], **fields: Any) -> str:
         archive = tar_gz(directory_files(tiny_bert_dir, folder="tiny-bert"))
         files = {"file": ("tiny-bert.tar.gz", archive)}
         response = client.post("/v1/checkpoints", files=files, headers=headers)
@@ -362,6 +363,7 @@ def submit_run(small_corpus: Path, tiny_bert_dir: Path) -> Callable[..., str]:
             "base_model": f"checkpoint:{checkpoint_id}",
             "corpus_id": response.json()["id"],
             "hyperparameters": hyperparameters,
+            **fields,
         }
         response = client.post("/v1/runs", json=body, headers=headers)
         assert response.status_code == 201, response.text

@@ -132,3 +132,25 @@ def test_runs_of_two_classes_train_at_once_on_their_own_workers(
             step for path in layout.checkpoints.iterdir() if (step := checkpoint_step(path.name))
         )
         assert on_disk == checkpoints[run_id] and on_disk, (run_id, on_disk)
+
+
+@pytest.mark.timeout(300)
+def test_a_run_on_two_devices_trains_under_a_real_worker(
+    settings: Settings,
+    start_worker: Callable[..., Worker],
+    headers: dict[str, str],
+    submit_run: Callable[..., str],
+    wait_for_run: Callable[..., dict[str, Any]],
+    assert_run_ended: Callable[..., Any],
+) -> None:
+    """resources.devices 2 through the API to a real `bertpt worker`: its training child, started by a
+    Celery pool process, launches the 2 DDP ranks (a daemonic pool process's child could not, before
+    worker.training_process.prepare_to_spawn) and the run succeeds, recorded once."""
+    start_worker(settings)
+    with TestClient(create_app(settings)) as client:
+        run_id = submit_run(client, headers, TINY_HYPERPARAMETERS, resources={"class": "cpu", "devices": 2})
+        run = wait_for_run(client, headers, run_id)
+        assert run["status"] == RunStatus.SUCCEEDED, run["error"]
+        started = [e for e in _events(client, headers, run_id) if e["type"] == "training_started"]
+    assert len(started) == 1
+    assert_run_ended(run_id, RunStatus.SUCCEEDED, max_steps=TINY_HYPERPARAMETERS["max_steps"])

@@ -139,3 +139,49 @@ def test_max_runtime_stops_every_rank_at_the_same_step(
     assert saved and saved[-1] == end.steps  # the stop's checkpoint, written once (rank 0)
     written = Path(job.out_dir) / "checkpoints" / f"checkpoint-{end.steps}"
     assert {p.name for p in written.glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}
+
+
+def _start_a_manager(results: Any, prepare: bool) -> None:
+    """In a training child: what _run_distributed does first, then the standard library's spawn."""
+    import multiprocessing
+
+    from worker.training_process import prepare_to_spawn
+
+    try:
+        if prepare:
+            prepare_to_spawn()
+        with multiprocessing.get_context("spawn").Manager() as manager:
+            manager.Queue().put(1)
+        results.put("started")
+    except Exception as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def _pool_process(results: Any, prepare: bool) -> None:
+    """A daemonic process, as a Celery pool process is, starting the training child as the supervisor does
+    (billiard's spawn)."""
+    import billiard
+
+    child = billiard.get_context("spawn").Process(target=_start_a_manager, args=(results, prepare))
+    child.start()
+    child.join(120)
+
+
+@pytest.mark.parametrize("prepare", [True, False])
+def test_a_training_child_of_a_celery_pool_process_can_start_the_ranks(prepare: bool) -> None:
+    """A multi-device run's training child starts processes with the standard library (torch's launcher,
+    the records' manager); started from a daemonic pool process through billiard, it inherits what refuses
+    that, unless prepare_to_spawn() clears it (without it: the failure a real worker showed)."""
+    import billiard
+
+    context = billiard.get_context("spawn")
+    results = context.Queue()
+    pool_process = context.Process(target=_pool_process, args=(results, prepare), daemon=True)
+    pool_process.start()
+    outcome = results.get(timeout=120)
+    pool_process.join(30)
+    if prepare:
+        assert outcome == "started"
+    else:
+        # What prepare_to_spawn() is for (this test fails if it is no longer needed).
+        assert outcome == "AssertionError: daemonic processes are not allowed to have children", outcome

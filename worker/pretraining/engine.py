@@ -179,7 +179,7 @@ def run_pretraining(
     if rank != 0:  # records, metrics files and outputs: process 0's
         sink = None
     try:
-        return _run(
+        result = _run(
             base,
             corpus,
             out_dir,
@@ -196,8 +196,18 @@ def run_pretraining(
             resume=resume,
             dataloader_workers=dataloader_workers,
         )
+        if owned:
+            # Process 0 exports the model after the others are done: a process that tore its gloo group
+            # down and exited while another still held their connection aborted ("terminate called
+            # without an active exception", seen on CI). Every process leaves together (on success only:
+            # a process that raised must not wait in a collective the others never enter).
+            torch.distributed.barrier()
+        return result
     finally:
         if owned and torch.distributed.is_initialized():
+            import gc
+
+            gc.collect()  # the DDP wrapper of the finished trainer (its reducer uses the group) goes first
             torch.distributed.destroy_process_group()
 
 

@@ -237,7 +237,15 @@ class Hyperparameters(PreparationConfig):
         le=1000.0,
         description="Passes over the training instances, used when max_steps is not set (default 1).",
     )
-    batch_size: int = Field(32, ge=1, le=65536, description="Sequences per device per forward pass.")
+    batch_size: int = Field(
+        32,
+        ge=1,
+        le=65536,
+        description="Sequences per forward pass, all devices together (the global batch): with "
+        "resources.devices above 1 each device trains on batch_size / devices of them, so it must be a "
+        "multiple of devices. One optimizer step sums gradient_accumulation_steps such passes "
+        "(batch_size x gradient_accumulation_steps sequences).",
+    )
     gradient_accumulation_steps: int = Field(
         1, ge=1, le=4096, description="Forward passes summed into one optimizer step."
     )

@@ -48,6 +48,28 @@ def _queued_run(max_steps: int) -> RunPublic:
     )
 
 
+def test_why_a_queued_run_waits_is_told_once_from_the_fetched_run() -> None:
+    reason = "no worker serves training.gpu; start one with `bertpt worker --queues training.gpu --gpus 0`"
+    run = _queued_run(max_steps=3)
+    waiting = run.model_copy(update={"waiting_reason": reason})
+    fetched: list[RunPublic] = []
+
+    def fetch_run() -> RunPublic:
+        fetched.append(waiting)
+        return waiting
+
+    console = Console(file=io.StringIO(), width=200, force_terminal=False)
+    view = _RunView(console, run, fetch_run=fetch_run)
+    view.tell_waiting(run)  # no reason known yet: nothing
+    view.tell_waiting(waiting.model_copy(update={"status": "preparing"}))  # not queued: nothing
+    for status in ("preparing", "queued", "preparing", "queued"):  # requeued twice: fetched, told once
+        view.on_event("status", {"status": status, "progress": {}})
+    view.tell_waiting(waiting)
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    assert len(fetched) == 4
+    assert out.count("waiting: no worker serves training.gpu") == 1, out
+
+
 def test_a_run_whose_steps_come_before_its_running_status_shows_them_running() -> None:
     """The worker publishes the `running` status with its heartbeat, after the interval's records: a short
     run's stream can go from `preparing` to its metrics and `succeeded` without one (seen on CI)."""

@@ -1,6 +1,7 @@
 """``bertpt runs`` against a real API: a run created with options and a config file echoes its
 hyperparameters; show and list print the API's JSON; a cancelled run, followed, exits 2; the tables keep
-ids whole at 80 columns; the generated options' help shows their defaults."""
+ids whole at 80 columns; the generated options' help shows their defaults; resources from options or a
+config body are sent, and `runs show` tells them, the queue and why the run waits."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import click
+import pytest
 from rich.console import Console
 
 from bertpt.cli.follow import follow_run
+from bertpt.cli.run_config import read_run_config
 from bertpt.client import Client
 from tests.bertpt.cli.conftest import BertptCli
 from tests.e2e.conftest import ApiServer
@@ -144,3 +148,64 @@ def test_the_generated_options_show_their_defaults_plainly(run_cli: BertptCli) -
     text = " ".join(result.stdout.split())
     assert "[default: 128]" in text and "[default: 0.15]" in text  # max_seq_length, masked_lm_prob
     assert "[default: (" not in text
+
+
+def test_a_config_file_with_any_run_body_field_is_a_body_else_hyperparameters(tmp_path: Path) -> None:
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"resources": {"class": "gpu", "devices": 2}}))
+    assert read_run_config(config) == ({"resources": {"class": "gpu", "devices": 2}}, {})
+    config.write_text(json.dumps({"base_model": "m", "hyperparameters": {"max_steps": 5}}))
+    assert read_run_config(config) == ({"base_model": "m"}, {"max_steps": 5})
+    config.write_text(json.dumps({"max_steps": 5, "batch_size": 8}))
+    assert read_run_config(config) == ({}, {"max_steps": 5, "batch_size": 8})
+    config.write_text(json.dumps({"corpus_id": "corp_x", "hyperparameters": [1]}))
+    with pytest.raises(click.BadParameter, match="hyperparameters must be a JSON object"):
+        read_run_config(config)
+
+
+def test_devices_without_a_resource_class_is_a_usage_error(run_cli: BertptCli) -> None:
+    result = run_cli("runs", "create", "--base", "m", "--corpus", "corp_x", "--devices", "2")
+    assert result.exit_code == 2
+    assert "--devices needs --resource-class" in result.stderr
+    help_text = " ".join(run_cli("runs", "create", "--help").stdout.split())
+    assert "any POST /v1/runs body field" in help_text and "--resource-class [cpu|gpu]" in help_text
+
+
+def test_resources_from_options_or_a_config_body_are_sent_and_shown_with_why_the_run_waits(
+    start_api: Callable[..., ApiServer],
+    api_key: str,
+    run_cli: BertptCli,
+    tiny_bert_dir: Path,
+    small_corpus: Path,
+    tmp_path: Path,
+) -> None:
+    api = start_api()  # no worker: the runs stay queued, no worker serves their queue
+
+    def bertpt(*args: str) -> str:
+        result = run_cli(*args, api_url=api.base_url, key=api_key)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    archive = tmp_path / "tiny-bert.tar.gz"
+    archive.write_bytes(tar_gz(directory_files(tiny_bert_dir, folder="tiny-bert")))
+    base = "checkpoint:" + json.loads(bertpt("checkpoints", "upload", str(archive), "--json"))["id"]
+    corpus_id = json.loads(bertpt("corpora", "upload", str(small_corpus), "--json"))["id"]
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"resources": {"class": "gpu", "devices": 2}}))
+    from_config = json.loads(
+        bertpt("runs", "create", "--base", base, "--corpus", corpus_id, "--config", str(config),
+               "--batch-size", "4", "--max-seq-length", "64", "--json")
+    )  # fmt: skip
+    assert from_config["resources"] == {"class": "gpu", "devices": 2}
+    assert from_config["hyperparameters"]["batch_size"] == 4
+    from_options = json.loads(
+        bertpt("runs", "create", "--base", base, "--corpus", corpus_id, "--resource-class", "cpu",
+               "--devices", "2", "--batch-size", "4", "--max-seq-length", "64", "--json")
+    )  # fmt: skip
+    assert from_options["resources"] == {"class": "cpu", "devices": 2}
+    gpu_queue = from_config["queue"]
+    assert gpu_queue.endswith(".gpu") and from_options["queue"].endswith(".cpu")
+
+    shown = " ".join(bertpt("runs", "show", from_config["id"]).split())
+    assert "resources gpu, 2 devices" in shown and f"queue {gpu_queue}" in shown
+    assert f"waiting: no worker serves {gpu_queue}" in shown
