@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import BinaryIO, Protocol, Self
 
 __all__ = [
+    "DiscardedUnlessCommitted",
     "Pending",
     "PendingObject",
     "PendingTree",
@@ -81,6 +82,22 @@ class Pending(Protocol):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
+
+
+class DiscardedUnlessCommitted:
+    """The ``with`` block every :class:`Pending` of a backend shares: leaving it calls :meth:`abort`,
+    which discards what was not committed (a no-op after :meth:`commit`)."""
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.abort()
 
 
 class PendingObject(Pending, Protocol):

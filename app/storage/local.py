@@ -11,17 +11,16 @@ import shutil
 import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path, PurePosixPath
-from types import TracebackType
-from typing import BinaryIO, Self
+from typing import BinaryIO
 
-from app.storage.interface import StorageKeyError, StoredFile, validate_key
+from app.storage.interface import DiscardedUnlessCommitted, StorageKeyError, StoredFile, validate_key
 
 __all__ = ["LocalStorage"]
 
 _TMP_DIR = ".tmp"
 
 
-class _LocalPendingObject:
+class _LocalPendingObject(DiscardedUnlessCommitted):
     def __init__(self, storage: LocalStorage, key: str) -> None:
         self.key = key
         self.bytes_written = 0
@@ -56,16 +55,8 @@ class _LocalPendingObject:
         self._tmp.unlink(missing_ok=True)
         self._done = True
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.abort()  # a no-op after commit
-
-
-class _LocalPendingTree:
+class _LocalPendingTree(DiscardedUnlessCommitted):
     def __init__(self, storage: LocalStorage, key: str) -> None:
         self.key = key
         self._final = storage.local_path(key)
@@ -86,14 +77,6 @@ class _LocalPendingTree:
         if not self._done:
             shutil.rmtree(self.path, ignore_errors=True)
             self._done = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.abort()
 
 
 class _LocalWorkspace:

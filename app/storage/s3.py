@@ -48,8 +48,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, Self, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, cast
 from urllib.parse import quote
 
 import boto3
@@ -57,7 +56,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from app.storage.interface import StorageError, StoredFile, validate_key
+from app.storage.interface import DiscardedUnlessCommitted, StorageError, StoredFile, validate_key
 from app.storage.local import LocalStorage
 from app.storage.urls import parse_s3_url
 
@@ -155,7 +154,7 @@ class _ObjectReader(io.RawIOBase):
         super().close()
 
 
-class _S3PendingObject:
+class _S3PendingObject(DiscardedUnlessCommitted):
     """A multipart upload: created when the first whole part is written, completed by :meth:`commit`."""
 
     def __init__(self, storage: S3Storage, key: str) -> None:
@@ -224,16 +223,8 @@ class _S3PendingObject:
             except (OSError, StorageError) as exc:  # the sweep aborts it later
                 logger.warning("%s", exc)
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.abort()  # a no-op after commit
-
-
-class _S3PendingTree:
+class _S3PendingTree(DiscardedUnlessCommitted):
     """A directory built locally (in the cache's temporary area), uploaded and published on commit."""
 
     def __init__(self, storage: S3Storage, key: str) -> None:
@@ -272,14 +263,6 @@ class _S3PendingTree:
         if not self._done:
             shutil.rmtree(self.path, ignore_errors=True)
             self._done = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.abort()
 
 
 class _S3Workspace:
